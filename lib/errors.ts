@@ -1,0 +1,41 @@
+// Typed errors with stable codes. Tests and callers check `err.code`, never message text.
+
+export type ErrorCode =
+  | 'ERR_FTPROXY_CONFIG'          // the configuration is invalid
+  | 'ERR_FTPROXY_LOCKED'          // another front holds the state directory
+  | 'ERR_FTPROXY_STATE'           // the state file is unreadable or malformed
+  | 'ERR_FTPROXY_ARBITER_LOST'    // a test-and-set on the arbiter was lost
+  | 'ERR_FTPROXY_NO_REPLICA'      // no replica can serve
+  | 'ERR_FTPROXY_CONNECT_TIMEOUT' // a connect to a replica timed out
+  | 'ERR_FTPROXY_FENCED'          // a peer refused an epoch older than it has seen
+
+export class FtproxyError extends Error {
+  readonly code: ErrorCode
+  readonly details: Record<string, unknown>
+
+  constructor (code: ErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(message)
+    this.name = 'FtproxyError'
+    this.code = code
+    this.details = details
+  }
+}
+
+/** One problem in a config file: the key path and, where known, its 1-based YAML line. */
+export interface ConfigIssue {
+  path: string
+  line?: number
+  message: string
+}
+
+export class ConfigError extends FtproxyError {
+  readonly issues: ConfigIssue[]
+
+  constructor (file: string, issues: ConfigIssue[]) {
+    super('ERR_FTPROXY_CONFIG', `${file}: ${issues.length} configuration error(s)\n` +
+      issues.map((i) => `  ${file}${i.line ? `:${i.line}` : ''}: ${i.path || '(root)'}: ${i.message}`).join('\n'),
+    { file })
+    this.name = 'ConfigError'
+    this.issues = issues
+  }
+}

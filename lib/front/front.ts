@@ -1,0 +1,715 @@
+// The front: owns the client-facing socket, logs every inbound event, drives every serving
+// replica with the log, and releases the primary's output by the output-commit rule.
+//
+//   client ──data──▶ InputLog(seq) ──apply──▶ Applier(primary) ──output──┐
+//      ▲                          └──apply──▶ Applier(backup)  ──output──┤
+//      └──────── write ◀── commit rule ◀── OutputStream (compare, hold) ◀┘
+//
+// Failure of the primary: test-and-set the next epoch on the arbiter, then promote a backup
+// and splice every connection at the offset the client already has.
+
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import { performance } from 'node:perf_hooks'
+import type { Config, HostPort } from '../config.js'
+import { formatHostPort } from '../config.js'
+import { FtproxyError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import { nullLogger } from '../logger.js'
+import { HealthCheck, probe } from '../health.js'
+import { Supervisor } from '../supervise.js'
+import { Applier } from '../replica/applier.js'
+import { createArbiter, type Arbiter, type ArbiterState } from '../arbiter/index.js'
+import { InputLog, type EntryType } from './log.js'
+import { OutputStream, type Mismatch } from './output.js'
+
+export type Role = 'primary' | 'backup' | 'stale' | 'down'
+
+export class Replica {
+  role: Role = 'backup'
+  applier: Applier | null = null
+  /** Acks already credited to connections (see Front.onAck). */
+  credited = 0
+  supervisor?: Supervisor
+  readonly health: HealthCheck
+  readonly log: Logger
+
+  constructor (readonly index: number, readonly name: string, readonly address: HostPort, cfg: Config, log: Logger) {
+    this.log = log.child({ replica: name })
+    this.health = new HealthCheck({ address, ...cfg.health_check })
+  }
+
+  get serving (): boolean {
+    return this.role === 'primary' || this.role === 'backup'
+  }
+}
+
+interface Conn {
+  id: number
+  socket: net.Socket
+  stream: OutputStream
+  /** DATA bytes logged, and acknowledged per replica: their difference is the input in flight. */
+  logged: number
+  acked: number[]
+  inputPaused: boolean
+  /** The client is gone (CLOSE logged): output is compared but no longer written. */
+  gone: boolean
+  /** The client socket wants 'drain' before more writes. */
+  blocked: boolean
+  ended: boolean
+  /** Replica app socket still open. */
+  open: boolean[]
+  /** The front paused reading this replica's output for this connection. */
+  paused: boolean[]
+  /** Offset at which each replica's output ended (null: not yet). */
+  eofAt: Array<number | null>
+  /** The end is genuine: the server answered a probe after it (not a dying process's FIN). */
+  eofOk: boolean[]
+}
+
+export interface ReplicaStatus {
+  name: string
+  role: Role
+  health: string
+  lag_entries: number
+  pid?: number
+}
+
+export interface FrontStatus {
+  epoch: number
+  primary: string
+  protected: boolean
+  serving: boolean
+  replicas: ReplicaStatus[]
+  connections: number
+  log_entries: number
+  output_held_bytes: number
+  last_failover: FailoverInfo | null
+}
+
+export interface FailoverInfo {
+  from: string
+  to: string
+  epoch: number
+  duration_ms: number
+  reason: string
+}
+
+export interface FrontEvents {
+  listening: [address: HostPort]
+  failover: [info: FailoverInfo]
+  /** The front can no longer serve (arbiter lost, no replica left); it closed its listener. */
+  stopped: [reason: string]
+}
+
+export interface FrontOptions {
+  log?: Logger
+  /** Defaults to the backend named by config.arbiter. */
+  arbiter?: Arbiter
+}
+
+export class Front extends EventEmitter<FrontEvents> {
+  readonly replicas: Replica[]
+  private readonly cfg: Config
+  private readonly logger: Logger
+  private readonly arbiter: Arbiter
+  private readonly input = new InputLog()
+  private readonly conns = new Map<number, Conn>()
+  /** Connections with primary output not yet released. */
+  private readonly holding = new Set<Conn>()
+  private server?: net.Server
+  private state!: ArbiterState
+  private primary!: Replica
+  private nextConn = 1
+  private isProtected: boolean | null = null
+  private serving = false
+  private closing = false
+  private failing = false
+  private flushScheduled = false
+  private stallTimer?: NodeJS.Timeout
+  private arbiterQueue: Promise<unknown> = Promise.resolve()
+  private lastFailover: FailoverInfo | null = null
+  private bound?: HostPort
+
+  constructor (cfg: Config, opts: FrontOptions = {}) {
+    super()
+    this.cfg = cfg
+    this.logger = opts.log ?? nullLogger()
+    this.arbiter = opts.arbiter ?? createArbiter(cfg.arbiter, cfg.state_dir)
+    this.replicas = cfg.replicas.map((r, i) => new Replica(i, r.name, r.address, cfg, this.logger))
+  }
+
+  /** The bound client-facing address (after start). */
+  get address (): HostPort {
+    if (!this.bound) throw new Error('front not started')
+    return this.bound
+  }
+
+  async start (): Promise<void> {
+    this.state = await this.arbiter.open()
+    const byName = new Map(this.replicas.map((r) => [r.name, r]))
+    for (const name of [this.state.primary, ...this.state.stale]) {
+      if (name !== null && !byName.has(name)) {
+        await this.arbiter.close()
+        throw new FtproxyError('ERR_FTPROXY_STATE', `state names replica '${name}', which is not in the config`, { replica: name })
+      }
+    }
+    for (const r of this.replicas) r.role = this.state.stale.includes(r.name) ? 'stale' : 'backup'
+    let primary = this.state.primary === null ? this.replicas.find((r) => r.role !== 'stale') : byName.get(this.state.primary)
+    if (!primary || primary.role === 'stale') {
+      await this.arbiter.close()
+      throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'every replica is stale: nothing can serve without losing data; ' +
+        `re-seed a replica, or remove ${this.cfg.state_dir}/state.json to start over from the config`)
+    }
+    primary.role = 'primary'
+    this.primary = primary
+    this.logger.info('state_loaded', { epoch: this.state.epoch, primary: primary.name, stale: this.state.stale })
+
+    for (const r of this.replicas) this.supervise(r)
+    await this.awaitReplicas()
+
+    if (this.primary.role !== 'primary') {
+      primary = this.replicas.find((r) => r.role === 'backup')
+      if (!primary) {
+        await this.stopReplicas()
+        await this.arbiter.close()
+        throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'no replica is reachable')
+      }
+      this.primary = primary
+      this.setRole(primary, 'primary', 'startup: configured primary unreachable')
+    }
+    if (this.state.epoch === 0 || this.state.primary !== this.primary.name) {
+      const next = { epoch: this.state.epoch + 1, primary: this.primary.name, stale: this.state.stale, owner: '' }
+      if (!await this.cas(next)) {
+        await this.stopReplicas()
+        await this.arbiter.close()
+        throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
+      }
+    }
+
+    for (const r of this.replicas) {
+      if (r.serving) this.attach(r)
+      r.health.on('up', () => this.onHealthUp(r))
+      r.health.on('down', (reason) => this.fail(r, reason))
+      r.health.start()
+    }
+    const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
+    this.stallTimer = setInterval(() => this.checkStalls(), stallEvery)
+    this.stallTimer.unref()
+
+    await this.listen()
+    this.serving = true
+    this.reportProtection('startup')
+  }
+
+  status (): FrontStatus {
+    let held = 0
+    for (const c of this.holding) held += c.stream.end - c.stream.written
+    return {
+      epoch: this.state.epoch,
+      primary: this.primary.name,
+      protected: this.isProtected === true,
+      serving: this.serving,
+      replicas: this.replicas.map((r) => ({
+        name: r.name,
+        role: r.role,
+        health: r.health.state,
+        lag_entries: r.applier ? this.input.lastSeq - r.applier.acked : 0,
+        pid: r.supervisor?.pid,
+      })),
+      connections: this.conns.size,
+      log_entries: this.input.length,
+      output_held_bytes: held,
+      last_failover: this.lastFailover,
+    }
+  }
+
+  /** Stop accepting, let released output drain (bounded by timeouts.linger), stop everything. */
+  async close (): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    this.serving = false
+    const closed = this.server ? new Promise<void>((resolve) => this.server?.close(() => resolve())) : Promise.resolve()
+    const deadline = performance.now() + this.cfg.timeouts.linger
+    while (performance.now() < deadline && this.undrained()) await new Promise((resolve) => setTimeout(resolve, 10))
+    for (const c of this.conns.values()) c.socket.destroy()
+    await closed
+    this.teardown()
+    await this.stopReplicas()
+    await this.arbiterQueue.catch(() => {})
+    await this.arbiter.close()
+    this.logger.info('shutdown', {})
+  }
+
+  // ---- replicas ---------------------------------------------------------------------------
+
+  /** The one place a role changes. */
+  private setRole (r: Replica, role: Role, reason: string): void {
+    if (r.role === role) return
+    this.logger.info('replica_role', { replica: r.name, from: r.role, to: role, reason })
+    r.role = role
+  }
+
+  private supervise (r: Replica): void {
+    const command = this.cfg.replicas[r.index].command
+    if (!command) return
+    r.supervisor = new Supervisor({ name: r.name, command, log: this.logger, stopTimeoutMs: this.cfg.timeouts.linger })
+    r.supervisor.on('exit', (code, signal) => {
+      if (this.closing) return
+      this.fail(r, `process exited (code ${code}, signal ${signal})`)
+      if (r.role === 'stale') r.log.warn('replica_stale_restart', { note: 'restarted server lost its state; it will not serve until re-seeded' })
+    })
+    r.supervisor.start()
+  }
+
+  private async stopReplicas (): Promise<void> {
+    await Promise.all(this.replicas.map((r) => r.supervisor?.stop()))
+  }
+
+  // Wait (bounded) until every replica that may serve accepts connections.
+  private async awaitReplicas (): Promise<void> {
+    const deadline = performance.now() + Math.max(5000, this.cfg.timeouts.connect * 3)
+    await Promise.all(this.replicas.filter((r) => r.serving).map(async (r) => {
+      let err: Error | null = null
+      do {
+        err = await probe(r.address, this.cfg.health_check.timeout)
+        if (!err) {
+          this.logger.info('replica_up', { replica: r.name })
+          r.health.state = 'up'
+          return
+        }
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      } while (performance.now() < deadline)
+      this.logger.warn('replica_down', { replica: r.name, reason: `unreachable at startup: ${(err as NodeJS.ErrnoException).code ?? err.message}` })
+      r.health.state = 'down'
+      this.setRole(r, 'down', 'unreachable at startup')
+    }))
+  }
+
+  private attach (r: Replica): void {
+    const a = new Applier({ address: r.address, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
+    r.applier = a
+    r.credited = this.input.lastSeq
+    a.on('ack', () => this.onAck(r))
+    a.on('output', (conn, data) => this.onOutput(r, conn, data))
+    a.on('output_end', (conn, err) => this.onOutputEnd(r, conn, err))
+    a.on('closed', (conn) => {
+      const c = this.conns.get(conn)
+      if (c) { c.open[r.index] = false; this.maybeForget(c) }
+    })
+    a.on('failed', (err) => this.fail(r, `connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+  }
+
+  private onHealthUp (r: Replica): void {
+    this.logger.info('replica_up', { replica: r.name })
+    // A replica that was down before any input was logged missed nothing: it may back up.
+    if (r.role === 'down' && this.input.lastSeq === 0 && this.serving) {
+      this.setRole(r, 'backup', 'reachable before any input')
+      this.attach(r)
+      this.reportProtection('backup joined')
+    }
+  }
+
+  /** A replica failed: the primary is replaced, a backup is retired. */
+  private fail (r: Replica, reason: string): void {
+    if (!r.serving || this.closing) return
+    this.logger.warn('replica_down', { replica: r.name, reason, role: r.role })
+    if (r === this.primary) void this.failover(reason, performance.now())
+    else this.retire(r, 'stale', reason)
+  }
+
+  /** Take a backup out of service: it missed (or will miss) inputs, so it is stale. */
+  private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
+    r.applier?.close()
+    r.applier = null
+    // Before any input was logged nothing was missed: the replica is only down.
+    this.setRole(r, role === 'stale' && this.input.lastSeq > 0 ? 'stale' : 'down', reason)
+    for (const c of this.conns.values()) {
+      c.stream.drop(r.index)
+      c.open[r.index] = false
+      this.maybeForget(c)
+    }
+    if (r.role === 'stale') void this.persistStale()
+    this.reportProtection(`${r.name}: ${reason}`)
+    this.afterProgress()
+  }
+
+  private async failover (reason: string, detectedAt: number): Promise<void> {
+    if (this.failing) return
+    this.failing = true
+    const old = this.primary
+    old.applier?.close()
+    old.applier = null
+    this.setRole(old, this.input.lastSeq > 0 ? 'stale' : 'down', reason)
+    const to = this.replicas.find((r) => r.role === 'backup' && r.health.state !== 'down' && r.applier)
+    if (!to) {
+      await this.persistStale()
+      this.failing = false
+      return this.stopServing(`primary ${old.name} failed (${reason}) and no backup can take over`)
+    }
+    const epoch = this.state.epoch + 1
+    const won = await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })
+    if (!won) {
+      this.failing = false
+      return this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch}`)
+    }
+    this.primary = to
+    if (!to.serving) {
+      // It failed while the test-and-set was in flight: go on to the next backup.
+      this.failing = false
+      return this.failover(`${reason}; then ${to.name} failed`, detectedAt)
+    }
+    this.setRole(to, 'primary', `failover from ${old.name}`)
+    const now = performance.now()
+    const dep = to.applier?.sent ?? 0
+    for (const c of [...this.conns.values()]) {
+      this.mismatches(c, c.stream.promote(to.index, dep, now))
+      if (!c.gone && c.stream.end > c.stream.written) this.holding.add(c)
+      this.resumeReplica(c, to)
+    }
+    const info: FailoverInfo = { from: old.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - detectedAt) * 100) / 100, reason }
+    this.lastFailover = info
+    this.logger.warn('failover', { ...info })
+    this.failing = false
+    this.emit('failover', info)
+    this.reportProtection(`failover from ${old.name}`)
+    this.afterProgress()
+    for (const c of [...this.conns.values()]) this.advance(c)
+  }
+
+  private stopServing (reason: string): void {
+    if (!this.serving) return
+    this.serving = false
+    this.logger.error('serving_stopped', { reason })
+    this.server?.close()
+    for (const c of this.conns.values()) c.socket.destroy()
+    this.teardown()
+    this.emit('stopped', reason)
+  }
+
+  private teardown (): void {
+    clearInterval(this.stallTimer)
+    for (const r of this.replicas) {
+      r.health.stop()
+      r.applier?.close()
+      r.applier = null
+    }
+  }
+
+  private staleNames (): string[] {
+    return this.replicas.filter((r) => r.role === 'stale').map((r) => r.name)
+  }
+
+  private persistStale (): Promise<void> {
+    const stale = this.staleNames()
+    if (stale.length === this.state.stale.length && stale.every((n) => this.state.stale.includes(n))) return Promise.resolve()
+    return this.cas({ epoch: this.state.epoch + 1, primary: this.primary.name, stale, owner: '' }).then((won) => {
+      if (!won) this.stopServing('lost the arbiter\'s test-and-set while recording stale replicas')
+    })
+  }
+
+  // Test-and-set through the arbiter, one at a time; the next epoch is computed when it runs.
+  private cas (next: ArbiterState): Promise<boolean> {
+    const run = async (): Promise<boolean> => {
+      const expect = this.state.epoch
+      const want = { ...next, epoch: Math.max(next.epoch, expect + 1), stale: this.staleNames() }
+      try {
+        const won = await this.arbiter.compareAndSet(expect, want)
+        if (won) this.state = want
+        else this.logger.error('arbiter_lost', { epoch: want.epoch })
+        return won
+      } catch (err) {
+        this.logger.error('arbiter_error', { error: (err as Error).message, code: (err as FtproxyError).code })
+        return false
+      }
+    }
+    const p = this.arbiterQueue.then(run, run)
+    this.arbiterQueue = p
+    return p
+  }
+
+  private reportProtection (reason: string): void {
+    const backups = this.replicas.filter((r) => r.role === 'backup').map((r) => r.name)
+    const now = backups.length > 0
+    if (now === this.isProtected) return
+    this.isProtected = now
+    if (now) this.logger.info('protected', { backups })
+    else this.logger.warn('unprotected', { reason, on_backup_loss: this.cfg.on_backup_loss })
+  }
+
+  private checkStalls (): void {
+    const now = performance.now()
+    const stalled = new Set<number>()
+    for (const c of this.conns.values()) for (const r of c.stream.stalled(now, this.cfg.timeouts.stall)) stalled.add(r)
+    for (const i of stalled) this.fail(this.replicas[i], `stall: owes output that another replica produced more than ${this.cfg.timeouts.stall}ms ago`)
+  }
+
+  // ---- clients ----------------------------------------------------------------------------
+
+  private listen (): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false })
+      this.server = server
+      server.on('connection', (socket) => this.onConnection(socket))
+      server.once('error', reject)
+      server.listen({ host: this.cfg.listen.host, port: this.cfg.listen.port }, () => {
+        server.off('error', reject)
+        server.on('error', (err) => this.logger.error('listener_error', { error: err.message }))
+        const a = server.address() as net.AddressInfo
+        this.bound = { host: a.address, port: a.port }
+        this.logger.info('listening', { address: formatHostPort(this.bound), epoch: this.state.epoch, primary: this.primary.name, output_commit: this.cfg.output_commit })
+        this.emit('listening', this.bound)
+        resolve()
+      })
+    })
+  }
+
+  private onConnection (socket: net.Socket): void {
+    if (!this.serving) return void socket.destroy()
+    if (this.conns.size >= this.cfg.limits.max_connections) {
+      this.logger.warn('connection_rejected', { reason: 'max_connections', limit: this.cfg.limits.max_connections, remote: `${socket.remoteAddress}:${socket.remotePort}` })
+      return void socket.destroy()
+    }
+    const n = this.replicas.length
+    const c: Conn = {
+      id: this.nextConn++,
+      socket,
+      stream: new OutputStream(this.replicas.map((r) => r.serving), this.primary.index),
+      logged: 0,
+      acked: new Array<number>(n).fill(0),
+      inputPaused: false,
+      gone: false,
+      blocked: false,
+      ended: false,
+      open: this.replicas.map((r) => r.serving),
+      paused: new Array<boolean>(n).fill(false),
+      eofAt: new Array<number | null>(n).fill(null),
+      eofOk: new Array<boolean>(n).fill(false),
+    }
+    this.conns.set(c.id, c)
+    this.logger.debug('connection_open', { conn: c.id, remote: `${socket.remoteAddress}:${socket.remotePort}` })
+    socket.on('data', (data: Buffer) => this.onClientData(c, data))
+    socket.on('end', () => this.append('EOF', c))
+    socket.on('drain', () => { c.blocked = false; this.advance(c) })
+    socket.on('error', (err) => this.logger.debug('client_error', { conn: c.id, error: err.message }))
+    socket.on('close', () => this.onClientClose(c))
+    this.append('OPEN', c)
+  }
+
+  private onClientData (c: Conn, data: Buffer): void {
+    this.append('DATA', c, data)
+    c.logged += data.length
+    if (!c.inputPaused && this.inflight(c) > this.cfg.limits.max_lag) {
+      c.inputPaused = true
+      c.socket.pause()
+    }
+  }
+
+  private onClientClose (c: Conn): void {
+    c.gone = true
+    this.holding.delete(c)
+    this.append('CLOSE', c)
+    this.logger.debug('connection_closed', { conn: c.id })
+    this.maybeForget(c)
+  }
+
+  private append (type: EntryType, c: Conn, data?: Buffer): void {
+    if (!this.serving && type === 'OPEN') return
+    const entry = this.input.append(type, c.id, data)
+    for (const r of this.replicas) r.applier?.apply(entry)
+  }
+
+  // Input not yet acknowledged by every serving replica.
+  private inflight (c: Conn): number {
+    let min = c.logged
+    for (const r of this.replicas) if (r.applier) min = Math.min(min, c.acked[r.index])
+    return c.logged - min
+  }
+
+  private maybeForget (c: Conn): void {
+    if (!c.gone || c.open.some((o, i) => o && this.replicas[i].serving)) return
+    this.conns.delete(c.id)
+    this.holding.delete(c)
+  }
+
+  // ---- replica events ---------------------------------------------------------------------
+
+  private onAck (r: Replica): void {
+    const a = r.applier as Applier
+    // Credit each connection with the DATA bytes this replica has now acknowledged.
+    for (let seq = Math.max(r.credited + 1, this.input.firstSeq); seq <= a.acked; seq++) {
+      const e = this.input.get(seq)
+      if (e?.data) {
+        const c = this.conns.get(e.conn)
+        if (c) {
+          c.acked[r.index] += e.data.length
+          if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
+            c.inputPaused = false
+            c.socket.resume()
+          }
+        }
+      }
+    }
+    r.credited = a.acked
+    this.trimLog()
+    if (r.role === 'backup' && this.cfg.output_commit === 'ack') this.scheduleFlush()
+  }
+
+  private trimLog (): void {
+    let min = this.input.lastSeq
+    for (const r of this.replicas) if (r.applier) min = Math.min(min, r.credited)
+    this.input.trim(min)
+  }
+
+  private onOutput (r: Replica, conn: number, data: Buffer): void {
+    const c = this.conns.get(conn)
+    if (!c || !r.serving) return
+    const s = c.stream
+    const isPrimary = r === this.primary
+    const pEof = c.eofAt[this.primary.index]
+    if (!isPrimary && pEof !== null && c.eofOk[this.primary.index] && s.produced[r.index] + data.length > pEof) {
+      return this.diverged(r, c, pEof, Buffer.alloc(0), data.subarray(0, 16), 'output after the primary closed')
+    }
+    this.mismatches(c, s.push(r.index, data, isPrimary ? (r.applier as Applier).sent : 0, performance.now()))
+    if (isPrimary && !c.gone) this.holding.add(c)
+    this.checkEnds(c)
+    this.advance(c)
+  }
+
+  private onOutputEnd (r: Replica, conn: number, err: Error | null): void {
+    const c = this.conns.get(conn)
+    if (!c || !r.serving) return
+    c.eofAt[r.index] = c.stream.produced[r.index]
+    if (err) r.log.debug('app_socket_error', { conn, error: err.message })
+    // A dying server's sockets end too: believe an end only once the server still answers.
+    void r.health.probeNow().then((ok) => {
+      if (!ok || !r.serving) return
+      c.eofOk[r.index] = true
+      this.checkEnds(c)
+      this.advance(c)
+    })
+    this.checkEnds(c)
+    this.advance(c)
+  }
+
+  // A replica whose output ended where the primary's goes on (or the reverse) has diverged.
+  private checkEnds (c: Conn): void {
+    const p = this.primary.index
+    const pEnd = c.eofAt[p]
+    for (const r of this.replicas) {
+      if (r.role !== 'backup') continue
+      const end = c.eofAt[r.index]
+      if (end !== null && pEnd !== null && end === pEnd) {
+        // Both ended at the same offset: each confirms the other.
+        c.eofOk[p] = c.eofOk[r.index] = true
+      } else if (end !== null && c.eofOk[r.index] && (c.stream.end > end || (pEnd !== null && c.eofOk[p]))) {
+        this.diverged(r, c, end, Buffer.alloc(0), Buffer.alloc(0), 'output ended at a different offset')
+      }
+    }
+  }
+
+  private mismatches (c: Conn, found: Mismatch[]): void {
+    for (const m of found) {
+      const r = this.replicas[m.replica]
+      if (r === this.primary) {
+        // The new primary's bytes differ from what the client already has: cannot splice.
+        this.logger.error('splice_failed', { conn: c.id, replica: r.name, offset: m.offset, released: m.expected.toString('hex'), replica_bytes: m.actual.toString('hex') })
+        c.stream.drop(r.index)
+        c.gone = true
+        c.socket.destroy()
+      } else {
+        this.diverged(r, c, m.offset, m.expected, m.actual, 'bytes differ')
+      }
+    }
+  }
+
+  private diverged (r: Replica, c: Conn, offset: number, primary: Buffer, backup: Buffer, what: string): void {
+    if (!r.serving) return
+    this.logger.error('divergence', { replica: r.name, conn: c.id, offset, what, primary_hex: primary.toString('hex'), backup_hex: backup.toString('hex') })
+    this.retire(r, 'stale', `divergence on conn ${c.id} at offset ${offset}`)
+  }
+
+  // ---- output commit ----------------------------------------------------------------------
+
+  private scheduleFlush (): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      for (const c of this.holding) this.advance(c)
+    })
+  }
+
+  // Everything that may have moved after a replica left or a primary changed.
+  private afterProgress (): void {
+    for (const c of this.conns.values()) {
+      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
+        c.inputPaused = false
+        c.socket.resume()
+      }
+    }
+    this.trimLog()
+    this.scheduleFlush()
+  }
+
+  /** Apply the commit rule to one connection, write what it releases, apply backpressure. */
+  private advance (c: Conn): void {
+    const s = c.stream
+    if (!this.isProtected) {
+      if (this.cfg.on_backup_loss === 'continue') s.commitTo(s.end)
+    } else if (this.cfg.output_commit === 'none') {
+      s.commitTo(s.end)
+    } else if (this.cfg.output_commit === 'ack') {
+      let seq = Infinity
+      for (const r of this.replicas) if (r.role === 'backup' && r.applier) seq = Math.min(seq, r.applier.acked)
+      s.commitAcked(seq)
+    } else {
+      s.commitTo(s.matchedByBackups())
+    }
+    if (c.gone) {
+      s.take()
+    } else if (!c.blocked && s.committed > s.written) {
+      for (const buf of s.take()) c.blocked = !c.socket.write(buf)
+    } else {
+      s.trim()
+    }
+    if (s.written >= s.end) this.holding.delete(c)
+    this.pressure(c)
+    const p = this.primary.index
+    const pEnd = c.eofAt[p]
+    if (!c.ended && !c.gone && pEnd !== null && c.eofOk[p] && s.written === pEnd) {
+      c.ended = true
+      c.socket.end()
+    }
+  }
+
+  // Pause a replica's output on this connection while its unconfirmed bytes exceed max_lag.
+  private pressure (c: Conn): void {
+    const max = this.cfg.limits.max_lag
+    for (const r of this.replicas) {
+      if (!r.applier) continue
+      const over = r === this.primary ? c.stream.held > max : c.stream.aheadBytes[r.index] > max
+      if (over && !c.paused[r.index]) {
+        c.paused[r.index] = true
+        c.stream.suspend(r.index, true, performance.now())
+        r.applier.pause(c.id)
+      } else if (!over && c.paused[r.index]) {
+        this.resumeReplica(c, r)
+      }
+    }
+  }
+
+  private resumeReplica (c: Conn, r: Replica): void {
+    if (!c.paused[r.index]) return
+    c.paused[r.index] = false
+    c.stream.suspend(r.index, false, performance.now())
+    r.applier?.resume(c.id)
+  }
+
+  private undrained (): boolean {
+    for (const c of this.conns.values()) {
+      if (!c.gone && (c.stream.committed > c.stream.written || c.socket.writableLength > 0)) return true
+    }
+    return false
+  }
+}

@@ -1,0 +1,101 @@
+// Health of one server: a TCP connect every `interval`, down after `fall` failures in a row,
+// up after `rise` successes (HAProxy's check semantics). probeNow() is the fast path: an app
+// socket was reset, or an output end needs confirming; a refused connect then is final.
+
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import type { HostPort } from './config.js'
+
+export type Health = 'unknown' | 'up' | 'down'
+
+export interface HealthOptions {
+  address: HostPort
+  interval: number
+  timeout: number
+  fall: number
+  rise: number
+}
+
+/** One TCP connect: resolves null on success, or the error. */
+export function probe (address: HostPort, timeout: number): Promise<Error | null> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: address.host, port: address.port })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      resolve(Object.assign(new Error(`health check timed out after ${timeout}ms`), { code: 'ETIMEDOUT' }))
+    }, timeout)
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(null)
+    })
+    socket.once('error', (err) => {
+      clearTimeout(timer)
+      resolve(err)
+    })
+  })
+}
+
+export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }> {
+  state: Health = 'unknown'
+  private fails = 0
+  private oks = 0
+  private timer?: NodeJS.Timeout
+  private running = false
+
+  constructor (private opts: HealthOptions) {
+    super()
+  }
+
+  start (): void {
+    if (this.timer) return
+    this.timer = setInterval(() => { void this.check() }, this.opts.interval)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    clearInterval(this.timer)
+    this.timer = undefined
+  }
+
+  /** New timings (SIGHUP); the address stays. */
+  retime (opts: Omit<HealthOptions, 'address'>): void {
+    this.opts = { ...opts, address: this.opts.address }
+    if (this.timer) { this.stop(); this.start() }
+  }
+
+  /** Probe at once; a failure marks the server down without waiting for `fall`. */
+  async probeNow (): Promise<boolean> {
+    const err = await probe(this.opts.address, this.opts.timeout)
+    if (err) this.mark(false, `probe: ${(err as NodeJS.ErrnoException).code ?? err.message}`, true)
+    else this.mark(true, '', false)
+    return err === null
+  }
+
+  private async check (): Promise<void> {
+    if (this.running) return
+    this.running = true
+    const err = await probe(this.opts.address, this.opts.timeout)
+    this.running = false
+    if (this.timer === undefined) return
+    this.mark(err === null, err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : '', false)
+  }
+
+  private mark (ok: boolean, reason: string, now: boolean): void {
+    if (ok) {
+      this.fails = 0
+      this.oks++
+      if (this.state !== 'up' && (this.state === 'unknown' || this.oks >= this.opts.rise)) {
+        this.state = 'up'
+        this.emit('up')
+      }
+    } else {
+      this.oks = 0
+      this.fails++
+      if (this.state !== 'down' && (now || this.fails >= this.opts.fall)) {
+        this.state = 'down'
+        this.emit('down', reason)
+      }
+    }
+  }
+}

@@ -1,0 +1,212 @@
+// Applies the input log to one server: one TCP connection to it per client connection.
+//
+//   apply(OPEN c)  ──▶ connect (one at a time, in seq order: accept order matches the log)
+//   apply(DATA c)  ──▶ socket.write ── callback ──▶ 'ack' (highest contiguous seq written)
+//   apply(EOF c)   ──▶ socket.end (half-close, after every earlier byte)
+//   apply(CLOSE c) ──▶ socket.end, then destroy once the server closed or `linger` passed
+//   socket data    ──▶ 'output' (conn, bytes)      socket end/error ──▶ 'output_end'
+//
+// This is the one implementation of "drive a server with the log": the front uses it for a
+// direct replica. It never decides roles; it reports and the front decides.
+
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import type { Entry } from '../front/log.js'
+import type { HostPort } from '../config.js'
+import { FtproxyError } from '../errors.js'
+
+export interface ApplierOptions {
+  address: HostPort
+  connectTimeout: number
+  linger: number
+}
+
+export interface ApplierEvents {
+  /** Every entry up to `seq` has been handed to the server's sockets. */
+  ack: [seq: number]
+  output: [conn: number, data: Buffer]
+  /** The server ended (or reset) its side of `conn`; no more output will come. */
+  output_end: [conn: number, err: Error | null]
+  /** The app socket of `conn` is fully closed. */
+  closed: [conn: number]
+  /** The server cannot be reached (connect refused or timed out): the applier stopped. */
+  failed: [err: Error]
+}
+
+interface AppConn {
+  id: number
+  socket: net.Socket
+  /** seqs written to this socket and not yet confirmed */
+  pending: Set<number>
+  outputEnded: boolean
+  closed: boolean
+  lingerTimer?: NodeJS.Timeout
+}
+
+export class Applier extends EventEmitter<ApplierEvents> {
+  /** The last seq handed to apply(). */
+  sent = 0
+  /** The highest seq such that it and every earlier one reached the server's sockets. */
+  acked = 0
+  private readonly conns = new Map<number, AppConn>()
+  private readonly queue: Entry[] = []
+  private qhead = 0
+  private connecting = false
+  private stopped = false
+  // Acks complete out of order across sockets; `acked` only moves over a contiguous run.
+  private readonly inflight: number[] = []
+  private ihead = 0
+  private readonly done = new Set<number>()
+
+  constructor (private readonly opts: ApplierOptions) {
+    super()
+  }
+
+  /** Hand over the next entry. Entries must come in seq order. */
+  apply (entry: Entry): void {
+    if (this.stopped) return
+    this.sent = entry.seq
+    this.inflight.push(entry.seq)
+    if (this.connecting || this.qhead < this.queue.length) {
+      this.queue.push(entry)
+      return
+    }
+    this.run(entry)
+  }
+
+  pause (conn: number): void {
+    this.conns.get(conn)?.socket.pause()
+  }
+
+  resume (conn: number): void {
+    const c = this.conns.get(conn)
+    if (c && !c.outputEnded) c.socket.resume()
+  }
+
+  /** Stop for good: every socket is destroyed at once and no event is emitted after. */
+  close (): void {
+    this.stopped = true
+    this.removeAllListeners()
+    for (const c of this.conns.values()) {
+      clearTimeout(c.lingerTimer)
+      c.socket.destroy()
+    }
+    this.conns.clear()
+    this.queue.length = 0
+  }
+
+  get connections (): number {
+    return this.conns.size
+  }
+
+  private run (entry: Entry): void {
+    switch (entry.type) {
+      case 'OPEN': return this.open(entry)
+      case 'DATA': return this.write(entry)
+      case 'EOF': return this.finish(entry, false)
+      case 'CLOSE': return this.finish(entry, true)
+    }
+  }
+
+  private drain (): void {
+    while (!this.connecting && !this.stopped && this.qhead < this.queue.length) {
+      this.run(this.queue[this.qhead++])
+    }
+    if (this.qhead === this.queue.length) {
+      this.queue.length = 0
+      this.qhead = 0
+    }
+  }
+
+  private open (entry: Entry): void {
+    const socket = net.connect({ host: this.opts.address.host, port: this.opts.address.port, allowHalfOpen: true, noDelay: true })
+    const c: AppConn = { id: entry.conn, socket, pending: new Set(), outputEnded: false, closed: false }
+    this.conns.set(entry.conn, c)
+    this.connecting = true
+    const timer = setTimeout(() => {
+      socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', `connect to ${this.opts.address.host}:${this.opts.address.port} timed out`))
+    }, this.opts.connectTimeout)
+    const onConnectError = (err: Error): void => {
+      clearTimeout(timer)
+      if (this.stopped) return
+      this.emit('failed', err)
+      this.close()
+    }
+    socket.once('error', onConnectError)
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      socket.off('error', onConnectError)
+      if (this.stopped) return void socket.destroy()
+      this.wire(c)
+      this.connecting = false
+      this.confirm(entry.seq)
+      this.drain()
+    })
+  }
+
+  // The one place an app socket's listeners are set.
+  private wire (c: AppConn): void {
+    const { socket } = c
+    socket.on('data', (data: Buffer) => this.emit('output', c.id, data))
+    socket.on('end', () => this.outputEnd(c, null))
+    socket.on('error', (err) => this.outputEnd(c, err))
+    socket.on('close', () => {
+      c.closed = true
+      clearTimeout(c.lingerTimer)
+      // Whatever was still queued on a dead socket will never be written: do not hold the log.
+      for (const seq of c.pending) this.confirm(seq)
+      c.pending.clear()
+      this.outputEnd(c, null)
+      this.conns.delete(c.id)
+      this.emit('closed', c.id)
+    })
+  }
+
+  private outputEnd (c: AppConn, err: Error | null): void {
+    if (c.outputEnded) return
+    c.outputEnded = true
+    this.emit('output_end', c.id, err)
+  }
+
+  private write (entry: Entry): void {
+    const c = this.conns.get(entry.conn)
+    if (!c || c.closed || c.socket.destroyed || !c.socket.writable) return this.confirm(entry.seq)
+    c.pending.add(entry.seq)
+    c.socket.write(entry.data as Buffer, (err) => {
+      if (!c.pending.delete(entry.seq)) return
+      if (!err) this.confirm(entry.seq)
+    })
+  }
+
+  private finish (entry: Entry, close: boolean): void {
+    const c = this.conns.get(entry.conn)
+    if (!c || c.closed || c.socket.destroyed) return this.confirm(entry.seq)
+    if (close && !c.lingerTimer) {
+      // The client is gone: give the server `linger` to read everything and close.
+      c.lingerTimer = setTimeout(() => c.socket.destroy(), this.opts.linger)
+      c.lingerTimer.unref()
+      if (c.outputEnded) c.socket.resume()
+    }
+    if (!c.socket.writable) return this.confirm(entry.seq)
+    c.pending.add(entry.seq)
+    c.socket.end(() => {
+      if (c.pending.delete(entry.seq)) this.confirm(entry.seq)
+      if (close && c.outputEnded) c.socket.destroy()
+    })
+  }
+
+  private confirm (seq: number): void {
+    this.done.add(seq)
+    let moved = false
+    while (this.ihead < this.inflight.length && this.done.has(this.inflight[this.ihead])) {
+      this.done.delete(this.inflight[this.ihead])
+      this.acked = this.inflight[this.ihead++]
+      moved = true
+    }
+    if (this.ihead > 4096 && this.ihead * 2 > this.inflight.length) {
+      this.inflight.splice(0, this.ihead)
+      this.ihead = 0
+    }
+    if (moved) this.emit('ack', this.acked)
+  }
+}

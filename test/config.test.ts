@@ -1,0 +1,417 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import {
+  DEFAULTS,
+  formatDuration,
+  formatHostPort,
+  formatSize,
+  loadConfig,
+  parseConfig,
+  parseDuration,
+  parseHostPort,
+  parseSize,
+  renderConfig
+} from '../lib/config.js'
+import type { Config } from '../lib/config.js'
+import { ConfigError } from '../lib/errors.js'
+import type { ConfigIssue } from '../lib/errors.js'
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const CWD = '/srv/ftproxy'
+
+// YAML from numbered lines: the line numbers asserted below are the array positions + 1.
+function yaml (...lines: string[]): string {
+  return lines.join('\n') + '\n'
+}
+
+const TWO_REPLICAS = [
+  'replicas:',
+  '  - name: a',
+  '    address: 127.0.0.1:7101',
+  '  - name: b',
+  '    address: 127.0.0.1:7102'
+]
+
+function issuesOf (t: Test, text: string): ConfigIssue[] {
+  try {
+    parseConfig(text, 'test.yaml', CWD)
+  } catch (err) {
+    t.ok(err instanceof ConfigError, 'throws a ConfigError')
+    t.equal((err as ConfigError).code, 'ERR_FTPROXY_CONFIG')
+    return (err as ConfigError).issues
+  }
+  t.fail('expected a ConfigError')
+  return []
+}
+
+// One issue at exactly this path and line (several may share a path, e.g. none here).
+function hasIssue (t: Test, issues: ConfigIssue[], path: string, line: number): void {
+  const found = issues.filter((i) => i.path === path)
+  t.equal(found.length, 1, `one issue at ${path}`, { issues })
+  t.equal(found[0]?.line, line, `${path} at line ${line}`, { issues })
+  t.ok(found[0]?.message.length > 0, 'has a message')
+}
+
+t.test('parseDuration', async (t) => {
+  const good: Array<[string | number, number]> = [
+    ['250ms', 250], ['2s', 2000], ['1m', 60_000], ['1h', 3_600_000], ['1.5s', 1500],
+    ['1.1s', 1100], ['0.25s', 250], ['0', 0], [0, 0], ['0ms', 0], ['90s', 90_000], ['1.5m', 90_000]
+  ]
+  for (const [s, ms] of good) t.equal(parseDuration(s), ms, `${String(s)} → ${ms}`)
+  const bad: unknown[] = [5, '5', 1.5, '2 s', '2S', '-1s', '1.5ms', '', 'abc', '1e3ms', '2sec',
+    's', '.5s', '1.s', null, undefined, NaN, '99999999999999999h']
+  for (const s of bad) t.throws(() => parseDuration(s as string), `${String(s)} is refused`)
+})
+
+t.test('formatDuration', async (t) => {
+  t.equal(formatDuration(500), '500ms')
+  t.equal(formatDuration(2000), '2s')
+  t.equal(formatDuration(60_000), '1m')
+  t.equal(formatDuration(3_600_000), '1h')
+  t.equal(formatDuration(1500), '1500ms')
+  t.equal(formatDuration(90_000), '90s')
+  t.equal(formatDuration(0), '0ms')
+  for (const ms of [1, 999, 1000, 1001, 59_999, 61_000, 7_200_000, 123_456_789]) {
+    t.equal(parseDuration(formatDuration(ms)), ms, `${ms} round-trips`)
+  }
+})
+
+t.test('parseSize and formatSize', async (t) => {
+  const good: Array<[string | number, number]> = [
+    ['512B', 512], ['64KiB', 65_536], ['8MiB', 8 * 1024 * 1024], ['1GiB', 1024 ** 3],
+    ['100', 100], [100, 100], [0, 0], ['1.5KiB', 1536], ['0.5MiB', 512 * 1024]
+  ]
+  for (const [s, n] of good) t.equal(parseSize(s), n, `${String(s)} → ${n}`)
+  const bad: unknown[] = ['64KB', '8MB', '1GB', '8mib', '64K', '1TiB', '-1', -1, 1.5, '1.3B',
+    '0.1KiB', '', 'KiB', '8 MiB', null, '99999999999GiB']
+  for (const s of bad) t.throws(() => parseSize(s as string), `${String(s)} is refused`)
+
+  t.equal(formatSize(8 * 1024 * 1024), '8MiB')
+  t.equal(formatSize(65_536), '64KiB')
+  t.equal(formatSize(100), '100B')
+  t.equal(formatSize(1024 ** 3), '1GiB')
+  t.equal(formatSize(1536), '1536B')
+  t.equal(formatSize(0), '0B')
+  for (const n of [1, 1023, 1024, 1025, 3 * 1024 * 1024, 5 * 1024 ** 3]) {
+    t.equal(parseSize(formatSize(n)), n, `${n} round-trips`)
+  }
+})
+
+t.test('parseHostPort and formatHostPort', async (t) => {
+  t.same(parseHostPort('127.0.0.1:7000'), { host: '127.0.0.1', port: 7000 })
+  t.same(parseHostPort('localhost:7000'), { host: 'localhost', port: 7000 })
+  t.same(parseHostPort('[::1]:7000'), { host: '::1', port: 7000 })
+  t.same(parseHostPort('db-1.example.com:65535'), { host: 'db-1.example.com', port: 65535 })
+  t.same(parseHostPort('127.0.0.1:0'), { host: '127.0.0.1', port: 0 })
+  t.same(parseHostPort('[::]:80'), { host: '::', port: 80 })
+  const bad: unknown[] = ['127.0.0.1', '::1:7000', '[::1]7000', '[::1]', 'host:65536', 'host:-1',
+    ':7000', 'host:', '[not-v6]:1', 'host:1.5', 'a b:1', 'host:123456', '', 7000, null]
+  for (const s of bad) t.throws(() => parseHostPort(s as string), `${String(s)} is refused`)
+
+  t.equal(formatHostPort({ host: '::1', port: 7000 }), '[::1]:7000')
+  t.equal(formatHostPort({ host: '127.0.0.1', port: 7000 }), '127.0.0.1:7000')
+  for (const s of ['[::1]:7000', 'localhost:1', '10.0.0.2:7200']) t.equal(formatHostPort(parseHostPort(s)), s)
+})
+
+t.test('defaults fill a minimal config', async (t) => {
+  const c = parseConfig(yaml(...TWO_REPLICAS), 'min.yaml', CWD)
+  t.same(c, {
+    file: 'min.yaml',
+    listen: { host: '127.0.0.1', port: 7000 },
+    state_dir: join(CWD, 'state'),
+    output_commit: 'ack',
+    on_backup_loss: 'continue',
+    replicas: [
+      { name: 'a', address: { host: '127.0.0.1', port: 7101 } },
+      { name: 'b', address: { host: '127.0.0.1', port: 7102 } }
+    ],
+    health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
+    timeouts: { connect: 2000, stall: 3000, linger: 5000, heartbeat: 1000 },
+    limits: { max_connections: 10000, max_lag: 8 * 1024 * 1024 },
+    arbiter: { kind: 'file' },
+    log: { level: 'info', format: 'json' },
+    admin: { listen: { host: '127.0.0.1', port: 7900 } }
+  })
+  t.notOk('command' in c.replicas[0], 'no command key when none given')
+  t.notOk('token' in c.admin, 'no token key when none given')
+
+  // The result is the caller's to change: DEFAULTS must stay untouched.
+  c.health_check.fall = 99
+  c.listen.port = 1
+  const again = parseConfig(yaml(...TWO_REPLICAS), 'min.yaml', CWD)
+  t.equal(again.health_check.fall, 3)
+  t.equal(again.listen.port, 7000)
+  t.equal(DEFAULTS.health_check.fall, 3)
+  t.ok(Object.isFrozen(DEFAULTS.health_check), 'DEFAULTS is frozen')
+})
+
+t.test('partial sections keep the other defaults; absolute state_dir stays', async (t) => {
+  const c = parseConfig(yaml(
+    'state_dir: /var/lib/ftproxy',
+    'health_check: { fall: 5, interval: 2s }',
+    'limits: { max_lag: 64KiB }',
+    'admin: { token: s3cret }',
+    ...TWO_REPLICAS
+  ), 'p.yaml', CWD)
+  t.equal(c.state_dir, '/var/lib/ftproxy')
+  t.same(c.health_check, { interval: 2000, timeout: 500, fall: 5, rise: 2 })
+  t.same(c.limits, { max_connections: 10000, max_lag: 65_536 })
+  t.same(c.admin, { listen: { host: '127.0.0.1', port: 7900 }, token: 's3cret' })
+})
+
+t.test('numbers in a command become strings', async (t) => {
+  const c = parseConfig(yaml(
+    ...TWO_REPLICAS,
+    '    command: [redis-server, --port, 6380, --hz, 10.5]'
+  ), 'c.yaml', CWD)
+  t.same(c.replicas[1].command, ['redis-server', '--port', '6380', '--hz', '10.5'])
+})
+
+t.test('each kind of bad value names its path and line', async (t) => {
+  const cases: Array<{ name: string, text: string, path: string, line: number }> = [
+    { name: 'bad listen', text: yaml('listen: 127.0.0.1', ...TWO_REPLICAS), path: 'listen', line: 1 },
+    { name: 'listen as a number', text: yaml(...TWO_REPLICAS, 'listen: 7000'), path: 'listen', line: 6 },
+    { name: 'bad enum', text: yaml(...TWO_REPLICAS, 'output_commit: always'), path: 'output_commit', line: 6 },
+    { name: 'bad on_backup_loss', text: yaml('on_backup_loss: stop', ...TWO_REPLICAS), path: 'on_backup_loss', line: 1 },
+    { name: 'empty state_dir', text: yaml('state_dir: ""', ...TWO_REPLICAS), path: 'state_dir', line: 1 },
+    { name: 'fall 0', text: yaml(...TWO_REPLICAS, 'health_check:', '  fall: 0'), path: 'health_check.fall', line: 7 },
+    { name: 'rise not an integer', text: yaml(...TWO_REPLICAS, 'health_check: { rise: 1.5 }'), path: 'health_check.rise', line: 6 },
+    { name: 'rise as a string', text: yaml(...TWO_REPLICAS, 'health_check: { rise: "2" }'), path: 'health_check.rise', line: 6 },
+    { name: 'zero interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 0s', '  timeout: 0s'), path: 'health_check.interval', line: 7 },
+    { name: 'duration without unit', text: yaml(...TWO_REPLICAS, 'timeouts:', '  stall: 3'), path: 'timeouts.stall', line: 7 },
+    { name: 'duration too long', text: yaml(...TWO_REPLICAS, 'timeouts:', '  linger: 30d'), path: 'timeouts.linger', line: 7 },
+    { name: 'duration over the timer limit', text: yaml(...TWO_REPLICAS, 'timeouts:', '  linger: 1000h'), path: 'timeouts.linger', line: 7 },
+    { name: 'zero timeout', text: yaml(...TWO_REPLICAS, 'timeouts: { connect: 0ms }'), path: 'timeouts.connect', line: 6 },
+    { name: 'timeout > interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  timeout: 2s'), path: 'health_check.timeout', line: 8 },
+    // timeout left at its default (500ms): the parent key is the place to look.
+    { name: 'default timeout > interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 200ms'), path: 'health_check.timeout', line: 6 },
+    { name: 'max_connections 0', text: yaml(...TWO_REPLICAS, 'limits:', '  max_connections: 0'), path: 'limits.max_connections', line: 7 },
+    { name: 'max_lag too small', text: yaml(...TWO_REPLICAS, 'limits:', '  max_lag: 32KiB'), path: 'limits.max_lag', line: 7 },
+    { name: 'max_lag in MB', text: yaml(...TWO_REPLICAS, 'limits:', '  max_lag: 8MB'), path: 'limits.max_lag', line: 7 },
+    { name: 'log level', text: yaml('log:', '  level: verbose', ...TWO_REPLICAS), path: 'log.level', line: 2 },
+    { name: 'log format', text: yaml('log: { format: xml }', ...TWO_REPLICAS), path: 'log.format', line: 1 },
+    { name: 'section not a map', text: yaml('timeouts: 2s', ...TWO_REPLICAS), path: 'timeouts', line: 1 },
+    { name: 'empty section', text: yaml('log:', ...TWO_REPLICAS), path: 'log', line: 1 },
+    { name: 'admin on the front port', text: yaml('listen: 127.0.0.1:7000', 'admin:', '  listen: 127.0.0.1:7000', ...TWO_REPLICAS), path: 'admin.listen', line: 3 },
+    { name: 'empty admin token', text: yaml('admin: { token: "" }', ...TWO_REPLICAS), path: 'admin.token', line: 1 },
+    { name: 'unknown nested key', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  falls: 3'), path: 'health_check.falls', line: 8 },
+    { name: 'unknown top-level key', text: yaml(...TWO_REPLICAS, 'listen_on: 127.0.0.1:1'), path: 'listen_on', line: 6 },
+    { name: 'file is not a key', text: yaml('file: x.yaml', ...TWO_REPLICAS), path: 'file', line: 1 },
+    { name: 'arbiter tas', text: yaml(...TWO_REPLICAS, 'arbiter:', '  kind: tas', '  address: 10.0.0.9:7300'), path: 'arbiter.kind', line: 7 },
+    { name: 'arbiter etcd', text: yaml(...TWO_REPLICAS, 'arbiter: { kind: etcd, endpoints: [a:1] }'), path: 'arbiter.kind', line: 6 },
+    { name: 'arbiter unknown kind', text: yaml(...TWO_REPLICAS, 'arbiter: { kind: zookeeper }'), path: 'arbiter.kind', line: 6 },
+    { name: 'arbiter file with extra key', text: yaml(...TWO_REPLICAS, 'arbiter:', '  kind: file', '  path: /x'), path: 'arbiter.path', line: 8 }
+  ]
+  for (const c of cases) {
+    t.test(c.name, async (t) => hasIssue(t, issuesOf(t, c.text), c.path, c.line))
+  }
+})
+
+t.test('replica problems', async (t) => {
+  t.test('missing replicas', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('# a comment', 'listen: 127.0.0.1:7000')), 'replicas', 2)
+  })
+  t.test('one replica only', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: 127.0.0.1:7101')), 'replicas', 1)
+  })
+  t.test('replicas not a list', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas: { a: 127.0.0.1:1 }')), 'replicas', 1)
+  })
+  t.test('duplicate names', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: a', '    address: 127.0.0.1:7103')), 'replicas[2].name', 6)
+  })
+  t.test('duplicate addresses', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: c', '    address: 127.0.0.1:7102')), 'replicas[2].address', 7)
+  })
+  t.test('replica on the front port', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('listen: 127.0.0.1:7101', ...TWO_REPLICAS)), 'replicas[0].address', 4)
+  })
+  t.test('bad name', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: "b c"', '    address: h:2')), 'replicas[1].name', 4)
+  })
+  t.test('missing name', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - address: h:2')), 'replicas[1].name', 4)
+  })
+  t.test('missing address', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    command: [x]')), 'replicas[1].address', 4)
+  })
+  t.test('bad address', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    address: ::1:7000')), 'replicas[1].address', 5)
+  })
+  t.test('unknown key in a replica', async (t) => {
+    const issues = issuesOf(t, yaml('replicas:', '  - name: a', '    adress: 127.0.0.1:7101', '  - name: b', '    address: h:2'))
+    hasIssue(t, issues, 'replicas[0].adress', 3)
+    hasIssue(t, issues, 'replicas[0].address', 2)
+  })
+  t.test('agent replica', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2:7200')), 'replicas[2].agent', 7)
+  })
+  t.test('command as a string', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: redis-server --port 6380')), 'replicas[1].command', 6)
+  })
+  t.test('empty command', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: []')), 'replicas[1].command', 6)
+  })
+  t.test('command with a non-string argument', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command:', '      - redis-server', '      - { port: 1 }')), 'replicas[1].command[1]', 8)
+  })
+  t.test('command with an empty program', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: ["", x]')), 'replicas[1].command[0]', 6)
+  })
+})
+
+t.test('all problems are reported together, in file order', async (t) => {
+  const issues = issuesOf(t, yaml(
+    'listen: 127.0.0.1:99999', //  1
+    'health_check:', //            2
+    '  fall: 0', //                3
+    'replicas:', //                4
+    '  - name: a', //              5
+    '    adress: 127.0.0.1:7101', // 6
+    '  - name: a', //              7
+    '    address: 127.0.0.1:7102', // 8
+    'log: { level: loud }', //     9
+    'arbiter: { kind: tas }' //   10
+  ))
+  t.same(issues.map((i) => [i.path, i.line]), [
+    ['listen', 1],
+    ['health_check.fall', 3],
+    ['replicas[0].address', 5],
+    ['replicas[0].adress', 6],
+    ['replicas[1].name', 7],
+    ['log.level', 9],
+    ['arbiter.kind', 10]
+  ])
+})
+
+t.test('YAML-level problems', async (t) => {
+  t.test('syntax error', async (t) => {
+    const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', 'replicas: [', '  {name: a'))
+    t.ok(issues.length >= 1)
+    t.equal(issues[0].path, '')
+    t.ok(typeof issues[0].line === 'number' && issues[0].line >= 2, 'line of the error')
+  })
+  t.test('bad indentation', async (t) => {
+    const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', 'replicas:', '  - name: a', '   address: h:1'))
+    t.equal(issues[0].path, '')
+    t.equal(issues[0].line, 4)
+  })
+  t.test('duplicate key', async (t) => {
+    const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', ...TWO_REPLICAS, 'listen: 127.0.0.1:7001'))
+    t.same(issues.map((i) => [i.path, i.line]), [['', 7]])
+  })
+  t.test('two documents', async (t) => {
+    const issues = issuesOf(t, yaml(...TWO_REPLICAS, '---', ...TWO_REPLICAS))
+    t.equal(issues.length, 1)
+    t.equal(issues[0].line, 6)
+  })
+  t.test('empty file', async (t) => {
+    t.same(issuesOf(t, '').map((i) => [i.path, i.line]), [['', 1]])
+  })
+  t.test('comments only', async (t) => {
+    t.same(issuesOf(t, yaml('# nothing', '# here')).map((i) => i.path), [''])
+  })
+  t.test('root is a list', async (t) => {
+    t.same(issuesOf(t, yaml('# x', '- a', '- b')).map((i) => [i.path, i.line]), [['', 2]])
+  })
+  t.test('root is a scalar', async (t) => {
+    t.same(issuesOf(t, yaml('hello')).map((i) => [i.path, i.line]), [['', 1]])
+  })
+  t.test('alias bomb', async (t) => {
+    const issues = issuesOf(t, yaml(
+      'a: &a [x, x, x, x, x, x, x, x, x, x]',
+      'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]',
+      'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]',
+      'd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]'
+    ))
+    t.same(issues.map((i) => i.path), [''])
+  })
+  t.test('aliases are followed', async (t) => {
+    const c = parseConfig(yaml(
+      'replicas:',
+      '  - name: a',
+      '    address: 127.0.0.1:7101',
+      '    command: &cmd [redis-server]',
+      '  - name: b',
+      '    address: 127.0.0.1:7102',
+      '    command: *cmd'
+    ), 'a.yaml', CWD)
+    t.same(c.replicas[1].command, ['redis-server'])
+  })
+})
+
+t.test('renderConfig', async (t) => {
+  const text = yaml(
+    'listen: "[::1]:7000"',
+    'state_dir: rel/state',
+    'output_commit: match',
+    'on_backup_loss: block',
+    'replicas:',
+    '  - name: a',
+    '    address: 127.0.0.1:7101',
+    '    command: [ftproxy, demo-server, --port, "7101"]',
+    '  - name: b.2',
+    '    address: "[::1]:7102"',
+    '  - name: c_3',
+    '    address: localhost:7103',
+    '    command: [redis-server, --save, ""]',
+    'health_check: { interval: 1500ms, timeout: 1s, fall: 1, rise: 4 }',
+    'timeouts: { connect: 1m, stall: 90s, linger: 2h, heartbeat: 250ms }',
+    'limits: { max_connections: 1, max_lag: 100000 }',
+    'log: { level: debug, format: text }',
+    'admin: { listen: 0.0.0.0:0, token: "s3cret: yes" }'
+  )
+  const c = parseConfig(text, 'r.yaml', CWD)
+  const out = renderConfig(c)
+  t.notMatch(out, /^file:/m, 'no file key')
+  t.match(out, /^state_dir: \/srv\/ftproxy\/rel\/state$/m, 'absolute state_dir')
+  t.match(out, /linger: 2h/, 'durations in human units')
+  t.match(out, /max_lag: 100000B/, 'sizes in human units')
+  const again = parseConfig(out, 'r.yaml', '/somewhere/else')
+  t.same(again, c, 're-parses to an equal Config')
+
+  const keys = out.split('\n').filter((l) => /^[a-z_]+:/.test(l)).map((l) => l.split(':')[0])
+  t.same(keys, ['listen', 'state_dir', 'output_commit', 'on_backup_loss', 'replicas', 'health_check',
+    'timeouts', 'limits', 'arbiter', 'log', 'admin'], 'keys in DESIGN.md order')
+
+  const redacted = renderConfig(c, { redact: true })
+  t.notMatch(redacted, /s3cret/, 'token redacted on request')
+  t.same(parseConfig(renderConfig(parseConfig(yaml(...TWO_REPLICAS), 'x', CWD)), 'x', CWD),
+    parseConfig(yaml(...TWO_REPLICAS), 'x', CWD), 'defaults round-trip')
+})
+
+t.test('shipped config files parse and round-trip', async (t) => {
+  for (const name of ['demo.yaml', 'ftproxy.yaml']) {
+    const file = join(root, 'config', name)
+    const c: Config = await loadConfig(file)
+    t.equal(c.file, file)
+    t.ok(c.replicas.length >= 2, `${name} has replicas`)
+    t.same(parseConfig(renderConfig(c), file), c, `${name} round-trips`)
+  }
+  const demo = await loadConfig(join(root, 'config', 'demo.yaml'))
+  t.same(demo.replicas.map((r) => [r.name, formatHostPort(r.address), r.command]), [
+    ['a', '127.0.0.1:7101', ['ftproxy', 'demo-server', '--port', '7101']],
+    ['b', '127.0.0.1:7102', ['ftproxy', 'demo-server', '--port', '7102']]
+  ])
+  t.equal(demo.log.format, 'text')
+  const prod = await loadConfig(join(root, 'config', 'ftproxy.yaml'))
+  t.equal(prod.state_dir, '/var/lib/ftproxy')
+  t.equal(prod.log.format, 'json')
+  t.same(prod.replicas.map((r) => formatHostPort(r.address)), ['127.0.0.1:6379', '127.0.0.1:6380'])
+})
+
+t.test('loadConfig', async (t) => {
+  const rel = await loadConfig('config/demo.yaml').catch(() => undefined)
+  if (process.cwd() === root) t.equal(rel?.file, join(root, 'config', 'demo.yaml'), 'relative path made absolute')
+
+  const missing = join(root, 'test', 'fixtures', 'config', 'does-not-exist.yaml')
+  await t.rejects(loadConfig(missing), { code: 'ERR_FTPROXY_CONFIG' })
+  const err = await loadConfig(missing).catch((e: unknown) => e) as ConfigError
+  t.equal(err.issues.length, 1)
+  t.equal(err.issues[0].path, '')
+  t.equal(err.details.file, missing)
+
+  await t.rejects(loadConfig(join(root, 'config')), { code: 'ERR_FTPROXY_CONFIG' }, 'a directory')
+})

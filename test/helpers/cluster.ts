@@ -1,0 +1,200 @@
+// Integration helpers: real server processes (demo-server via bin/ftproxy, redis-server), a
+// front running in this process with its events captured, and clients that record every
+// byte. Everything listens on loopback port 0 (or a port just handed out by the kernel) and
+// is stopped in t.teardown.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import net from 'node:net'
+import path from 'node:path'
+import { PassThrough } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import type { Test } from 'tap'
+import { parseConfig, type Config } from '../../lib/config.js'
+import { Front } from '../../lib/front/front.js'
+import { createLogger } from '../../lib/logger.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+export const BIN = path.join(ROOT, 'bin/ftproxy')
+
+/** Poll with a deadline until fn() is truthy. */
+export async function until (fn: () => unknown, what: string, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms}ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+/** A port the kernel just handed out (for servers whose port must be known before they start). */
+export function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+export interface Server {
+  name: string
+  port: number
+  proc: ChildProcess
+  pid: number
+  kill (signal: NodeJS.Signals): void
+}
+
+/** A demo server as a real process, on a port of its own choosing. */
+export async function demoServer (t: Test, opts: { divergeAfter?: number } = {}): Promise<Server> {
+  const args = [BIN, 'demo-server', '--port', '0']
+  if (opts.divergeAfter !== undefined) args.push('--diverge-after', String(opts.divergeAfter))
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { proc.kill('SIGKILL') })
+  const port = await new Promise<number>((resolve, reject) => {
+    let buf = ''
+    proc.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString()
+      const m = /"address":"[^"]*:(\d+)"/.exec(buf)
+      if (m) resolve(Number(m[1]))
+    })
+    proc.once('exit', (code) => reject(new Error(`demo-server exited with ${code}`)))
+  })
+  return serverOf('demo', port, proc)
+}
+
+function serverOf (name: string, port: number, proc: ChildProcess): Server {
+  return {
+    name, port, proc, pid: proc.pid as number,
+    kill (signal) { proc.kill(signal) },
+  }
+}
+
+/** Whether redis-server is installed (the Redis tests skip, saying so, when it is not). */
+export function haveRedis (): boolean {
+  return spawnSync('redis-server', ['--version']).status === 0
+}
+
+/** redis-server on a free loopback port, no persistence. */
+export async function redisServer (t: Test): Promise<Server> {
+  const port = await freePort()
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], { stdio: 'ignore' })
+  t.teardown(() => { proc.kill('SIGKILL') })
+  await waitListening(port)
+  return serverOf('redis', port, proc)
+}
+
+export async function waitListening (port: number, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${port}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+export interface Event { event: string, [k: string]: unknown }
+
+/** A front in this process, with every log event captured. */
+export class TestFront {
+  readonly events: Event[] = []
+  front!: Front
+  cfg!: Config
+
+  async start (t: Test, yaml: string): Promise<this> {
+    this.cfg = parseConfig(yaml, 'test.yaml')
+    const stream = new PassThrough()
+    let rest = ''
+    stream.on('data', (d: Buffer) => {
+      const lines = (rest + d.toString()).split('\n')
+      rest = lines.pop() as string
+      for (const l of lines) if (l) this.events.push(JSON.parse(l) as Event)
+    })
+    this.front = new Front(this.cfg, { log: createLogger({ level: 'debug', stream }) })
+    t.teardown(() => this.front.close())
+    await this.front.start()
+    return this
+  }
+
+  get port (): number { return this.front.address.port }
+
+  find (event: string, pred: (e: Event) => boolean = () => true): Event | undefined {
+    return this.events.find((e) => e.event === event && pred(e))
+  }
+
+  all (event: string): Event[] {
+    return this.events.filter((e) => e.event === event)
+  }
+
+  async waitEvent (event: string, pred: (e: Event) => boolean = () => true, ms = 15000): Promise<Event> {
+    await until(() => this.find(event, pred), `event ${event}`, ms)
+    return this.find(event, pred) as Event
+  }
+
+  role (name: string): string | undefined {
+    return this.front.status().replicas.find((r) => r.name === name)?.role
+  }
+}
+
+/** YAML for a front in front of the given direct replicas (extra: more top-level YAML). */
+export function frontYaml (t: Test, replicas: Array<{ name: string, port: number, command?: string[] }>, extra = ''): string {
+  const dir = t.testdir({})
+  const rs = replicas.map((r) => `  - name: ${r.name}\n    address: 127.0.0.1:${r.port}\n` +
+    (r.command ? `    command: ${JSON.stringify(r.command)}\n` : '')).join('')
+  return `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\nadmin: { listen: 127.0.0.1:0 }\n` +
+    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n` +
+    `timeouts: { connect: 1s, stall: 1s, linger: 1s }\nreplicas:\n${rs}${extra}\n`
+}
+
+/** A client that records every byte it receives, and when the front ended or reset it. */
+export class Client {
+  readonly socket: net.Socket
+  private chunks: Buffer[] = []
+  bytes = 0
+  ended = false
+  closed = false
+  error: Error | null = null
+
+  constructor (port: number) {
+    this.socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+    this.socket.on('data', (d: Buffer) => { this.chunks.push(d); this.bytes += d.length })
+    this.socket.on('end', () => { this.ended = true })
+    this.socket.on('close', () => { this.closed = true })
+    this.socket.on('error', (err) => { this.error = err })
+  }
+
+  static async open (port: number): Promise<Client> {
+    const c = new Client(port)
+    await new Promise<void>((resolve, reject) => {
+      c.socket.once('connect', resolve)
+      c.socket.once('error', reject)
+    })
+    return c
+  }
+
+  get text (): string {
+    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks)]
+    return this.chunks.length ? this.chunks[0].toString('latin1') : ''
+  }
+
+  /** Complete lines received so far. */
+  get lines (): string[] {
+    const t = this.text
+    const end = t.lastIndexOf('\n')
+    return end < 0 ? [] : t.slice(0, end).split('\n')
+  }
+
+  send (s: string | Buffer): boolean { return this.socket.write(s) }
+
+  async waitLines (n: number, ms = 15000): Promise<string[]> {
+    await until(() => this.lines.length >= n || this.closed, `${n} lines`, ms)
+    return this.lines.slice(0, n)
+  }
+
+  close (): void { this.socket.destroy() }
+}
