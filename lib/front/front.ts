@@ -83,6 +83,7 @@ export interface FrontStatus {
   replicas: ReplicaStatus[]
   connections: number
   log_entries: number
+  log_bytes: number
   output_held_bytes: number
   last_failover: FailoverInfo | null
 }
@@ -204,7 +205,7 @@ export class Front extends EventEmitter<FrontEvents> {
 
   status (): FrontStatus {
     let held = 0
-    for (const c of this.holding) held += c.stream.end - c.stream.written
+    for (const c of this.conns.values()) held += c.stream.held
     return {
       epoch: this.state.epoch,
       primary: this.primary.name,
@@ -219,6 +220,7 @@ export class Front extends EventEmitter<FrontEvents> {
       })),
       connections: this.conns.size,
       log_entries: this.input.length,
+      log_bytes: this.input.bytes,
       output_held_bytes: held,
       last_failover: this.lastFailover,
     }

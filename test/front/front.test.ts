@@ -1,0 +1,150 @@
+// Front behaviour beyond the failover itself: backup loss, divergence, restart from the
+// arbiter's state, bounded memory, connection limits. Real demo-server processes.
+
+import t from 'tap'
+import { Client, TestFront, demoServer, frontYaml, until } from '../helpers/cluster.js'
+
+t.test('backup loss with on_backup_loss: continue', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'on_backup_loss: continue'))
+  const c = await Client.open(f.port)
+  c.send('INCR x\n')
+  await c.waitLines(1)
+  b.kill('SIGKILL')
+  await f.waitEvent('unprotected')
+  const down = await f.waitEvent('replica_down', (e) => e.replica === 'b')
+  tt.ok(down.reason, 'says why')
+  c.send('INCR x\nINCR x\n')
+  tt.same(await c.waitLines(3), ['1', '2', '3'], 'served by the primary alone')
+  tt.equal(f.role('b'), 'stale')
+  tt.equal(f.front.status().protected, false)
+  c.close()
+})
+
+t.test('backup loss with on_backup_loss: block holds output', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'on_backup_loss: block'))
+  const c = await Client.open(f.port)
+  c.send('INCR x\n')
+  tt.same(await c.waitLines(1), ['1'])
+  b.kill('SIGKILL')
+  const ev = await f.waitEvent('unprotected')
+  tt.equal(ev.on_backup_loss, 'block')
+  c.send('INCR x\n')
+  // The primary answered (its reply is held in the front) but the client got nothing.
+  await until(() => f.front.status().output_held_bytes > 0, 'the reply to be held')
+  tt.same(c.lines, ['1'], 'nothing released while unprotected')
+  c.close()
+})
+
+t.test('divergence in match mode: the client gets the primary, the backup is stale', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt, { divergeAfter: 5 })
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: match'))
+  const c = await Client.open(f.port)
+  for (let i = 0; i < 10; i++) c.send('INCR d\n')
+  tt.same(await c.waitLines(10), ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10'], "the primary's answers")
+  const ev = await f.waitEvent('divergence')
+  tt.match(ev, { replica: 'b', conn: 1, offset: 10 })
+  tt.type(ev.primary_hex, 'string')
+  tt.type(ev.backup_hex, 'string')
+  tt.equal(f.role('b'), 'stale')
+  await f.waitEvent('unprotected')
+  c.close()
+})
+
+t.test('divergence is detected in ack mode too', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt, { divergeAfter: 2 })
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: ack'))
+  const c = await Client.open(f.port)
+  c.send('SET k v\nGET k\nGET k\nGET k\n')
+  tt.same(await c.waitLines(4), ['OK', 'v', 'v', 'v'])
+  await f.waitEvent('divergence', (e) => e.replica === 'b')
+  tt.equal(f.role('b'), 'stale')
+  c.close()
+})
+
+t.test('a restarted front serves from the promoted replica and never uses the stale one', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const yaml = frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }])
+  const f1 = await new TestFront().start(tt, yaml)
+  const c1 = await Client.open(f1.port)
+  c1.send('INCR r\nINCR r\n')
+  await c1.waitLines(2)
+  a.kill('SIGKILL')
+  await f1.waitEvent('failover')
+  c1.send('INCR r\n')
+  tt.same(await c1.waitLines(3), ['1', '2', '3'])
+  c1.close()
+  await f1.front.close()
+
+  // The old primary's server is back (empty: it lost its state), but it is stale.
+  const f2 = await new TestFront().start(tt, yaml)
+  const loaded = await f2.waitEvent('state_loaded')
+  tt.match(loaded, { primary: 'b', epoch: 2, stale: ['a'] })
+  tt.equal(f2.role('a'), 'stale')
+  tt.equal(f2.front.status().primary, 'b')
+  const c2 = await Client.open(f2.port)
+  c2.send('INCR r\n')
+  tt.same(await c2.waitLines(1), ['4'], 'state continues from the promoted replica')
+  c2.close()
+})
+
+t.test('a client beyond limits.max_connections is closed at once', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'limits: { max_connections: 2 }'))
+  const c1 = await Client.open(f.port)
+  const c2 = await Client.open(f.port)
+  await until(() => f.front.status().connections === 2, 'two connections')
+  const c3 = await Client.open(f.port)
+  await until(() => c3.ended || c3.closed, 'the third to be closed')
+  await f.waitEvent('connection_rejected', (e) => e.reason === 'max_connections')
+  c1.send('PING\n')
+  tt.same(await c1.waitLines(1), ['PONG'], 'the others are served')
+  c1.close()
+  c2.close()
+})
+
+t.test('a client that never reads: the front holds at most about max_lag', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const maxLag = 256 * 1024
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'limits: { max_lag: 256KiB }'))
+  const c = await Client.open(f.port)
+  c.socket.pause()
+  const value = 'v'.repeat(60000)
+  c.send(`SET big ${value}\n`)
+  // Each GET returns 60 kB, each SET sends 30 kB: 4000 of each would be 240 MB of output the
+  // client never reads and 120 MB of input the server could only take if output flowed.
+  const gets = Buffer.from(`GET big\nSET pad ${'p'.repeat(30000)}\n`.repeat(100))
+  let sent = 0
+  let peak = { held: 0, log: 0 }
+  const deadline = Date.now() + 20000
+  while (sent < 40 && Date.now() < deadline) {
+    if (c.send(gets)) sent++
+    else await Promise.race([new Promise((resolve) => c.socket.once('drain', resolve)), until(() => false, 'drain', 1500).catch(() => {})])
+    const s = f.front.status()
+    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
+    if (c.socket.writableLength > 0 && s.output_held_bytes >= maxLag) break
+  }
+  // Let it settle at the bound, sampling as it goes.
+  await until(() => {
+    const s = f.front.status()
+    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
+    return s.output_held_bytes >= maxLag
+  }, 'the output window to fill')
+  for (let i = 0; i < 50; i++) {
+    await new Promise((resolve) => setImmediate(resolve))
+    const s = f.front.status()
+    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
+  }
+  tt.ok(peak.held <= maxLag + 256 * 1024, `output held stays near max_lag (peak ${peak.held})`)
+  tt.ok(peak.log <= 2 * maxLag, `input held stays under 2 × max_lag (peak ${peak.log})`)
+  tt.ok(sent < 40, `the client was made to wait (${sent} of 40 blocks taken)`)
+  c.close()
+})
