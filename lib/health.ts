@@ -42,6 +42,7 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
   private oks = 0
   private timer?: NodeJS.Timeout
   private running = false
+  private batch?: Promise<boolean>
 
   constructor (private opts: HealthOptions) {
     super()
@@ -64,12 +65,20 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
     if (this.timer) { this.stop(); this.start() }
   }
 
-  /** Probe at once; a failure marks the server down without waiting for `fall`. */
-  async probeNow (): Promise<boolean> {
-    const err = await probe(this.opts.address, this.opts.timeout)
-    if (err) this.mark(false, `probe: ${(err as NodeJS.ErrnoException).code ?? err.message}`, true)
-    else this.mark(true, '', false)
-    return err === null
+  /**
+   * Probe at once; a failure marks the server down without waiting for `fall`. Callers in
+   * the same turn of the event loop share one probe, which starts after all of them asked.
+   */
+  probeNow (): Promise<boolean> {
+    this.batch ??= new Promise((resolve) => setImmediate(() => {
+      this.batch = undefined
+      void probe(this.opts.address, this.opts.timeout).then((err) => {
+        if (err) this.mark(false, `probe: ${(err as NodeJS.ErrnoException).code ?? err.message}`, true)
+        else this.mark(true, '', false)
+        resolve(err === null)
+      })
+    }))
+    return this.batch
   }
 
   private async check (): Promise<void> {

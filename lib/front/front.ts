@@ -23,6 +23,9 @@ import { createArbiter, type Arbiter, type ArbiterState } from '../arbiter/index
 import { InputLog, type EntryType } from './log.js'
 import { OutputStream, type Mismatch } from './output.js'
 
+/** Gap between the two probes that confirm an output end came from a live server. */
+const END_CONFIRM_MS = 100
+
 export type Role = 'primary' | 'backup' | 'stale' | 'down'
 
 export class Replica {
@@ -148,17 +151,27 @@ export class Front extends EventEmitter<FrontEvents> {
 
   async start (): Promise<void> {
     this.state = await this.arbiter.open()
+    try {
+      await this.begin()
+    } catch (err) {
+      this.teardown()
+      this.server?.close()
+      await this.stopReplicas()
+      await this.arbiter.close()
+      throw err
+    }
+  }
+
+  private async begin (): Promise<void> {
     const byName = new Map(this.replicas.map((r) => [r.name, r]))
     for (const name of [this.state.primary, ...this.state.stale]) {
       if (name !== null && !byName.has(name)) {
-        await this.arbiter.close()
         throw new FtproxyError('ERR_FTPROXY_STATE', `state names replica '${name}', which is not in the config`, { replica: name })
       }
     }
     for (const r of this.replicas) r.role = this.state.stale.includes(r.name) ? 'stale' : 'backup'
     let primary = this.state.primary === null ? this.replicas.find((r) => r.role !== 'stale') : byName.get(this.state.primary)
     if (!primary || primary.role === 'stale') {
-      await this.arbiter.close()
       throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'every replica is stale: nothing can serve without losing data; ' +
         `re-seed a replica, or remove ${this.cfg.state_dir}/state.json to start over from the config`)
     }
@@ -171,21 +184,13 @@ export class Front extends EventEmitter<FrontEvents> {
 
     if (this.primary.role !== 'primary') {
       primary = this.replicas.find((r) => r.role === 'backup')
-      if (!primary) {
-        await this.stopReplicas()
-        await this.arbiter.close()
-        throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'no replica is reachable')
-      }
+      if (!primary) throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'no replica is reachable')
       this.primary = primary
       this.setRole(primary, 'primary', 'startup: configured primary unreachable')
     }
     if (this.state.epoch === 0 || this.state.primary !== this.primary.name) {
       const next = { epoch: this.state.epoch + 1, primary: this.primary.name, stale: this.state.stale, owner: '' }
-      if (!await this.cas(next)) {
-        await this.stopReplicas()
-        await this.arbiter.close()
-        throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
-      }
+      if (!await this.cas(next)) throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
     }
 
     for (const r of this.replicas) {
@@ -581,10 +586,16 @@ export class Front extends EventEmitter<FrontEvents> {
   private onOutputEnd (r: Replica, conn: number, err: Error | null): void {
     const c = this.conns.get(conn)
     if (!c || !r.serving) return
-    c.eofAt[r.index] = c.stream.produced[r.index]
+    const at = c.eofAt[r.index] = c.stream.produced[r.index]
     if (err) r.log.debug('app_socket_error', { conn, error: err.message })
+    this.checkEnds(c)
+    if (c.eofOk[r.index] || this.replicas.some((o) => o !== r && o.serving && c.eofAt[o.index] === at && !err)) {
+      // Another replica ended at the same offset: the end is the servers' own, no probe needed.
+      c.eofOk[r.index] = true
+      return this.advance(c)
+    }
     // A dying server's sockets end too: believe an end only once the server still answers.
-    void r.health.probeNow().then((ok) => {
+    void this.aliveAfterEnd(r).then((ok) => {
       if (!ok || !r.serving) return
       c.eofOk[r.index] = true
       this.checkEnds(c)
@@ -592,6 +603,14 @@ export class Front extends EventEmitter<FrontEvents> {
     })
     this.checkEnds(c)
     this.advance(c)
+  }
+
+  // A killed server's sockets close a moment before its listener does, so one probe that
+  // connects proves little: ask again once any process teardown would be over.
+  private async aliveAfterEnd (r: Replica): Promise<boolean> {
+    if (!await r.health.probeNow()) return false
+    await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))
+    return r.serving && await r.health.probeNow()
   }
 
   // A replica whose output ended where the primary's goes on (or the reverse) has diverged.

@@ -61,9 +61,16 @@ export class OutputStream {
     return this.head < this.chunks.length ? this.chunks[this.head].off : this.end
   }
 
-  /** Bytes of reference held (unreleased or not yet confirmed by every live backup). */
+  /**
+   * Bytes of reference held (unreleased or not yet confirmed by every live backup). After a
+   * promotion, released bytes kept only so that the new primary's replay can be verified do
+   * not count: they are bounded (nothing is appended until the replay is done) and pausing
+   * the primary for them would stop the very replay that frees them.
+   */
   get held (): number {
-    return this.end - this.base
+    if (!this.replaying()) return this.end - this.base
+    const i = this.find(this.keepFrom())
+    return this.end - Math.max(this.base, i < this.chunks.length ? this.chunks[i].off : this.end)
   }
 
   /**
@@ -143,9 +150,13 @@ export class OutputStream {
     return out
   }
 
-  /** Drop chunks that the client has and every live backup has confirmed. */
+  /**
+   * Drop chunks that the client has and every live backup has confirmed, and that a newly
+   * promoted primary has reproduced (its pushes are compared against them).
+   */
   trim (): void {
-    const keepFrom = Math.min(this.written, this.matchedByBackups())
+    let keepFrom = this.keepFrom()
+    if (this.replaying()) keepFrom = Math.min(keepFrom, this.produced[this.primary])
     while (this.head < this.chunks.length) {
       const c = this.chunks[this.head]
       if (c.off + c.buf.length > keepFrom) break
@@ -224,6 +235,17 @@ export class OutputStream {
         this.oweSince[r] = now
       }
     }
+  }
+
+  // What the client and every live backup have: the reference below it is no longer needed
+  // on their behalf.
+  private keepFrom (): number {
+    return Math.min(this.written, this.matchedByBackups())
+  }
+
+  // A promoted primary that has not yet reproduced the whole reference (see promote()).
+  private replaying (): boolean {
+    return this.live[this.primary] && this.produced[this.primary] < this.end
   }
 
   // Compare r's backed-up ahead bytes with the reference that now covers them.
