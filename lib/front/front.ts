@@ -24,7 +24,7 @@ import { InputLog, type EntryType } from './log.js'
 import { OutputStream, type Mismatch } from './output.js'
 
 /** Gap between the two probes that confirm an output end came from a live server. */
-const END_CONFIRM_MS = 100
+const END_CONFIRM_MS = 25
 
 export type Role = 'primary' | 'backup' | 'stale' | 'down'
 

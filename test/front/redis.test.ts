@@ -1,0 +1,214 @@
+// End to end with a real legacy server: two redis-server copies as direct replicas, a front
+// in this process, many connections pipelining INCRs over RESP. One redis is SIGKILLed
+// mid-load (when enough replies arrived, not after a timer); every reply each client got is
+// checked, and then the surviving redis itself is asked whether it holds exactly what the
+// clients were told.
+
+import t from 'tap'
+import type { Test } from 'tap'
+import { Client, TestFront, frontYaml, haveRedis, redisServer, until, type Server } from '../helpers/cluster.js'
+
+const skip = haveRedis() ? false : 'redis-server not installed'
+
+const CONNS = 20
+const KEYS = 5 // per connection, used round-robin
+const COUNT = 500 // INCRs per connection
+const BURST = 10 // commands per write
+const WINDOW = 40 // unanswered commands per connection at most
+
+type Reply = number | string | null | Error
+
+function command (...args: string[]): string {
+  return `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')
+}
+
+/** A RESP connection: a recording Client plus an incremental parser of its replies. */
+class Resp {
+  readonly replies: Reply[] = []
+  /** Bytes that are not a reply this parser understands (arrays are never expected here). */
+  junk: string | null = null
+  private pos = 0
+
+  constructor (readonly client: Client) {}
+
+  static async open (port: number): Promise<Resp> {
+    return new Resp(await Client.open(port))
+  }
+
+  send (s: string): void { this.client.send(s) }
+
+  /** Parse what arrived since the last call; returns the number of replies so far. */
+  parse (): number {
+    const text = this.client.text
+    while (this.junk === null) {
+      const eol = text.indexOf('\r\n', this.pos)
+      if (eol < 0) break
+      const type = text[this.pos]
+      const line = text.slice(this.pos + 1, eol)
+      if (type === ':' && /^-?\d+$/.test(line)) {
+        this.replies.push(Number(line))
+      } else if (type === '+') {
+        this.replies.push(line)
+      } else if (type === '-') {
+        this.replies.push(new Error(line))
+      } else if (type === '$' && /^-?\d+$/.test(line)) {
+        const len = Number(line)
+        if (len < 0) {
+          this.replies.push(null)
+        } else {
+          if (text.length < eol + 2 + len + 2) break
+          this.replies.push(text.slice(eol + 2, eol + 2 + len))
+          this.pos = eol + 2 + len + 2
+          continue
+        }
+      } else {
+        this.junk = text.slice(this.pos, this.pos + 64)
+        break
+      }
+      this.pos = eol + 2
+    }
+    return this.replies.length
+  }
+
+  async call (args: string[][], ms = 10000): Promise<Reply[]> {
+    const from = this.replies.length
+    this.send(args.map((a) => command(...a)).join(''))
+    await until(() => this.parse() >= from + args.length || this.client.closed || this.junk !== null, `${args.length} replies from redis`, ms)
+    return this.replies.slice(from, from + args.length)
+  }
+
+  close (): void { this.client.close() }
+}
+
+const keyOf = (conn: number, cmd: number): string => `ft:${conn}:${cmd % KEYS}`
+/** The reply the n-th INCR of a connection must get (n from 0): its key's count so far. */
+const expected = (cmd: number): number => Math.floor(cmd / KEYS) + 1
+
+interface Load {
+  conns: Resp[]
+  /** Total replies received when the kill happened (0: never). */
+  killedAt: number
+  /** Commands sent and not yet answered when the kill happened. */
+  inflightAtKill: number
+  /** Why the load did not finish within its deadline (null: it did). */
+  timedOut: string | null
+  ms: number
+}
+
+// Every connection INCRs its own keys round-robin, COUNT times, pipelined: topped up from
+// its own data events, so the load keeps flowing through the kill. `kill` runs once, from a
+// data event, as soon as `killAfter` replies arrived in all.
+async function load (port: number, killAfter: number, kill: () => void): Promise<Load> {
+  const conns = await Promise.all(Array.from({ length: CONNS }, () => Resp.open(port)))
+  const sent = conns.map(() => 0)
+  let total = 0
+  let killedAt = 0
+  let inflightAtKill = 0
+  const pump = (i: number): void => {
+    const r = conns[i]
+    while (sent[i] < COUNT && sent[i] - r.replies.length < WINDOW) {
+      const n = Math.min(BURST, COUNT - sent[i])
+      let out = ''
+      for (let k = sent[i]; k < sent[i] + n; k++) out += command('INCR', keyOf(i, k))
+      r.send(out)
+      sent[i] += n
+    }
+  }
+  const started = Date.now()
+  conns.forEach((r, i) => {
+    r.client.socket.on('data', () => {
+      const before = r.replies.length
+      total += r.parse() - before
+      if (killedAt === 0 && total >= killAfter) {
+        killedAt = total
+        inflightAtKill = sent.reduce((x, y) => x + y, 0) - total
+        kill()
+      }
+      pump(i)
+    })
+    pump(i)
+  })
+  let timedOut: string | null = null
+  // On a timeout, go on to the checks: they say which connection is missing what.
+  await until(() => total >= CONNS * COUNT || conns.some((r) => r.client.closed || r.client.error || r.junk !== null), 'every reply', 60000)
+    .catch((err: Error) => { timedOut = err.message })
+  return { conns, killedAt, inflightAtKill, timedOut, ms: Date.now() - started }
+}
+
+// No gap, no duplicate, nothing but the integers each key's count must go through; the
+// connection is still open and saw no error. Returns the acknowledged INCRs per key.
+function checkReplies (tt: Test, conns: Resp[]): Map<string, number> {
+  const acked = new Map<string, number>()
+  conns.forEach((r, i) => {
+    const want = Array.from({ length: COUNT }, (_, k) => expected(k))
+    tt.equal(r.junk, null, `conn ${i}: nothing but RESP replies`)
+    tt.same(r.replies, want, `conn ${i}: ${COUNT} replies, 1,2,3... per key in order`)
+    tt.equal(r.client.closed, false, `conn ${i} kept its connection`)
+    tt.equal(r.client.ended, false, `conn ${i} was not ended`)
+    tt.equal(r.client.error, null, `conn ${i} saw no error`)
+    r.replies.forEach((v, k) => {
+      if (typeof v === 'number') acked.set(keyOf(i, k), (acked.get(keyOf(i, k)) ?? 0) + 1)
+    })
+  })
+  return acked
+}
+
+// Ask the surviving redis itself, not through the front: every acknowledged INCR is there,
+// none twice, and there is nothing else.
+async function checkServer (tt: Test, server: Server, acked: Map<string, number>): Promise<void> {
+  const direct = await Resp.open(server.port)
+  const keys = [...acked.keys()]
+  const got = await direct.call(keys.map((k) => ['GET', k]))
+  const bad = keys.filter((k, i) => got[i] !== String(acked.get(k)))
+  tt.same(bad.map((k) => `${k}=${String(got[keys.indexOf(k)])}`), [], `redis holds exactly the acknowledged count for each of ${keys.length} keys`)
+  tt.same(await direct.call([['DBSIZE']]), [CONNS * KEYS], 'and no other key')
+  direct.close()
+}
+
+for (const mode of ['ack', 'match'] as const) {
+  t.test(`SIGKILL of the primary redis under pipelined load (${mode})`, { skip }, async (tt) => {
+    const a = await redisServer(tt)
+    const b = await redisServer(tt)
+    const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], `output_commit: ${mode}`))
+    const { conns, killedAt, inflightAtKill, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => a.kill('SIGKILL'))
+    tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; primary killed after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
+    tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'the primary was killed mid-load')
+    tt.ok(inflightAtKill > 0, 'with INCRs in flight')
+    tt.equal(timedOut, null, 'the load finished within its deadline')
+    const acked = checkReplies(tt, conns)
+    const ev = await f.waitEvent('failover')
+    tt.match(ev, { from: 'a', to: 'b', epoch: 2 })
+    tt.type(ev.duration_ms, 'number')
+    tt.comment(`failover took ${String(ev.duration_ms)}ms (${String(ev.reason)})`)
+    tt.equal(f.role('a'), 'stale')
+    tt.equal(f.role('b'), 'primary')
+    tt.ok(f.find('unprotected'), 'says it runs unprotected')
+    tt.notOk(f.find('divergence'), 'no divergence')
+    tt.notOk(f.find('splice_failed'), 'every connection spliced')
+    await checkServer(tt, b, acked)
+    for (const r of conns) r.close()
+  })
+}
+
+t.test('SIGKILL of the backup redis under pipelined load', { skip }, async (tt) => {
+  const a = await redisServer(tt)
+  const b = await redisServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: ack'))
+  const { conns, killedAt, inflightAtKill, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => b.kill('SIGKILL'))
+  tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; backup killed after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
+  tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'the backup was killed mid-load')
+  tt.ok(inflightAtKill > 0, 'with INCRs in flight')
+  tt.equal(timedOut, null, 'the load finished within its deadline')
+  const acked = checkReplies(tt, conns)
+  const down = await f.waitEvent('replica_down', (e) => e.replica === 'b')
+  tt.comment(`backup down: ${String(down.reason)}`)
+  const un = await f.waitEvent('unprotected')
+  tt.match(un, { on_backup_loss: 'continue' })
+  tt.notOk(f.find('failover'), 'no failover')
+  tt.notOk(f.find('divergence'), 'no divergence')
+  tt.equal(f.role('b'), 'stale')
+  tt.equal(f.front.status().primary, 'a')
+  tt.equal(f.front.status().protected, false)
+  await checkServer(tt, a, acked)
+  for (const r of conns) r.close()
+})
