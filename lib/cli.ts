@@ -39,6 +39,8 @@ export async function main (argv: string[]): Promise<number> {
       } catch (err) {
         process.stderr.write(`ftproxy demo-server: ${(err as Error).message}\n`)
         code = 1
+      } finally {
+        process.stdin.destroy() // the watched pipe must not keep the process alive
       }
     })
     .demandCommand(1, 'name a command (see --help)')
@@ -85,19 +87,28 @@ async function run (file: string): Promise<number> {
   }
   const log = createLogger({ level: cfg.log.level, format: cfg.log.format })
   const front = new Front(cfg, { log })
+  // Signals are ours from the start: one that arrives while the front is still starting
+  // stops it as soon as start() settles, instead of killing the process mid-way.
+  let stop = (code: number, why: Record<string, unknown>): void => { pending = { code, why } }
+  let pending: { code: number, why: Record<string, unknown> } | null = null
+  const onSignal = (signal: NodeJS.Signals): void => stop(0, { signal })
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
   try {
     await front.start()
   } catch (err) {
+    process.off('SIGTERM', onSignal)
+    process.off('SIGINT', onSignal)
     const e = err as FtproxyError
     log.error('startup_failed', { code: e.code, error: e.message })
     return 1
   }
-  notifySystemd(log, `READY=1`, `primary ${front.status().primary}, epoch ${front.status().epoch}, listening on ${formatHostPort(front.address)}`)
+  notifySystemd(log, 'READY=1', `primary ${front.status().primary}, epoch ${front.status().epoch}, listening on ${formatHostPort(front.address)}`)
   front.on('failover', (f) => notifySystemd(log, null, `primary ${f.to}, epoch ${f.epoch} (failover from ${f.from})`))
 
   return await new Promise<number>((resolve) => {
     let stopping = false
-    const stop = (code: number, why: Record<string, unknown>): void => {
+    stop = (code, why) => {
       if (stopping) return
       stopping = true
       process.off('SIGTERM', onSignal)
@@ -108,10 +119,8 @@ async function run (file: string): Promise<number> {
         resolve(1)
       })
     }
-    function onSignal (signal: NodeJS.Signals): void { stop(0, { signal }) }
-    process.on('SIGTERM', onSignal)
-    process.on('SIGINT', onSignal)
     front.on('stopped', (reason) => stop(1, { reason }))
+    if (pending) stop(pending.code, pending.why)
   })
 }
 

@@ -135,6 +135,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       // stdin is a pipe we never write: it closes when this process dies, however it dies,
       // which tells a child that watches it (ftproxy demo-server) to exit. Output is logged.
       stdio: ['pipe', 'pipe', 'pipe'],
+      // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group)
+      // reaches the front only, which then stops its servers in order. Under systemd the
+      // cgroup still holds them all.
+      detached: true,
     })
     this.child = child
 
