@@ -66,14 +66,17 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
   }
 
   /**
-   * Probe at once; a failure marks the server down without waiting for `fall`. Callers in
+   * Probe at once; a refused connect marks the server down without waiting for `fall`. Callers in
    * the same turn of the event loop share one probe, which starts after all of them asked.
    */
   probeNow (): Promise<boolean> {
     this.batch ??= new Promise((resolve) => setImmediate(() => {
       this.batch = undefined
       void probe(this.opts.address, this.opts.timeout).then((err) => {
-        if (err) this.mark(false, `probe: ${(err as NodeJS.ErrnoException).code ?? err.message}`, true)
+        // Refused or reset: nothing listens, final. A timeout may be a busy server: it counts
+        // towards `fall` like any failed check.
+        const code = (err as NodeJS.ErrnoException | null)?.code
+        if (err) this.mark(false, `probe: ${code ?? err.message}`, code === 'ECONNREFUSED' || code === 'ECONNRESET')
         else this.mark(true, '', false)
         resolve(err === null)
       })

@@ -20,7 +20,7 @@ import { HealthCheck, probe } from '../health.js'
 import { Supervisor } from '../supervise.js'
 import { Applier } from '../replica/applier.js'
 import { createArbiter, type Arbiter, type ArbiterState } from '../arbiter/index.js'
-import { InputLog, type EntryType } from './log.js'
+import { InputLog, type Entry, type EntryType } from './log.js'
 import { OutputStream, type Mismatch } from './output.js'
 
 /** Gap between the two probes that confirm an output end came from a live server. */
@@ -31,8 +31,6 @@ export type Role = 'primary' | 'backup' | 'stale' | 'down'
 export class Replica {
   role: Role = 'backup'
   applier: Applier | null = null
-  /** Acks already credited to connections (see Front.onAck). */
-  credited = 0
   supervisor?: Supervisor
   readonly health: HealthCheck
   readonly log: Logger
@@ -54,6 +52,9 @@ interface Conn {
   /** DATA bytes logged, and acknowledged per replica: their difference is the input in flight. */
   logged: number
   acked: number[]
+  /** seq of this connection's newest entry, and the newest each replica acknowledged. */
+  lastSeq: number
+  ackSeq: number[]
   inputPaused: boolean
   /** The client is gone (CLOSE logged): output is compared but no longer written. */
   gone: boolean
@@ -119,11 +120,13 @@ export class Front extends EventEmitter<FrontEvents> {
   private readonly arbiter: Arbiter
   private readonly input = new InputLog()
   private readonly conns = new Map<number, Conn>()
-  /** Connections with primary output not yet released. */
-  private readonly holding = new Set<Conn>()
+  /** Connections whose commit rule may have moved (acks came in): advanced once per turn. */
+  private readonly dirty = new Set<Conn>()
   private server?: net.Server
   private state!: ArbiterState
   private primary!: Replica
+  /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
+  private arbiterPrimary = ''
   private nextConn = 1
   private isProtected: boolean | null = null
   private serving = false
@@ -188,6 +191,7 @@ export class Front extends EventEmitter<FrontEvents> {
       this.primary = primary
       this.setRole(primary, 'primary', 'startup: configured primary unreachable')
     }
+    this.arbiterPrimary = this.primary.name
     if (this.state.epoch === 0 || this.state.primary !== this.primary.name) {
       const next = { epoch: this.state.epoch + 1, primary: this.primary.name, stale: this.state.stale, owner: '' }
       if (!await this.cas(next)) throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
@@ -220,7 +224,7 @@ export class Front extends EventEmitter<FrontEvents> {
         name: r.name,
         role: r.role,
         health: r.health.state,
-        lag_entries: r.applier ? this.input.lastSeq - r.applier.acked : 0,
+        lag_entries: r.applier?.unacked ?? 0,
         pid: r.supervisor?.pid,
       })),
       connections: this.conns.size,
@@ -296,8 +300,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private attach (r: Replica): void {
     const a = new Applier({ address: r.address, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
     r.applier = a
-    r.credited = this.input.lastSeq
-    a.on('ack', () => this.onAck(r))
+    a.on('ack', (entry) => this.onAck(r, entry))
     a.on('output', (conn, data) => this.onOutput(r, conn, data))
     a.on('output_end', (conn, err) => this.onOutputEnd(r, conn, err))
     a.on('closed', (conn) => {
@@ -319,7 +322,7 @@ export class Front extends EventEmitter<FrontEvents> {
 
   /** A replica failed: the primary is replaced, a backup is retired. */
   private fail (r: Replica, reason: string): void {
-    if (!r.serving || this.closing) return
+    if (!r.serving || this.closing || !this.serving) return
     this.logger.warn('replica_down', { replica: r.name, reason, role: r.role })
     if (r === this.primary) void this.failover(reason, performance.now())
     else this.retire(r, 'stale', reason)
@@ -334,6 +337,7 @@ export class Front extends EventEmitter<FrontEvents> {
     for (const c of this.conns.values()) {
       c.stream.drop(r.index)
       c.open[r.index] = false
+      this.input.release(c.id, this.ackedByAll(c))
       this.maybeForget(c)
     }
     if (r.role === 'stale') void this.persistStale()
@@ -355,6 +359,7 @@ export class Front extends EventEmitter<FrontEvents> {
       return this.stopServing(`primary ${old.name} failed (${reason}) and no backup can take over`)
     }
     const epoch = this.state.epoch + 1
+    this.arbiterPrimary = to.name
     const won = await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })
     if (!won) {
       this.failing = false
@@ -368,10 +373,8 @@ export class Front extends EventEmitter<FrontEvents> {
     }
     this.setRole(to, 'primary', `failover from ${old.name}`)
     const now = performance.now()
-    const dep = to.applier?.sent ?? 0
     for (const c of [...this.conns.values()]) {
-      this.mismatches(c, c.stream.promote(to.index, dep, now))
-      if (!c.gone && c.stream.end > c.stream.written) this.holding.add(c)
+      this.mismatches(c, c.stream.promote(to.index, c.lastSeq, now))
       this.resumeReplica(c, to)
     }
     const info: FailoverInfo = { from: old.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - detectedAt) * 100) / 100, reason }
@@ -381,7 +384,6 @@ export class Front extends EventEmitter<FrontEvents> {
     this.emit('failover', info)
     this.reportProtection(`failover from ${old.name}`)
     this.afterProgress()
-    for (const c of [...this.conns.values()]) this.advance(c)
   }
 
   private stopServing (reason: string): void {
@@ -410,16 +412,19 @@ export class Front extends EventEmitter<FrontEvents> {
   private persistStale (): Promise<void> {
     const stale = this.staleNames()
     if (stale.length === this.state.stale.length && stale.every((n) => this.state.stale.includes(n))) return Promise.resolve()
-    return this.cas({ epoch: this.state.epoch + 1, primary: this.primary.name, stale, owner: '' }).then((won) => {
+    return this.cas({ epoch: this.state.epoch + 1, primary: null, stale, owner: '' }).then((won) => {
       if (!won) this.stopServing('lost the arbiter\'s test-and-set while recording stale replicas')
     })
   }
 
-  // Test-and-set through the arbiter, one at a time; the next epoch is computed when it runs.
+  // Test-and-set through the arbiter, one at a time. Epoch and stale set are computed when it
+  // runs; so is the primary when `next.primary` is null (a queued record of stale replicas
+  // must not name a primary that a failover moved meanwhile).
   private cas (next: ArbiterState): Promise<boolean> {
     const run = async (): Promise<boolean> => {
       const expect = this.state.epoch
-      const want = { ...next, epoch: Math.max(next.epoch, expect + 1), stale: this.staleNames() }
+      const primary = next.primary ?? this.arbiterPrimary
+      const want = { ...next, primary, epoch: Math.max(next.epoch, expect + 1), stale: this.staleNames() }
       try {
         const won = await this.arbiter.compareAndSet(expect, want)
         if (won) this.state = want
@@ -484,6 +489,8 @@ export class Front extends EventEmitter<FrontEvents> {
       stream: new OutputStream(this.replicas.map((r) => r.serving), this.primary.index),
       logged: 0,
       acked: new Array<number>(n).fill(0),
+      lastSeq: 0,
+      ackSeq: new Array<number>(n).fill(0),
       inputPaused: false,
       gone: false,
       blocked: false,
@@ -514,7 +521,6 @@ export class Front extends EventEmitter<FrontEvents> {
 
   private onClientClose (c: Conn): void {
     c.gone = true
-    this.holding.delete(c)
     this.append('CLOSE', c)
     this.logger.debug('connection_closed', { conn: c.id })
     this.maybeForget(c)
@@ -523,6 +529,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private append (type: EntryType, c: Conn, data?: Buffer): void {
     if (!this.serving && type === 'OPEN') return
     const entry = this.input.append(type, c.id, data)
+    c.lastSeq = entry.seq
     for (const r of this.replicas) r.applier?.apply(entry)
   }
 
@@ -536,36 +543,32 @@ export class Front extends EventEmitter<FrontEvents> {
   private maybeForget (c: Conn): void {
     if (!c.gone || c.open.some((o, i) => o && this.replicas[i].serving)) return
     this.conns.delete(c.id)
-    this.holding.delete(c)
+    this.dirty.delete(c)
+    this.input.forget(c.id)
   }
 
   // ---- replica events ---------------------------------------------------------------------
 
-  private onAck (r: Replica): void {
-    const a = r.applier as Applier
-    // Credit each connection with the DATA bytes this replica has now acknowledged.
-    for (let seq = Math.max(r.credited + 1, this.input.firstSeq); seq <= a.acked; seq++) {
-      const e = this.input.get(seq)
-      if (e?.data) {
-        const c = this.conns.get(e.conn)
-        if (c) {
-          c.acked[r.index] += e.data.length
-          if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
-            c.inputPaused = false
-            c.socket.resume()
-          }
-        }
+  private onAck (r: Replica, e: Entry): void {
+    const c = this.conns.get(e.conn)
+    if (!c) return
+    c.ackSeq[r.index] = e.seq
+    if (e.data) {
+      c.acked[r.index] += e.data.length
+      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
+        c.inputPaused = false
+        c.socket.resume()
       }
     }
-    r.credited = a.acked
-    this.trimLog()
-    if (r.role === 'backup' && this.cfg.output_commit === 'ack') this.scheduleFlush()
+    this.input.release(c.id, this.ackedByAll(c))
+    if (r.role === 'backup' && this.cfg.output_commit === 'ack') this.markDirty(c)
   }
 
-  private trimLog (): void {
-    let min = this.input.lastSeq
-    for (const r of this.replicas) if (r.applier) min = Math.min(min, r.credited)
-    this.input.trim(min)
+  // The newest seq of this connection that every serving replica acknowledged.
+  private ackedByAll (c: Conn): number {
+    let min = c.lastSeq
+    for (const r of this.replicas) if (r.applier) min = Math.min(min, c.ackSeq[r.index])
+    return min
   }
 
   private onOutput (r: Replica, conn: number, data: Buffer): void {
@@ -573,19 +576,20 @@ export class Front extends EventEmitter<FrontEvents> {
     if (!c || !r.serving) return
     const s = c.stream
     const isPrimary = r === this.primary
+    if (!s.live[r.index]) return // dropped on this connection (a failed splice)
     const pEof = c.eofAt[this.primary.index]
-    if (!isPrimary && pEof !== null && c.eofOk[this.primary.index] && s.produced[r.index] + data.length > pEof) {
+    if (!isPrimary && !c.gone && pEof !== null && c.eofOk[this.primary.index] && s.produced[r.index] + data.length > pEof) {
       return this.diverged(r, c, pEof, Buffer.alloc(0), data.subarray(0, 16), 'output after the primary closed')
     }
-    this.mismatches(c, s.push(r.index, data, isPrimary ? (r.applier as Applier).sent : 0, performance.now()))
-    if (isPrimary && !c.gone) this.holding.add(c)
+    // ack mode: these bytes may depend on every input of this connection logged so far.
+    this.mismatches(c, s.push(r.index, data, isPrimary ? c.lastSeq : 0, performance.now()))
     this.checkEnds(c)
     this.advance(c)
   }
 
   private onOutputEnd (r: Replica, conn: number, err: Error | null): void {
     const c = this.conns.get(conn)
-    if (!c || !r.serving) return
+    if (!c || !r.serving || c.gone) return
     const at = c.eofAt[r.index] = c.stream.produced[r.index]
     if (err) r.log.debug('app_socket_error', { conn, error: err.message })
     this.checkEnds(c)
@@ -614,7 +618,10 @@ export class Front extends EventEmitter<FrontEvents> {
   }
 
   // A replica whose output ended where the primary's goes on (or the reverse) has diverged.
+  // Once the client is gone the front itself ends the app sockets (linger), at whatever
+  // offset each server had reached, so ends prove nothing then; bytes are still compared.
   private checkEnds (c: Conn): void {
+    if (c.gone) return
     const p = this.primary.index
     const pEnd = c.eofAt[p]
     for (const r of this.replicas) {
@@ -652,25 +659,29 @@ export class Front extends EventEmitter<FrontEvents> {
 
   // ---- output commit ----------------------------------------------------------------------
 
-  private scheduleFlush (): void {
+  // Acks arrive one entry at a time: advance each touched connection once per turn.
+  private markDirty (c: Conn): void {
+    this.dirty.add(c)
     if (this.flushScheduled) return
     this.flushScheduled = true
     setImmediate(() => {
       this.flushScheduled = false
-      for (const c of this.holding) this.advance(c)
+      const cs = [...this.dirty]
+      this.dirty.clear()
+      for (const c of cs) this.advance(c)
     })
   }
 
-  // Everything that may have moved after a replica left or a primary changed.
+  // Everything that may have moved after a replica left or a primary changed: commit,
+  // backpressure on replicas (a paused primary may be free now) and on clients.
   private afterProgress (): void {
-    for (const c of this.conns.values()) {
+    for (const c of [...this.conns.values()]) {
       if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
         c.inputPaused = false
         c.socket.resume()
       }
+      this.advance(c)
     }
-    this.trimLog()
-    this.scheduleFlush()
   }
 
   /** Apply the commit rule to one connection, write what it releases, apply backpressure. */
@@ -682,19 +693,18 @@ export class Front extends EventEmitter<FrontEvents> {
       s.commitTo(s.end)
     } else if (this.cfg.output_commit === 'ack') {
       let seq = Infinity
-      for (const r of this.replicas) if (r.role === 'backup' && r.applier) seq = Math.min(seq, r.applier.acked)
+      for (const r of this.replicas) if (r.role === 'backup' && r.applier) seq = Math.min(seq, c.ackSeq[r.index])
       s.commitAcked(seq)
     } else {
       s.commitTo(s.matchedByBackups())
     }
-    if (c.gone) {
+    if (c.gone || c.ended) {
       s.take()
     } else if (!c.blocked && s.committed > s.written) {
       for (const buf of s.take()) c.blocked = !c.socket.write(buf)
     } else {
       s.trim()
     }
-    if (s.written >= s.end) this.holding.delete(c)
     this.pressure(c)
     const p = this.primary.index
     const pEnd = c.eofAt[p]

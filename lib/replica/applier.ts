@@ -1,7 +1,7 @@
 // Applies the input log to one server: one TCP connection to it per client connection.
 //
 //   apply(OPEN c)  ──▶ connect (one at a time, in seq order: accept order matches the log)
-//   apply(DATA c)  ──▶ socket.write ── callback ──▶ 'ack' (highest contiguous seq written)
+//   apply(DATA c)  ──▶ socket.write ── callback ──▶ 'ack' (entry), in each connection's order
 //   apply(EOF c)   ──▶ socket.end (half-close, after every earlier byte)
 //   apply(CLOSE c) ──▶ socket.end, then destroy once the server closed or `linger` passed
 //   socket data    ──▶ 'output' (conn, bytes)      socket end/error ──▶ 'output_end'
@@ -22,8 +22,11 @@ export interface ApplierOptions {
 }
 
 export interface ApplierEvents {
-  /** Every entry up to `seq` has been handed to the server's sockets. */
-  ack: [seq: number]
+  /**
+   * The entry reached the server's socket (its write completed; OPEN: connected). Acks come in
+   * each connection's own order; different connections complete independently.
+   */
+  ack: [entry: Entry]
   output: [conn: number, data: Buffer]
   /** The server ended (or reset) its side of `conn`; no more output will come. */
   output_end: [conn: number, err: Error | null]
@@ -36,8 +39,11 @@ export interface ApplierEvents {
 interface AppConn {
   id: number
   socket: net.Socket
-  /** seqs written to this socket and not yet confirmed */
-  pending: Set<number>
+  /** entries handed to this socket and not yet acknowledged, in order */
+  pending: Entry[]
+  /** of those, the ones whose write completed (acked once every earlier one is) */
+  done: Set<Entry>
+  connectTimer?: NodeJS.Timeout
   outputEnded: boolean
   closed: boolean
   lingerTimer?: NodeJS.Timeout
@@ -46,17 +52,13 @@ interface AppConn {
 export class Applier extends EventEmitter<ApplierEvents> {
   /** The last seq handed to apply(). */
   sent = 0
-  /** The highest seq such that it and every earlier one reached the server's sockets. */
-  acked = 0
+  /** Entries handed to apply() and not yet acknowledged. */
+  unacked = 0
   private readonly conns = new Map<number, AppConn>()
   private readonly queue: Entry[] = []
   private qhead = 0
   private connecting = false
   private stopped = false
-  // Acks complete out of order across sockets; `acked` only moves over a contiguous run.
-  private readonly inflight: number[] = []
-  private ihead = 0
-  private readonly done = new Set<number>()
 
   constructor (private readonly opts: ApplierOptions) {
     super()
@@ -66,7 +68,7 @@ export class Applier extends EventEmitter<ApplierEvents> {
   apply (entry: Entry): void {
     if (this.stopped) return
     this.sent = entry.seq
-    this.inflight.push(entry.seq)
+    this.unacked++
     if (this.connecting || this.qhead < this.queue.length) {
       this.queue.push(entry)
       return
@@ -89,6 +91,7 @@ export class Applier extends EventEmitter<ApplierEvents> {
     this.removeAllListeners()
     for (const c of this.conns.values()) {
       clearTimeout(c.lingerTimer)
+      clearTimeout(c.connectTimer)
       c.socket.destroy()
     }
     this.conns.clear()
@@ -120,26 +123,26 @@ export class Applier extends EventEmitter<ApplierEvents> {
 
   private open (entry: Entry): void {
     const socket = net.connect({ host: this.opts.address.host, port: this.opts.address.port, allowHalfOpen: true, noDelay: true })
-    const c: AppConn = { id: entry.conn, socket, pending: new Set(), outputEnded: false, closed: false }
+    const c: AppConn = { id: entry.conn, socket, pending: [], done: new Set(), outputEnded: false, closed: false }
     this.conns.set(entry.conn, c)
     this.connecting = true
-    const timer = setTimeout(() => {
+    c.connectTimer = setTimeout(() => {
       socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', `connect to ${this.opts.address.host}:${this.opts.address.port} timed out`))
     }, this.opts.connectTimeout)
     const onConnectError = (err: Error): void => {
-      clearTimeout(timer)
+      clearTimeout(c.connectTimer)
       if (this.stopped) return
       this.emit('failed', err)
       this.close()
     }
     socket.once('error', onConnectError)
     socket.once('connect', () => {
-      clearTimeout(timer)
+      clearTimeout(c.connectTimer)
       socket.off('error', onConnectError)
       if (this.stopped) return void socket.destroy()
       this.wire(c)
       this.connecting = false
-      this.confirm(entry.seq)
+      this.confirm(entry)
       this.drain()
     })
   }
@@ -154,8 +157,8 @@ export class Applier extends EventEmitter<ApplierEvents> {
       c.closed = true
       clearTimeout(c.lingerTimer)
       // Whatever was still queued on a dead socket will never be written: do not hold the log.
-      for (const seq of c.pending) this.confirm(seq)
-      c.pending.clear()
+      for (const e of c.pending) c.done.add(e)
+      this.settle(c, null)
       this.outputEnd(c, null)
       this.conns.delete(c.id)
       this.emit('closed', c.id)
@@ -170,43 +173,45 @@ export class Applier extends EventEmitter<ApplierEvents> {
 
   private write (entry: Entry): void {
     const c = this.conns.get(entry.conn)
-    if (!c || c.closed || c.socket.destroyed || !c.socket.writable) return this.confirm(entry.seq)
-    c.pending.add(entry.seq)
-    c.socket.write(entry.data as Buffer, (err) => {
-      if (!c.pending.delete(entry.seq)) return
-      if (!err) this.confirm(entry.seq)
-    })
+    if (!c) return this.confirm(entry)
+    c.pending.push(entry)
+    if (c.closed || c.socket.destroyed || !c.socket.writable) return this.settle(c, entry)
+    // A write that fails (the server reset the connection) is settled too: those bytes can
+    // never be written, and a dead socket must not hold up the log.
+    c.socket.write(entry.data as Buffer, () => this.settle(c, entry))
   }
 
   private finish (entry: Entry, close: boolean): void {
     const c = this.conns.get(entry.conn)
-    if (!c || c.closed || c.socket.destroyed) return this.confirm(entry.seq)
+    if (!c) return this.confirm(entry)
+    c.pending.push(entry)
+    if (c.closed || c.socket.destroyed) return this.settle(c, entry)
     if (close && !c.lingerTimer) {
       // The client is gone: give the server `linger` to read everything and close.
       c.lingerTimer = setTimeout(() => c.socket.destroy(), this.opts.linger)
       c.lingerTimer.unref()
-      if (c.outputEnded) c.socket.resume()
+      // Read (and let the front drop) what the server still says, so its close is seen.
+      if (!c.outputEnded) c.socket.resume()
     }
-    if (!c.socket.writable) return this.confirm(entry.seq)
-    c.pending.add(entry.seq)
+    if (!c.socket.writable) return this.settle(c, entry)
     c.socket.end(() => {
-      if (c.pending.delete(entry.seq)) this.confirm(entry.seq)
+      this.settle(c, entry)
       if (close && c.outputEnded) c.socket.destroy()
     })
   }
 
-  private confirm (seq: number): void {
-    this.done.add(seq)
-    let moved = false
-    while (this.ihead < this.inflight.length && this.done.has(this.inflight[this.ihead])) {
-      this.done.delete(this.inflight[this.ihead])
-      this.acked = this.inflight[this.ihead++]
-      moved = true
-    }
-    if (this.ihead > 4096 && this.ihead * 2 > this.inflight.length) {
-      this.inflight.splice(0, this.ihead)
-      this.ihead = 0
-    }
-    if (moved) this.emit('ack', this.acked)
+  // Acks leave in the connection's order even when an entry settles early (nothing to write).
+  private settle (c: AppConn, entry: Entry | null): void {
+    if (entry) c.done.add(entry)
+    let n = 0
+    while (n < c.pending.length && c.done.has(c.pending[n])) c.done.delete(c.pending[n++])
+    if (n === 0) return
+    const settled = c.pending.splice(0, n)
+    for (const e of settled) this.confirm(e)
+  }
+
+  private confirm (entry: Entry): void {
+    this.unacked--
+    this.emit('ack', entry)
   }
 }

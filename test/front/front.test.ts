@@ -2,6 +2,8 @@
 // arbiter's state, bounded memory, connection limits. Real demo-server processes.
 
 import t from 'tap'
+import type { Test } from 'tap'
+import net from 'node:net'
 import { Client, TestFront, demoServer, frontYaml, until } from '../helpers/cluster.js'
 
 t.test('backup loss with on_backup_loss: continue', async (tt) => {
@@ -147,4 +149,77 @@ t.test('a client that never reads: the front holds at most about max_lag', async
   tt.ok(peak.log <= 2 * maxLag, `input held stays under 2 × max_lag (peak ${peak.log})`)
   tt.ok(sent < 40, `the client was made to wait (${sent} of 40 blocks taken)`)
   c.close()
+})
+
+// A server that never reads its first client connection and answers PING on the others: the
+// same on every replica, so the replicas stay in step while writes to that connection pile
+// up. (Connection 0 is the front's startup probe; periodic checks are off in this test.)
+async function neverReadsFirst (tt: Test): Promise<number> {
+  let n = 0
+  const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+    if (n++ === 1) return void socket.on('error', () => {})
+    socket.resume()
+    socket.on('data', (d) => { for (const _ of d.toString().matchAll(/PING\n/g)) socket.write('PONG\n') })
+    socket.on('error', () => {})
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  tt.teardown(() => { server.close(); server.unref() })
+  return (server.address() as net.AddressInfo).port
+}
+
+t.test('ack mode: input a server does not read on one connection does not hold back others', async (tt) => {
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: await neverReadsFirst(tt) }, { name: 'b', port: await neverReadsFirst(tt) }], 'output_commit: ack\nlimits: { max_lag: 1MiB }').replace('interval: 200ms', 'interval: 10m'))
+  const stuck = await Client.open(f.port)
+  const block = Buffer.alloc(256 * 1024, 'x')
+  let sent = 0
+  // Until writes to both servers' first connection are stuck in the front, past the kernel.
+  await until(() => {
+    while (sent < 200 && stuck.socket.writableLength < 4 * block.length) { stuck.send(block); sent++ }
+    const st = f.front.status()
+    return st.log_bytes >= 1024 * 1024 && st.replicas.every((r) => r.lag_entries > 0)
+  }, 'input to back up', 20000)
+  const other = await Client.open(f.port)
+  other.send('PING\nPING\n')
+  tt.same(await other.waitLines(2, 5000), ['PONG', 'PONG'], 'the other client is served')
+  tt.equal(f.role('b'), 'backup', 'nothing was taken for a failure')
+  tt.ok(f.front.status().replicas.every((r) => r.lag_entries > 0), 'connection 1 is still stuck')
+  stuck.close()
+  other.close()
+})
+
+t.test('a lagging backup that is dropped frees a primary paused for it', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: none\nlimits: { max_lag: 64KiB }'))
+  const c = await Client.open(f.port)
+  c.send(`SET big ${'v'.repeat(60000)}\n`)
+  await c.waitLines(1)
+  b.kill('SIGSTOP')
+  tt.teardown(() => b.kill('SIGCONT'))
+  // 1.2 MB of output: the window fills while the stopped backup confirms nothing.
+  c.send('GET big\n'.repeat(20))
+  await f.waitEvent('replica_down', (e) => e.replica === 'b')
+  await until(() => c.lines.length >= 21, 'every reply after the backup was dropped')
+  tt.equal(c.lines.length, 21)
+  tt.ok(c.lines.slice(1).every((l) => l.length === 60000), 'each reply whole')
+  c.close()
+})
+
+t.test('a client that leaves mid-stream does not make the backup look diverged', async (tt) => {
+  const a = await demoServer(tt)
+  const b = await demoServer(tt)
+  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: match'))
+  const setup = await Client.open(f.port)
+  setup.send(`SET big ${'v'.repeat(60000)}\n`)
+  await setup.waitLines(1)
+  for (let i = 0; i < 5; i++) {
+    const c = await Client.open(f.port)
+    c.send('GET big\n'.repeat(40))
+    await until(() => c.text.length > 0, 'the stream to start')
+    c.close()
+  }
+  await until(() => f.front.status().connections === 1, 'the front to forget the closed connections')
+  tt.notOk(f.find('divergence'), 'no divergence')
+  tt.equal(f.role('b'), 'backup')
+  setup.close()
 })
