@@ -3,7 +3,7 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { Client, TestFront, demoServer, frontYaml, until, type Server } from '../helpers/cluster.js'
+import { Client, TestFront, demoPair, demoServer, frontYaml, until, type Server } from '../helpers/cluster.js'
 
 // Each client INCRs its own key `count` times, `burst` commands per write, keeping at most
 // `window` unanswered; the replies must be exactly 1..count.
@@ -79,9 +79,7 @@ t.test('three replicas survive two kills in a row', async (tt) => {
 })
 
 t.test('SIGSTOP of the primary: stall detection fails over', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]))
+  const { a, f } = await demoPair(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
   await drive(clients, clients.map((_, i) => `s${i}`), 300, 4, (done) => {
@@ -96,9 +94,7 @@ t.test('SIGSTOP of the primary: stall detection fails over', async (tt) => {
 })
 
 t.test('SIGSTOP of the backup: it is dropped and service goes on', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: match'))
+  const { b, f } = await demoPair(tt, 'output_commit: match')
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
   await drive(clients, clients.map((_, i) => `s${i}`), 300, 4, (done) => {

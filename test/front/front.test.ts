@@ -4,12 +4,10 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import net from 'node:net'
-import { Client, TestFront, demoServer, frontYaml, until } from '../helpers/cluster.js'
+import { Client, TestFront, demoPair, demoServer, frontYaml, until } from '../helpers/cluster.js'
 
 t.test('backup loss with on_backup_loss: continue', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'on_backup_loss: continue'))
+  const { b, f } = await demoPair(tt, 'on_backup_loss: continue')
   const c = await Client.open(f.port)
   c.send('INCR x\n')
   await c.waitLines(1)
@@ -25,9 +23,7 @@ t.test('backup loss with on_backup_loss: continue', async (tt) => {
 })
 
 t.test('backup loss with on_backup_loss: block holds output', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'on_backup_loss: block'))
+  const { b, f } = await demoPair(tt, 'on_backup_loss: block')
   const c = await Client.open(f.port)
   c.send('INCR x\n')
   tt.same(await c.waitLines(1), ['1'])
@@ -42,9 +38,7 @@ t.test('backup loss with on_backup_loss: block holds output', async (tt) => {
 })
 
 t.test('divergence in match mode: the client gets the primary, the backup is stale', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt, { divergeAfter: 5 })
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: match'))
+  const { f } = await demoPair(tt, 'output_commit: match', { divergeAfterB: 5 })
   const c = await Client.open(f.port)
   for (let i = 0; i < 10; i++) c.send('INCR d\n')
   tt.same(await c.waitLines(10), ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10'], "the primary's answers")
@@ -58,9 +52,7 @@ t.test('divergence in match mode: the client gets the primary, the backup is sta
 })
 
 t.test('divergence is detected in ack mode too', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt, { divergeAfter: 2 })
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: ack'))
+  const { f } = await demoPair(tt, 'output_commit: ack', { divergeAfterB: 2 })
   const c = await Client.open(f.port)
   c.send('SET k v\nGET k\nGET k\nGET k\n')
   tt.same(await c.waitLines(4), ['OK', 'v', 'v', 'v'])
@@ -97,9 +89,7 @@ t.test('a restarted front serves from the promoted replica and never uses the st
 })
 
 t.test('a client beyond limits.max_connections is closed at once', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'limits: { max_connections: 2 }'))
+  const { f } = await demoPair(tt, 'limits: { max_connections: 2 }')
   const c1 = await Client.open(f.port)
   const c2 = await Client.open(f.port)
   await until(() => f.front.status().connections === 2, 'two connections')
@@ -188,9 +178,7 @@ t.test('ack mode: input a server does not read on one connection does not hold b
 })
 
 t.test('a lagging backup that is dropped frees a primary paused for it', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: none\nlimits: { max_lag: 64KiB }'))
+  const { b, f } = await demoPair(tt, 'output_commit: none\nlimits: { max_lag: 64KiB }')
   const c = await Client.open(f.port)
   c.send(`SET big ${'v'.repeat(60000)}\n`)
   await c.waitLines(1)
@@ -206,9 +194,7 @@ t.test('a lagging backup that is dropped frees a primary paused for it', async (
 })
 
 t.test('a client that leaves mid-stream does not make the backup look diverged', async (tt) => {
-  const a = await demoServer(tt)
-  const b = await demoServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: match'))
+  const { f } = await demoPair(tt, 'output_commit: match')
   const setup = await Client.open(f.port)
   setup.send(`SET big ${'v'.repeat(60000)}\n`)
   await setup.waitLines(1)

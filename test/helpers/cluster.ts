@@ -198,3 +198,11 @@ export class Client {
 
   close (): void { this.socket.destroy() }
 }
+
+/** Two demo servers (a: primary, b: backup) and a front before them. */
+export async function demoPair (t: Test, extra = '', opts: { divergeAfterB?: number } = {}): Promise<{ a: Server, b: Server, f: TestFront }> {
+  const a = await demoServer(t)
+  const b = await demoServer(t, { divergeAfter: opts.divergeAfterB })
+  const f = await new TestFront().start(t, frontYaml(t, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], extra))
+  return { a, b, f }
+}
