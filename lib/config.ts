@@ -7,9 +7,13 @@
 //
 // Every problem becomes a ConfigIssue {path, line, message}; all of them are collected and
 // thrown together as one ConfigError, so a user fixes a file in one pass, not one per run.
+//
+// Two dialects share that machinery and their pieces (host:port, durations, health_check,
+// timeouts, log, tls): the front's config (parseConfig) and the agent's (parseAgentConfig).
 
-import { readFile } from 'node:fs/promises'
-import { isIPv6 } from 'node:net'
+import { constants as fsConstants } from 'node:fs'
+import { access, readFile, stat } from 'node:fs/promises'
+import { BlockList, isIPv4, isIPv6 } from 'node:net'
 import { resolve } from 'node:path'
 import { Document, isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml'
 import type { Node as YamlNode } from 'yaml'
@@ -22,12 +26,27 @@ export interface HostPort {
   port: number
 }
 
+/** Mutual TLS: absolute paths (relative ones are resolved against the working directory). */
+export interface TlsConfig {
+  /** This side's certificate (PEM). */
+  cert: string
+  /** This side's private key (PEM). */
+  key: string
+  /** The CA that signed the peer's certificate (PEM). */
+  ca: string
+}
+
+/** Exactly one of `address` (direct) and `agent` (through an agent) is set. */
 export interface ReplicaConfig {
   /** Unique name, [A-Za-z0-9_.-]+ */
   name: string
-  /** The server's address (direct replica). */
-  address: HostPort
-  /** Optional command to supervise: argv; argv[0] 'ftproxy' means this ftproxy binary. */
+  /** direct replica: the server's address */
+  address?: HostPort
+  /** agent replica: the agent's log-channel address */
+  agent?: HostPort
+  /** agent replica: mutual TLS to the agent (client certificate, key, and the CA that signed the agent's) */
+  tls?: TlsConfig
+  /** direct replica: a command to supervise: argv; argv[0] 'ftproxy' means this ftproxy binary. */
   command?: string[]
 }
 
@@ -54,7 +73,28 @@ export interface Config {
   admin: { listen: HostPort, token?: string }
 }
 
+export interface AgentConfig {
+  /** Absolute path of the file this came from ('<flags>' when built from flags). */
+  file: string
+  /** Where the front's log channel connects. */
+  listen: HostPort
+  /** The local legacy server. */
+  server: HostPort
+  /** The newest epoch seen (fencing). Resolved against the process working directory. */
+  state_dir: string
+  /** Optional command to supervise the server: argv; argv[0] 'ftproxy' means this binary. */
+  command?: string[]
+  /** Optional mutual TLS on the log channel (this agent's certificate, key, and the CA that signed the front's). */
+  tls?: TlsConfig
+  /** Probes of the local server. Durations in milliseconds. */
+  health_check: { interval: number, timeout: number, fall: number, rise: number }
+  /** Durations in milliseconds. */
+  timeouts: { connect: number, linger: number }
+  log: { level: 'error' | 'warn' | 'info' | 'debug', format: 'json' | 'text' }
+}
+
 type Defaults = Omit<Config, 'file' | 'replicas'>
+type AgentDefaults = Omit<AgentConfig, 'file' | 'server' | 'command' | 'tls'>
 
 /** Every default in one place (durations in ms, sizes in bytes). Frozen: clone before use. */
 export const DEFAULTS: Readonly<Defaults> = deepFreeze({
@@ -68,6 +108,15 @@ export const DEFAULTS: Readonly<Defaults> = deepFreeze({
   arbiter: { kind: 'file' },
   log: { level: 'info', format: 'json' },
   admin: { listen: { host: '127.0.0.1', port: 7900 } }
+})
+
+/** The agent's defaults; health_check, timeouts and log are the front's. Frozen. */
+export const AGENT_DEFAULTS: Readonly<AgentDefaults> = deepFreeze({
+  listen: { host: '127.0.0.1', port: 7201 },
+  state_dir: './agent-state',
+  health_check: { ...DEFAULTS.health_check },
+  timeouts: { connect: DEFAULTS.timeouts.connect, linger: DEFAULTS.timeouts.linger },
+  log: { ...DEFAULTS.log }
 })
 
 /** Below this, max_lag would stall every connection on a single socket read. */
@@ -175,6 +224,21 @@ export function formatHostPort (hp: HostPort): string {
   return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`
 }
 
+const LOOPBACK = new BlockList()
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4')
+LOOPBACK.addAddress('::1', 'ipv6')
+
+/**
+ * True for 127.0.0.0/8, ::1 (any spelling, and IPv4-mapped 127.x) and 'localhost': a listener
+ * there is reachable from this machine only. Other names are not resolved: false.
+ */
+export function isLoopback (host: string): boolean {
+  if (host.toLowerCase() === 'localhost') return true
+  if (isIPv4(host)) return LOOPBACK.check(host, 'ipv4')
+  if (isIPv6(host)) return LOOPBACK.check(host, 'ipv6')
+  return false
+}
+
 // int.frac × unit, exactly (no 1.1 * 1000 = 1100.0000000000002); undefined when not whole.
 function scaleDecimal (int: string, frac: string, unit: number): number | undefined {
   const scale = 10 ** frac.length
@@ -190,7 +254,7 @@ function checkSafe (n: number, s: string): number {
 // ---------------------------------------------------------------------------------------------
 // Schema. Converters report through zod so that every problem gets a path, hence a line.
 
-function converter<T> (convert: (v: string) => T, what: string, acceptNumber = false) {
+function converter<T> (convert: (v: string) => T, what: string, acceptNumber = false, required = 'required') {
   return z.unknown().transform((v, ctx): T => {
     if (typeof v === 'string' || (acceptNumber && typeof v === 'number')) {
       try {
@@ -200,7 +264,7 @@ function converter<T> (convert: (v: string) => T, what: string, acceptNumber = f
         return z.NEVER
       }
     }
-    const message = v === undefined ? 'required' : `expected ${what}, got ${describe(v)}`
+    const message = v === undefined ? required : `expected ${what}, got ${describe(v)}`
     ctx.issues.push({ code: 'custom', message, input: v })
     return z.NEVER
   })
@@ -235,52 +299,20 @@ const command = z.array(arg, { error: 'expected a list of arguments, e.g. [redis
     if (argv[0] === '') ctx.addIssue({ code: 'custom', path: [0], message: 'the program name must not be empty' })
   })
 
-const NAME_RE = /^[A-Za-z0-9_.-]+$/
+const d = DEFAULTS
+const ad = AGENT_DEFAULTS
 
-const replicaShape = {
-  name: z.string().regex(NAME_RE, { error: "must be letters, digits, '_', '.' or '-'" }),
-  address: hostPort.optional(),
-  agent: z.unknown().optional(),
-  command: command.optional()
+// Shared sections: the front and the agent use these same pieces.
+
+const filePath = z.string().min(1, { error: 'must not be empty' })
+
+const tlsShape = {
+  cert: filePath,
+  key: filePath,
+  ca: filePath
 }
 
-const replica = z.strictObject(replicaShape)
-  .superRefine((r, ctx) => {
-    if (r.agent !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['agent'], message: 'agent replicas are not available in this version (log channel not implemented yet)' })
-    } else if (r.address === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['address'], message: "required: the replica server's host:port" })
-    }
-  })
-  .transform((r): ReplicaConfig => {
-    const out: ReplicaConfig = { name: r.name, address: r.address as HostPort }
-    if (r.command !== undefined) out.command = r.command
-    return out
-  })
-
-const replicas = z.array(replica, { error: 'expected a list of replicas' })
-  .min(2, { error: 'at least two replicas are needed: a primary and a backup' })
-  .superRefine((list, ctx) => {
-    if (!Array.isArray(list)) return
-    const names = new Map<string, number>()
-    const addresses = new Map<string, number>()
-    list.forEach((r, i) => {
-      // Items may be half-invalid here (zod keeps going): check only what parsed.
-      if (typeof r?.name === 'string') {
-        const first = names.get(r.name)
-        if (first !== undefined) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate name '${r.name}' (also replicas[${first}])` })
-        else names.set(r.name, i)
-      }
-      if (isHostPort(r?.address)) {
-        const a = formatHostPort(r.address)
-        const first = addresses.get(a)
-        if (first !== undefined) ctx.addIssue({ code: 'custom', path: [i, 'address'], message: `duplicate address ${a} (also replicas[${first}])` })
-        else addresses.set(a, i)
-      }
-    })
-  }, always)
-
-const d = DEFAULTS
+const tls = z.strictObject(tlsShape)
 
 const healthCheckShape = {
   interval: duration.default(d.health_check.interval),
@@ -300,6 +332,7 @@ const healthCheck = z.strictObject(healthCheckShape)
       })
     }
   }, always)
+  .default(() => ({ ...d.health_check }))
 
 const timeoutsShape = {
   connect: duration.default(d.timeouts.connect),
@@ -307,6 +340,81 @@ const timeoutsShape = {
   linger: duration.default(d.timeouts.linger),
   heartbeat: duration.default(d.timeouts.heartbeat)
 }
+
+const logShape = {
+  level: z.enum(['error', 'warn', 'info', 'debug']).default(d.log.level),
+  format: z.enum(['json', 'text']).default(d.log.format)
+}
+
+const log = z.strictObject(logShape).default(() => ({ ...d.log }))
+
+const stateDir = (dflt: string) => z.string().min(1, { error: 'must not be empty' }).default(dflt)
+
+// ---------------------------------------------------------------------------------------------
+// The front's config
+
+const NAME_RE = /^[A-Za-z0-9_.-]+$/
+
+const replicaShape = {
+  name: z.string().regex(NAME_RE, { error: "must be letters, digits, '_', '.' or '-'" }),
+  address: hostPort.optional(),
+  agent: hostPort.optional(),
+  tls: tls.optional(),
+  command: command.optional()
+}
+
+// A value given but invalid is not undefined (zod leaves a marker), so these checks see what
+// the user wrote even when a sibling failed: "both" or "neither" is reported in the same pass.
+const replica = z.strictObject(replicaShape)
+  .superRefine((r, ctx) => {
+    if (typeof r !== 'object' || r === null || Array.isArray(r)) return
+    const direct = r.address !== undefined
+    const viaAgent = r.agent !== undefined
+    if (direct && viaAgent) {
+      ctx.addIssue({ code: 'custom', path: [], message: 'give either address (direct) or agent (through an agent), not both' })
+    } else if (!direct && !viaAgent) {
+      ctx.addIssue({ code: 'custom', path: [], message: "required: give either address (direct: the server's host:port) or agent (through an agent: the agent's host:port)" })
+    }
+    if (viaAgent && r.command !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['command'], message: "an agent replica's server is supervised by its agent: put command in the agent's config" })
+    }
+    if (!viaAgent && r.tls !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['tls'], message: 'tls is for agent replicas only (the log channel to an agent); a direct replica has no TLS' })
+    }
+  }, always)
+  .transform((r): ReplicaConfig => {
+    const out: ReplicaConfig = { name: r.name }
+    if (r.address !== undefined) out.address = r.address
+    if (r.agent !== undefined) out.agent = r.agent
+    if (r.tls !== undefined) out.tls = r.tls
+    if (r.command !== undefined) out.command = r.command
+    return out
+  })
+
+const replicas = z.array(replica, { error: 'expected a list of replicas' })
+  .min(2, { error: 'at least two replicas are needed: a primary and a backup' })
+  .superRefine((list, ctx) => {
+    if (!Array.isArray(list)) return
+    const names = new Map<string, number>()
+    // Direct and agent addresses together: two replicas behind one port are one replica.
+    const addresses = new Map<string, number>()
+    list.forEach((r, i) => {
+      // Items may be half-invalid here (zod keeps going): check only what parsed.
+      if (typeof r?.name === 'string') {
+        const first = names.get(r.name)
+        if (first !== undefined) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate name '${r.name}' (also replicas[${first}])` })
+        else names.set(r.name, i)
+      }
+      for (const key of ['address', 'agent'] as const) {
+        const hp = r?.[key]
+        if (!isHostPort(hp)) continue
+        const a = formatHostPort(hp)
+        const first = addresses.get(a)
+        if (first !== undefined) ctx.addIssue({ code: 'custom', path: [i, key], message: `duplicate address ${a} (also replicas[${first}])` })
+        else addresses.set(a, i)
+      }
+    })
+  }, always)
 
 const limitsShape = {
   max_connections: count(1).default(d.limits.max_connections),
@@ -336,11 +444,6 @@ const arbiter = z.looseObject({
   }
 }).transform((): Config['arbiter'] => ({ kind: 'file' }))
 
-const logShape = {
-  level: z.enum(['error', 'warn', 'info', 'debug']).default(d.log.level),
-  format: z.enum(['json', 'text']).default(d.log.format)
-}
-
 const adminShape = {
   listen: hostPort.default(() => ({ ...d.admin.listen })),
   token: z.string().min(1, { error: 'must not be empty (leave token out for no authentication)' }).optional()
@@ -348,15 +451,15 @@ const adminShape = {
 
 const rootShape = {
   listen: hostPort.default(() => ({ ...d.listen })),
-  state_dir: z.string().min(1, { error: 'must not be empty' }).default(d.state_dir),
+  state_dir: stateDir(d.state_dir),
   output_commit: z.enum(['ack', 'match', 'none']).default(d.output_commit),
   on_backup_loss: z.enum(['continue', 'block']).default(d.on_backup_loss),
   replicas,
-  health_check: healthCheck.default(() => ({ ...d.health_check })),
+  health_check: healthCheck,
   timeouts: z.strictObject(timeoutsShape).default(() => ({ ...d.timeouts })),
   limits: z.strictObject(limitsShape).default(() => ({ ...d.limits })),
   arbiter: arbiter.default(() => ({ ...d.arbiter })),
-  log: z.strictObject(logShape).default(() => ({ ...d.log })),
+  log,
   admin: z.strictObject(adminShape).default(() => ({ listen: { ...d.admin.listen } }))
 }
 
@@ -369,8 +472,11 @@ const root = z.strictObject(rootShape).superRefine((c, ctx) => {
     }
     if (Array.isArray(c.replicas)) {
       c.replicas.forEach((r, i) => {
-        if (isHostPort(r?.address) && formatHostPort(r.address) === listen) {
-          ctx.addIssue({ code: 'custom', path: ['replicas', i, 'address'], message: `must differ from listen (${listen}): the proxy would connect to itself` })
+        for (const key of ['address', 'agent'] as const) {
+          const hp = r?.[key]
+          if (isHostPort(hp) && formatHostPort(hp) === listen) {
+            ctx.addIssue({ code: 'custom', path: ['replicas', i, key], message: `must differ from listen (${listen}): the proxy would connect to itself` })
+          }
         }
       })
     }
@@ -381,6 +487,7 @@ const root = z.strictObject(rootShape).superRefine((c, ctx) => {
 const KNOWN_KEYS: Record<string, string[]> = {
   '': Object.keys(rootShape),
   'replicas[]': Object.keys(replicaShape),
+  'replicas[].tls': Object.keys(tlsShape),
   health_check: Object.keys(healthCheckShape),
   timeouts: Object.keys(timeoutsShape),
   limits: Object.keys(limitsShape),
@@ -389,13 +496,76 @@ const KNOWN_KEYS: Record<string, string[]> = {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The agent's config
+
+const agentTimeoutsShape = {
+  connect: timeoutsShape.connect,
+  linger: timeoutsShape.linger
+}
+
+const agentRootShape = {
+  listen: hostPort.default(() => ({ ...ad.listen })),
+  server: converter(parseHostPort, 'host:port, e.g. 127.0.0.1:6379', false, "required: the local server's host:port, e.g. 127.0.0.1:6379"),
+  state_dir: stateDir(ad.state_dir),
+  command: command.optional(),
+  tls: tls.optional(),
+  health_check: healthCheck,
+  timeouts: z.strictObject(agentTimeoutsShape).default(() => ({ ...ad.timeouts })),
+  log
+}
+
+const agentRoot = z.strictObject(agentRootShape).superRefine((c, ctx) => {
+  if (isHostPort(c?.listen) && c.listen.port !== 0 && isHostPort(c.server) &&
+    formatHostPort(c.server) === formatHostPort(c.listen)) {
+    ctx.addIssue({ code: 'custom', path: ['server'], message: `must differ from listen (${formatHostPort(c.listen)}): the agent would connect to itself` })
+  }
+}, always)
+
+const AGENT_KNOWN_KEYS: Record<string, string[]> = {
+  '': Object.keys(agentRootShape),
+  tls: Object.keys(tlsShape),
+  health_check: Object.keys(healthCheckShape),
+  timeouts: Object.keys(agentTimeoutsShape),
+  log: Object.keys(logShape)
+}
+
+// Flag names for agentConfigFromFlags, by config key.
+const AGENT_FLAGS: Record<string, string> = { listen: '--listen', server: '--server', state_dir: '--state-dir' }
+
+// ---------------------------------------------------------------------------------------------
 // Parsing
 
+interface Dialect<S extends z.ZodType> {
+  schema: S
+  /** Allowed keys per normalised object path, for "did you mean" hints. */
+  knownKeys: Record<string, string[]>
+  /** What an empty file is told. */
+  empty: string
+}
+
+const FRONT: Dialect<typeof root> = {
+  schema: root,
+  knownKeys: KNOWN_KEYS,
+  empty: 'the file is empty: it needs at least `replicas` (two or more)'
+}
+
+const AGENT: Dialect<typeof agentRoot> = {
+  schema: agentRoot,
+  knownKeys: AGENT_KNOWN_KEYS,
+  empty: "the file is empty: it needs at least `server` (the local server's host:port)"
+}
+
+/** Validated data, and the line of a key path in the text it came from (for later checks). */
+interface Parsed<T> {
+  data: T
+  lineOf: (path: Path) => number | undefined
+}
+
 /**
- * YAML text → Config. Throws one ConfigError listing every problem, each with its key path
- * (`replicas[1].address`) and 1-based line. `state_dir` is resolved against `cwd`.
+ * YAML text → validated data of one dialect. Throws one ConfigError listing every problem,
+ * each with its key path (`replicas[1].address`) and 1-based line.
  */
-export function parseConfig (text: string, file: string, cwd = process.cwd()): Config {
+function parseYaml<S extends z.ZodType> (dialect: Dialect<S>, text: string, file: string): Parsed<z.output<S>> {
   const lineCounter = new LineCounter()
   const doc = parseDocument(text, { lineCounter, prettyErrors: false })
   const lineAt = (offset: number) => lineCounter.linePos(offset).line
@@ -410,7 +580,7 @@ export function parseConfig (text: string, file: string, cwd = process.cwd()): C
     })))
   }
   if (doc.contents == null || (isScalar(doc.contents) && doc.contents.value == null)) {
-    throw new ConfigError(file, [{ path: '', line: 1, message: 'the file is empty: it needs at least `replicas` (two or more)' }])
+    throw new ConfigError(file, [{ path: '', line: 1, message: dialect.empty }])
   }
   if (!isMap(doc.contents)) {
     throw new ConfigError(file, [{
@@ -427,33 +597,142 @@ export function parseConfig (text: string, file: string, cwd = process.cwd()): C
     throw new ConfigError(file, [{ path: '', message: `YAML: ${(err as Error).message}` }])
   }
 
-  const result = root.safeParse(data, { reportInput: true })
+  const lineOf = (path: Path) => lineOfPath(doc, path, lineAt)
+  const result = dialect.schema.safeParse(data, { reportInput: true })
   if (!result.success) {
-    const issues: ConfigIssue[] = []
-    for (const iss of result.error.issues) {
-      for (const { path, message } of explain(iss)) {
-        issues.push({ path: formatPath(path), line: lineOfPath(doc, path, lineAt), message })
-      }
-    }
-    // By line, so the list reads top to bottom like the file.
-    issues.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity))
-    throw new ConfigError(file, issues)
+    throw new ConfigError(file, issuesOf(result.error, dialect.knownKeys, (path) => ({ path: formatPath(path), line: lineOf(path) })))
   }
-
-  const c = result.data
-  return { file, ...c, state_dir: resolve(cwd, c.state_dir) }
+  return { data: result.data, lineOf }
 }
 
-/** Reads and parses a config file; `file` in the result is its absolute path. */
-export async function loadConfig (path: string): Promise<Config> {
+/** zod's issues → ConfigIssues placed by `place` (a key path and line, or a flag name), by line. */
+function issuesOf (error: z.ZodError, knownKeys: Record<string, string[]>, place: (path: Path) => Omit<ConfigIssue, 'message'>): ConfigIssue[] {
+  const issues: ConfigIssue[] = []
+  for (const iss of error.issues) {
+    for (const { path, message } of explain(iss, knownKeys)) issues.push({ ...place(path), message })
+  }
+  // By line, so the list reads top to bottom like the file.
+  issues.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity))
+  return issues
+}
+
+async function readConfigText (path: string): Promise<{ file: string, text: string }> {
   const file = resolve(path)
-  let text: string
   try {
-    text = await readFile(file, 'utf8')
+    return { file, text: await readFile(file, 'utf8') }
   } catch (err) {
     throw new ConfigError(file, [{ path: '', message: `cannot read: ${(err as Error).message}` }])
   }
-  return parseConfig(text, file)
+}
+
+function resolveTls (cwd: string, t: TlsConfig): TlsConfig {
+  return { cert: resolve(cwd, t.cert), key: resolve(cwd, t.key), ca: resolve(cwd, t.ca) }
+}
+
+/** The files a tls section names, with their key paths. */
+function tlsFiles (at: Path, t: TlsConfig): Array<{ path: Path, file: string }> {
+  return (['cert', 'key', 'ca'] as const).map((key) => ({ path: [...at, key], file: t[key] }))
+}
+
+/** Every named file must be a readable regular file; throws one ConfigError listing those that are not. */
+async function checkFiles (file: string, lineOf: (path: Path) => number | undefined, files: Array<{ path: Path, file: string }>): Promise<void> {
+  const problems = await Promise.all(files.map(async (f): Promise<ConfigIssue | undefined> => {
+    const at = { path: formatPath(f.path), line: lineOf(f.path) }
+    try {
+      if (!(await stat(f.file)).isFile()) return { ...at, message: `cannot read: '${f.file}' is not a file` }
+      await access(f.file, fsConstants.R_OK)
+      return undefined
+    } catch (err) {
+      return { ...at, message: `cannot read: ${(err as Error).message}` }
+    }
+  }))
+  const issues = problems.filter((i) => i !== undefined)
+  if (issues.length > 0) throw new ConfigError(file, issues)
+}
+
+/**
+ * YAML text → Config. Throws one ConfigError listing every problem, each with its key path
+ * (`replicas[1].address`) and 1-based line. `state_dir` and tls paths are resolved against
+ * `cwd`. Pure: files named by tls are checked by loadConfig, not here.
+ */
+export function parseConfig (text: string, file: string, cwd = process.cwd()): Config {
+  return frontConfig(parseYaml(FRONT, text, file).data, file, cwd)
+}
+
+function frontConfig (c: z.output<typeof root>, file: string, cwd: string): Config {
+  return {
+    file,
+    ...c,
+    state_dir: resolve(cwd, c.state_dir),
+    replicas: c.replicas.map((r) => r.tls !== undefined ? { ...r, tls: resolveTls(cwd, r.tls) } : r)
+  }
+}
+
+/**
+ * Reads and parses a config file; `file` in the result is its absolute path. Also checks that
+ * the files named by each replica's tls exist and are readable (issues at replicas[i].tls.cert …).
+ */
+export async function loadConfig (path: string): Promise<Config> {
+  const { file, text } = await readConfigText(path)
+  const { data, lineOf } = parseYaml(FRONT, text, file)
+  const c = frontConfig(data, file, process.cwd())
+  await checkFiles(file, lineOf, c.replicas.flatMap((r, i) => r.tls !== undefined ? tlsFiles(['replicas', i, 'tls'], r.tls) : []))
+  return c
+}
+
+/**
+ * Agent YAML text → AgentConfig, with the same rules and errors as parseConfig. `state_dir` and
+ * tls paths are resolved against `cwd`. No tls on a non-loopback listen is allowed here (the
+ * agent warns at run time; see isLoopback).
+ */
+export function parseAgentConfig (text: string, file: string, cwd = process.cwd()): AgentConfig {
+  return agentConfig(parseYaml(AGENT, text, file).data, file, cwd)
+}
+
+function agentConfig (c: z.output<typeof agentRoot>, file: string, cwd: string): AgentConfig {
+  const out: AgentConfig = {
+    file,
+    listen: c.listen,
+    server: c.server,
+    state_dir: resolve(cwd, c.state_dir),
+    health_check: c.health_check,
+    timeouts: c.timeouts,
+    log: c.log
+  }
+  if (c.command !== undefined) out.command = c.command
+  if (c.tls !== undefined) out.tls = resolveTls(cwd, c.tls)
+  return out
+}
+
+/** Reads and parses an agent config file, and checks the files its tls names. */
+export async function loadAgentConfig (path: string): Promise<AgentConfig> {
+  const { file, text } = await readConfigText(path)
+  const { data, lineOf } = parseYaml(AGENT, text, file)
+  const c = agentConfig(data, file, process.cwd())
+  if (c.tls !== undefined) await checkFiles(file, lineOf, tlsFiles(['tls'], c.tls))
+  return c
+}
+
+/** `file` of an AgentConfig built by agentConfigFromFlags. */
+export const FLAGS_FILE = '<flags>'
+
+/**
+ * `ftproxy agent --listen … --server … --state-dir …` → AgentConfig, validated like the file
+ * (defaults for what is not given). Problems throw one ConfigError whose issue paths are the
+ * flag names ('--server').
+ */
+export function agentConfigFromFlags (flags: { listen?: string, server?: string, stateDir?: string }, cwd = process.cwd()): AgentConfig {
+  const data: Record<string, unknown> = {}
+  if (flags.listen !== undefined) data.listen = flags.listen
+  if (flags.server !== undefined) data.server = flags.server
+  if (flags.stateDir !== undefined) data.state_dir = flags.stateDir
+  const result = agentRoot.safeParse(data, { reportInput: true })
+  if (!result.success) {
+    throw new ConfigError(FLAGS_FILE, issuesOf(result.error, AGENT_KNOWN_KEYS, (path) => ({
+      path: AGENT_FLAGS[String(path[0])] ?? formatPath(path)
+    })))
+  }
+  return agentConfig(result.data, FLAGS_FILE, cwd)
 }
 
 export interface RenderOptions {
@@ -475,15 +754,12 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
     on_backup_loss: c.on_backup_loss,
     replicas: c.replicas.map((r) => ({
       name: r.name,
-      address: formatHostPort(r.address),
+      ...(r.address !== undefined ? { address: formatHostPort(r.address) } : {}),
+      ...(r.agent !== undefined ? { agent: formatHostPort(r.agent) } : {}),
+      ...(r.tls !== undefined ? { tls: renderTls(r.tls) } : {}),
       ...(r.command !== undefined ? { command: r.command } : {})
     })),
-    health_check: {
-      interval: formatDuration(c.health_check.interval),
-      timeout: formatDuration(c.health_check.timeout),
-      fall: c.health_check.fall,
-      rise: c.health_check.rise
-    },
+    health_check: renderHealthCheck(c.health_check),
     timeouts: {
       connect: formatDuration(c.timeouts.connect),
       stall: formatDuration(c.timeouts.stall),
@@ -495,16 +771,48 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
     log: { level: c.log.level, format: c.log.format },
     admin
   }
+  return toYaml(plain,
+    ['health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin'],
+    c.replicas.map((_, i) => ['replicas', i, 'command']))
+}
+
+/**
+ * The effective agent config as YAML, in the documented key order, without `file`.
+ * parseAgentConfig(renderAgentConfig(c)) gives back c.
+ */
+export function renderAgentConfig (c: AgentConfig): string {
+  const plain = {
+    listen: formatHostPort(c.listen),
+    server: formatHostPort(c.server),
+    state_dir: c.state_dir,
+    ...(c.command !== undefined ? { command: c.command } : {}),
+    ...(c.tls !== undefined ? { tls: renderTls(c.tls) } : {}),
+    health_check: renderHealthCheck(c.health_check),
+    timeouts: { connect: formatDuration(c.timeouts.connect), linger: formatDuration(c.timeouts.linger) },
+    log: { level: c.log.level, format: c.log.format }
+  }
+  return toYaml(plain, ['health_check', 'timeouts', 'log'], [['command']])
+}
+
+function renderHealthCheck (h: Config['health_check']): Record<string, string | number> {
+  return { interval: formatDuration(h.interval), timeout: formatDuration(h.timeout), fall: h.fall, rise: h.rise }
+}
+
+function renderTls (t: TlsConfig): TlsConfig {
+  return { cert: t.cert, key: t.key, ca: t.ca }
+}
+
+// Small maps and argv on one line, as in DESIGN.md.
+function toYaml (plain: object, flowMaps: string[], flowSeqs: Path[]): string {
   const doc = new Document(plain)
-  // Small maps and argv on one line, as in DESIGN.md.
-  for (const key of ['health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin']) {
+  for (const key of flowMaps) {
     const node = doc.get(key, true)
     if (isMap(node)) node.flow = true
   }
-  c.replicas.forEach((r, i) => {
-    const node = doc.getIn(['replicas', i, 'command'], true)
+  for (const path of flowSeqs) {
+    const node = doc.getIn(path, true)
     if (isSeq(node)) node.flow = true
-  })
+  }
   return doc.toString({ lineWidth: 0 })
 }
 
@@ -513,11 +821,11 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
 
 type Path = PropertyKey[]
 
-function explain (iss: z.core.$ZodIssue): Array<{ path: Path, message: string }> {
+function explain (iss: z.core.$ZodIssue, knownKeys: Record<string, string[]>): Array<{ path: Path, message: string }> {
   const input = (iss as { input?: unknown }).input
   switch (iss.code) {
     case 'unrecognized_keys': {
-      const known = KNOWN_KEYS[normalisePath(iss.path)] ?? []
+      const known = knownKeys[normalisePath(iss.path)] ?? []
       return iss.keys.map((key) => ({ path: [...iss.path, key], message: unknownKeyMessage(key, known) }))
     }
     case 'invalid_type':

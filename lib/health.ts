@@ -111,3 +111,17 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
     }
   }
 }
+
+/** Gap between the two probes that confirm an output end came from a live server. */
+export const END_CONFIRM_MS = 25
+
+/**
+ * Whether a server that ended a connection is still alive. A killed server's sockets close a
+ * moment before its listener does, so one probe that connects proves little: ask again once
+ * any process teardown would be over. `still` says whether the answer still matters.
+ */
+export async function aliveAfterEnd (check: HealthCheck, still: () => boolean = () => true): Promise<boolean> {
+  if (!await check.probeNow()) return false
+  await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))
+  return still() && await check.probeNow()
+}

@@ -3,18 +3,25 @@ import type { Test } from 'tap'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import {
+  AGENT_DEFAULTS,
+  agentConfigFromFlags,
   DEFAULTS,
+  FLAGS_FILE,
   formatDuration,
   formatHostPort,
   formatSize,
+  isLoopback,
+  loadAgentConfig,
   loadConfig,
+  parseAgentConfig,
   parseConfig,
   parseDuration,
   parseHostPort,
   parseSize,
+  renderAgentConfig,
   renderConfig
 } from '../lib/config.js'
-import type { Config } from '../lib/config.js'
+import type { AgentConfig, Config, ReplicaConfig } from '../lib/config.js'
 import { ConfigError } from '../lib/errors.js'
 import type { ConfigIssue } from '../lib/errors.js'
 
@@ -35,8 +42,16 @@ const TWO_REPLICAS = [
 ]
 
 function issuesOf (t: Test, text: string): ConfigIssue[] {
+  return thrownIssues(t, () => parseConfig(text, 'test.yaml', CWD))
+}
+
+function agentIssuesOf (t: Test, text: string): ConfigIssue[] {
+  return thrownIssues(t, () => parseAgentConfig(text, 'agent.yaml', CWD))
+}
+
+function thrownIssues (t: Test, parse: () => unknown): ConfigIssue[] {
   try {
-    parseConfig(text, 'test.yaml', CWD)
+    parse()
   } catch (err) {
     t.ok(err instanceof ConfigError, 'throws a ConfigError')
     t.equal((err as ConfigError).code, 'ERR_FTPROXY_CONFIG')
@@ -44,6 +59,10 @@ function issuesOf (t: Test, text: string): ConfigIssue[] {
   }
   t.fail('expected a ConfigError')
   return []
+}
+
+function addressOf (r: ReplicaConfig): string | undefined {
+  return r.address !== undefined ? formatHostPort(r.address) : undefined
 }
 
 // One issue at exactly this path and line (several may share a path, e.g. none here).
@@ -234,8 +253,8 @@ t.test('replica problems', async (t) => {
   t.test('missing name', async (t) => {
     hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - address: h:2')), 'replicas[1].name', 4)
   })
-  t.test('missing address', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    command: [x]')), 'replicas[1].address', 4)
+  t.test('neither address nor agent', async (t) => {
+    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    command: [x]')), 'replicas[1]', 4)
   })
   t.test('bad address', async (t) => {
     hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    address: ::1:7000')), 'replicas[1].address', 5)
@@ -243,10 +262,8 @@ t.test('replica problems', async (t) => {
   t.test('unknown key in a replica', async (t) => {
     const issues = issuesOf(t, yaml('replicas:', '  - name: a', '    adress: 127.0.0.1:7101', '  - name: b', '    address: h:2'))
     hasIssue(t, issues, 'replicas[0].adress', 3)
-    hasIssue(t, issues, 'replicas[0].address', 2)
-  })
-  t.test('agent replica', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2:7200')), 'replicas[2].agent', 7)
+    t.match(issues.find((i) => i.path === 'replicas[0].adress')?.message, /did you mean 'address'/)
+    hasIssue(t, issues, 'replicas[0]', 2)
   })
   t.test('command as a string', async (t) => {
     hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: redis-server --port 6380')), 'replicas[1].command', 6)
@@ -278,7 +295,7 @@ t.test('all problems are reported together, in file order', async (t) => {
   t.same(issues.map((i) => [i.path, i.line]), [
     ['listen', 1],
     ['health_check.fall', 3],
-    ['replicas[0].address', 5],
+    ['replicas[0]', 5],
     ['replicas[0].adress', 6],
     ['replicas[1].name', 7],
     ['log.level', 9],
@@ -391,7 +408,7 @@ t.test('shipped config files parse and round-trip', async (t) => {
     t.same(parseConfig(renderConfig(c), file), c, `${name} round-trips`)
   }
   const demo = await loadConfig(join(root, 'config', 'demo.yaml'))
-  t.same(demo.replicas.map((r) => [r.name, formatHostPort(r.address), r.command]), [
+  t.same(demo.replicas.map((r) => [r.name, addressOf(r), r.command]), [
     ['a', '127.0.0.1:7101', ['ftproxy', 'demo-server', '--port', '7101']],
     ['b', '127.0.0.1:7102', ['ftproxy', 'demo-server', '--port', '7102']]
   ])
@@ -399,7 +416,7 @@ t.test('shipped config files parse and round-trip', async (t) => {
   const prod = await loadConfig(join(root, 'config', 'ftproxy.yaml'))
   t.equal(prod.state_dir, '/var/lib/ftproxy')
   t.equal(prod.log.format, 'json')
-  t.same(prod.replicas.map((r) => formatHostPort(r.address)), ['127.0.0.1:6379', '127.0.0.1:6380'])
+  t.same(prod.replicas.map(addressOf), ['127.0.0.1:6379', '127.0.0.1:6380'])
 })
 
 t.test('loadConfig', async (t) => {
@@ -414,4 +431,315 @@ t.test('loadConfig', async (t) => {
   t.equal(err.details.file, missing)
 
   await t.rejects(loadConfig(join(root, 'config')), { code: 'ERR_FTPROXY_CONFIG' }, 'a directory')
+})
+
+// ---------------------------------------------------------------------------------------------
+// Agent replicas in the front's config
+
+t.test('agent replicas', async (t) => {
+  t.test('parse, with tls paths resolved against cwd', async (t) => {
+    const c = parseConfig(yaml(
+      'replicas:',
+      '  - name: a',
+      '    address: 127.0.0.1:7101',
+      '    command: [redis-server]',
+      '  - name: b',
+      '    agent: 10.0.0.2:7200',
+      '    tls: { cert: certs/front.crt, key: /etc/ftproxy/front.key, ca: ../ca.crt }',
+      '  - name: c',
+      '    agent: "[::1]:7200"'
+    ), 'ag.yaml', CWD)
+    t.same(c.replicas, [
+      { name: 'a', address: { host: '127.0.0.1', port: 7101 }, command: ['redis-server'] },
+      {
+        name: 'b',
+        agent: { host: '10.0.0.2', port: 7200 },
+        tls: { cert: '/srv/ftproxy/certs/front.crt', key: '/etc/ftproxy/front.key', ca: '/srv/ca.crt' }
+      },
+      { name: 'c', agent: { host: '::1', port: 7200 } }
+    ])
+    t.notOk('address' in c.replicas[1], 'no address key on an agent replica')
+    t.notOk('agent' in c.replicas[0], 'no agent key on a direct replica')
+    t.notOk('tls' in c.replicas[2], 'no tls key when none given')
+  })
+
+  const cases: Array<{ name: string, lines: string[], path: string, line: number, message?: RegExp }> = [
+    { name: 'both address and agent', lines: [...TWO_REPLICAS, '    agent: 10.0.0.2:7200'], path: 'replicas[1]', line: 4, message: /not both/ },
+    { name: 'neither', lines: [...TWO_REPLICAS, '  - name: c', '    command: [x]'], path: 'replicas[2]', line: 6, message: /either address .* or agent/ },
+    { name: 'command with agent', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2:7200', '    command: [redis-server]'], path: 'replicas[2].command', line: 8, message: /supervised by its agent/ },
+    { name: 'tls without agent', lines: [...TWO_REPLICAS, '    tls:', '      cert: a.crt', '      key: a.key', '      ca: ca.crt'], path: 'replicas[1].tls', line: 6 },
+    { name: 'bad agent address', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2'], path: 'replicas[2].agent', line: 7 },
+    { name: 'agent duplicates an address', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7102'], path: 'replicas[2].agent', line: 7, message: /duplicate address 127.0.0.1:7102 \(also replicas\[1\]\)/ },
+    { name: 'address duplicates an agent', lines: ['replicas:', '  - name: a', '    agent: h:1', '  - name: b', '    address: h:1'], path: 'replicas[1].address', line: 5, message: /duplicate/ },
+    { name: 'agent on the front port', lines: ['listen: 127.0.0.1:7200', ...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7200'], path: 'replicas[2].agent', line: 8, message: /must differ from listen/ },
+    { name: 'tls missing ca', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: { cert: a.crt, key: a.key }'], path: 'replicas[2].tls.ca', line: 8 },
+    { name: 'tls empty cert', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: ""', '      key: a.key', '      ca: ca.crt'], path: 'replicas[2].tls.cert', line: 9 },
+    { name: 'tls unknown key', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: a.crt', '      key: a.key', '      ca: ca.crt', '      crt: x'], path: 'replicas[2].tls.crt', line: 12, message: /unknown key/ },
+    { name: 'tls not a map', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: yes'], path: 'replicas[2].tls', line: 8 }
+  ]
+  for (const c of cases) {
+    t.test(c.name, async (t) => {
+      const issues = issuesOf(t, yaml(...c.lines))
+      hasIssue(t, issues, c.path, c.line)
+      if (c.message !== undefined) t.match(issues.find((i) => i.path === c.path)?.message, c.message)
+    })
+  }
+
+  t.test('one pass reports both a bad address and both keys given', async (t) => {
+    const issues = issuesOf(t, yaml(
+      ...TWO_REPLICAS, //                 1-5
+      '  - name: c', //                   6
+      '    address: nope', //             7
+      '    agent: 10.0.0.2:7200', //      8
+      '    command: [x]', //              9
+      '  - name: d', //                  10
+      '    tls: { cert: a, key: b, ca: c }' // 11
+    ))
+    t.same(issues.map((i) => [i.path, i.line]), [
+      ['replicas[2]', 6],
+      ['replicas[2].address', 7],
+      ['replicas[2].command', 9],
+      ['replicas[3]', 10],
+      ['replicas[3].tls', 11]
+    ])
+  })
+
+  t.test('renderConfig prints agent and tls, and round-trips', async (t) => {
+    const c = parseConfig(yaml(
+      'replicas:',
+      '  - name: a',
+      '    address: 127.0.0.1:7101',
+      '  - name: b',
+      '    agent: "[fd00::2]:7200"',
+      '    tls: { cert: front.crt, key: front.key, ca: ca.crt }',
+      '  - name: c',
+      '    agent: 10.0.0.3:7200'
+    ), 'r.yaml', CWD)
+    const out = renderConfig(c)
+    t.match(out, /agent: "?\[fd00::2\]:7200"?/)
+    t.match(out, /cert: \/srv\/ftproxy\/front\.crt/)
+    t.match(out, /ca: \/srv\/ftproxy\/ca\.crt/)
+    t.notMatch(out, /address: undefined|agent: undefined/)
+    t.same(parseConfig(out, 'r.yaml', '/elsewhere'), c, 're-parses to an equal Config')
+  })
+})
+
+t.test('loadConfig checks the files tls names', async (t) => {
+  const dir = t.testdir({
+    'front.crt': 'cert',
+    'front.key': 'key',
+    certs: {}
+  })
+  const front = (tls: string) => yaml(
+    'replicas:', //                    1
+    '  - name: a', //                  2
+    '    address: 127.0.0.1:7101', //  3
+    '  - name: b', //                  4
+    '    agent: 10.0.0.2:7200', //     5
+    '    tls:', //                     6
+    tls //                           7-9
+  )
+  const good = join(dir, 'good.yaml')
+  const bad = join(dir, 'bad.yaml')
+  const { writeFile } = await import('node:fs/promises')
+  await writeFile(good, front([`      cert: ${dir}/front.crt`, `      key: ${dir}/front.key`, `      ca: ${dir}/front.crt`].join('\n')))
+  await writeFile(bad, front([`      cert: ${dir}/missing.crt`, `      key: ${dir}/front.key`, `      ca: ${dir}/certs`].join('\n')))
+
+  const c = await loadConfig(good)
+  t.same(c.replicas[1].tls, { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'front.crt') })
+
+  const err = await loadConfig(bad).catch((e: unknown) => e) as ConfigError
+  t.ok(err instanceof ConfigError)
+  t.same(err.issues.map((i) => [i.path, i.line]), [['replicas[1].tls.cert', 7], ['replicas[1].tls.ca', 9]])
+  t.match(err.issues[0].message, /ENOENT/)
+  t.match(err.issues[1].message, /not a file/)
+  t.match(err.message, /bad\.yaml:7: replicas\[1\]\.tls\.cert/)
+
+  // parseConfig stays pure: the same text parses without touching the files.
+  const { readFile } = await import('node:fs/promises')
+  t.ok(parseConfig(await readFile(bad, 'utf8'), bad, CWD).replicas[1].tls, 'parseConfig does not check files')
+})
+
+// ---------------------------------------------------------------------------------------------
+// The agent's config
+
+t.test('agent config: defaults', async (t) => {
+  const c = parseAgentConfig(yaml('server: 127.0.0.1:6379'), 'agent.yaml', CWD)
+  t.same(c, {
+    file: 'agent.yaml',
+    listen: { host: '127.0.0.1', port: 7201 },
+    server: { host: '127.0.0.1', port: 6379 },
+    state_dir: join(CWD, 'agent-state'),
+    health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
+    timeouts: { connect: 2000, linger: 5000 },
+    log: { level: 'info', format: 'json' }
+  })
+  t.notOk('command' in c, 'no command key when none given')
+  t.notOk('tls' in c, 'no tls key when none given')
+  t.same(AGENT_DEFAULTS.health_check, DEFAULTS.health_check, "health_check defaults are the front's")
+  t.ok(Object.isFrozen(AGENT_DEFAULTS.timeouts), 'AGENT_DEFAULTS is frozen')
+  c.timeouts.connect = 1
+  t.equal(parseAgentConfig(yaml('server: h:1'), 'a', CWD).timeouts.connect, 2000, 'defaults are not shared')
+})
+
+t.test('agent config: every key', async (t) => {
+  const c = parseAgentConfig(yaml(
+    'listen: 0.0.0.0:7201',
+    'server: 127.0.0.1:6379',
+    'state_dir: /var/lib/ftproxy-agent',
+    'command: [redis-server, --port, 6379]',
+    'tls: { cert: agent.crt, key: /etc/ftproxy/agent.key, ca: ca.crt }',
+    'health_check: { interval: 2s, fall: 5 }',
+    'timeouts: { linger: 10s }',
+    'log: { level: debug, format: text }'
+  ), 'agent.yaml', CWD)
+  t.same(c, {
+    file: 'agent.yaml',
+    listen: { host: '0.0.0.0', port: 7201 },
+    server: { host: '127.0.0.1', port: 6379 },
+    state_dir: '/var/lib/ftproxy-agent',
+    command: ['redis-server', '--port', '6379'],
+    tls: { cert: '/srv/ftproxy/agent.crt', key: '/etc/ftproxy/agent.key', ca: '/srv/ftproxy/ca.crt' },
+    health_check: { interval: 2000, timeout: 500, fall: 5, rise: 2 },
+    timeouts: { connect: 2000, linger: 10000 },
+    log: { level: 'debug', format: 'text' }
+  })
+  // A non-loopback listen without tls is allowed (the agent warns at run time).
+  t.equal(parseAgentConfig(yaml('listen: 10.0.0.2:7201', 'server: h:1'), 'a', CWD).tls, undefined)
+})
+
+t.test('agent config: problems name their key and line', async (t) => {
+  const cases: Array<{ name: string, lines: string[], path: string, line: number, message?: RegExp }> = [
+    { name: 'server missing', lines: ['# agent', 'listen: 127.0.0.1:7201'], path: 'server', line: 2, message: /required: the local server's host:port/ },
+    { name: 'bad server', lines: ['server: 6379'], path: 'server', line: 1 },
+    { name: 'bad listen', lines: ['server: h:1', 'listen: 127.0.0.1'], path: 'listen', line: 2 },
+    { name: 'server is listen', lines: ['listen: 127.0.0.1:7201', 'server: 127.0.0.1:7201'], path: 'server', line: 2, message: /connect to itself/ },
+    { name: 'unknown key', lines: ['server: h:1', 'state-dir: /x'], path: 'state-dir', line: 2, message: /did you mean 'state_dir'/ },
+    { name: 'front key', lines: ['server: h:1', 'replicas: []'], path: 'replicas', line: 2, message: /unknown key/ },
+    { name: 'front-only timeout', lines: ['server: h:1', 'timeouts:', '  stall: 3s'], path: 'timeouts.stall', line: 3, message: /unknown key/ },
+    { name: 'bad duration', lines: ['server: h:1', 'timeouts: { connect: 2 }'], path: 'timeouts.connect', line: 2 },
+    { name: 'health_check fall 0', lines: ['server: h:1', 'health_check:', '  fall: 0'], path: 'health_check.fall', line: 3 },
+    { name: 'health_check timeout > interval', lines: ['server: h:1', 'health_check: { interval: 100ms }'], path: 'health_check.timeout', line: 2 },
+    { name: 'log format', lines: ['server: h:1', 'log: { format: xml }'], path: 'log.format', line: 2 },
+    { name: 'empty state_dir', lines: ['server: h:1', 'state_dir: ""'], path: 'state_dir', line: 2 },
+    { name: 'empty command', lines: ['server: h:1', 'command: []'], path: 'command', line: 2 },
+    { name: 'tls missing key', lines: ['server: h:1', 'tls:', '  cert: a.crt', '  ca: ca.crt'], path: 'tls.key', line: 2 },
+    { name: 'tls unknown key', lines: ['server: h:1', 'tls:', '  cert: a.crt', '  key: a.key', '  ca: ca.crt', '  cafile: x'], path: 'tls.cafile', line: 6 }
+  ]
+  for (const c of cases) {
+    t.test(c.name, async (t) => {
+      const issues = agentIssuesOf(t, yaml(...c.lines))
+      hasIssue(t, issues, c.path, c.line)
+      if (c.message !== undefined) t.match(issues.find((i) => i.path === c.path)?.message, c.message)
+    })
+  }
+
+  t.test('all together, in file order', async (t) => {
+    const issues = agentIssuesOf(t, yaml('listen: nope', 'log: { level: loud }', 'extra: 1'))
+    t.same(issues.map((i) => [i.path, i.line]), [['listen', 1], ['server', 1], ['log.level', 2], ['extra', 3]])
+  })
+  t.test('empty file', async (t) => {
+    const issues = agentIssuesOf(t, '')
+    t.same(issues.map((i) => [i.path, i.line]), [['', 1]])
+    t.match(issues[0].message, /server/)
+  })
+  t.test('YAML error', async (t) => {
+    t.same(agentIssuesOf(t, yaml('server: h:1', 'server: h:2')).map((i) => [i.path, i.line]), [['', 2]])
+  })
+})
+
+t.test('agentConfigFromFlags', async (t) => {
+  const c = agentConfigFromFlags({ listen: '0.0.0.0:7301', server: 'localhost:6380', stateDir: 'st' }, CWD)
+  t.same(c, {
+    file: FLAGS_FILE,
+    listen: { host: '0.0.0.0', port: 7301 },
+    server: { host: 'localhost', port: 6380 },
+    state_dir: join(CWD, 'st'),
+    health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
+    timeouts: { connect: 2000, linger: 5000 },
+    log: { level: 'info', format: 'json' }
+  })
+  const min = agentConfigFromFlags({ server: '127.0.0.1:6379' }, CWD)
+  t.same(min.listen, { host: '127.0.0.1', port: 7201 })
+  t.equal(min.state_dir, join(CWD, 'agent-state'))
+  t.same(min, parseAgentConfig(yaml('server: 127.0.0.1:6379'), FLAGS_FILE, CWD), 'same as the file')
+
+  const flagIssues = (flags: Parameters<typeof agentConfigFromFlags>[0]) => thrownIssues(t, () => agentConfigFromFlags(flags, CWD))
+  t.same(flagIssues({}).map((i) => [i.path, i.line]), [['--server', undefined]], 'server is required')
+  t.same(flagIssues({ server: '6379' }).map((i) => i.path), ['--server'])
+  t.same(flagIssues({ server: 'h:1', listen: 'h' }).map((i) => i.path), ['--listen'])
+  t.same(flagIssues({ server: 'h:1', stateDir: '' }).map((i) => i.path), ['--state-dir'])
+  t.same(flagIssues({ listen: 'h:1', server: 'h:1' }).map((i) => i.path), ['--server'])
+  const err = (() => { try { agentConfigFromFlags({ server: 'nope' }) } catch (e) { return e as ConfigError } })()
+  t.match(err?.message, /--server: invalid address 'nope'/, 'the message names the flag')
+})
+
+t.test('renderAgentConfig round-trips', async (t) => {
+  const full = parseAgentConfig(yaml(
+    'listen: "[::]:7201"',
+    'server: 127.0.0.1:6379',
+    'state_dir: rel/agent',
+    'command: [redis-server, --port, "6379", --save, ""]',
+    'tls: { cert: agent.crt, key: agent.key, ca: ca.crt }',
+    'health_check: { interval: 1500ms, timeout: 1s, fall: 1, rise: 4 }',
+    'timeouts: { connect: 1m, linger: 250ms }',
+    'log: { level: warn, format: text }'
+  ), 'agent.yaml', CWD)
+  const out = renderAgentConfig(full)
+  t.notMatch(out, /^file:/m, 'no file key')
+  t.match(out, /^state_dir: \/srv\/ftproxy\/rel\/agent$/m)
+  t.match(out, /^command: \[ redis-server, --port, "6379", --save, "" \]$/m, 'argv on one line')
+  t.match(out, /linger: 250ms/)
+  t.same(parseAgentConfig(out, 'agent.yaml', '/elsewhere'), full, 're-parses to an equal AgentConfig')
+  const keys = out.split('\n').filter((l) => /^[a-z_]+:/.test(l)).map((l) => l.split(':')[0])
+  t.same(keys, ['listen', 'server', 'state_dir', 'command', 'tls', 'health_check', 'timeouts', 'log'], 'keys in DESIGN.md order')
+
+  const min: AgentConfig = agentConfigFromFlags({ server: 'h:1' }, CWD)
+  t.same(parseAgentConfig(renderAgentConfig(min), FLAGS_FILE, CWD), min, 'defaults round-trip')
+})
+
+t.test('config/agent.yaml parses and round-trips', async (t) => {
+  const file = join(root, 'config', 'agent.yaml')
+  const c = await loadAgentConfig(file)
+  t.equal(c.file, file)
+  t.same(c.listen, { host: '127.0.0.1', port: 7201 })
+  t.same(c.server, { host: '127.0.0.1', port: 6379 })
+  t.equal(c.state_dir, '/var/lib/ftproxy-agent')
+  t.equal(c.command, undefined, 'command is commented out')
+  t.equal(c.tls, undefined, 'tls is commented out')
+  t.same(parseAgentConfig(renderAgentConfig(c), file), c)
+})
+
+t.test('loadAgentConfig', async (t) => {
+  const dir = t.testdir({
+    'agent.crt': 'cert',
+    'agent.key': 'key',
+    'ca.crt': 'ca',
+    'good.yaml': 'server: h:1\ntls: { cert: agent.crt, key: agent.key, ca: ca.crt }\n',
+    'bad.yaml': 'server: h:1\ntls:\n  cert: agent.crt\n  key: nope.key\n  ca: ca.crt\n',
+    'invalid.yaml': 'server: h\n'
+  })
+  // Relative tls paths are taken from the working directory, like state_dir.
+  const cwd = process.cwd()
+  process.chdir(dir)
+  t.teardown(() => process.chdir(cwd))
+  const c = await loadAgentConfig('good.yaml')
+  t.equal(c.file, join(dir, 'good.yaml'))
+  t.same(c.tls, { cert: join(dir, 'agent.crt'), key: join(dir, 'agent.key'), ca: join(dir, 'ca.crt') })
+
+  const err = await loadAgentConfig('bad.yaml').catch((e: unknown) => e) as ConfigError
+  t.ok(err instanceof ConfigError)
+  t.same(err.issues.map((i) => [i.path, i.line]), [['tls.key', 4]])
+
+  await t.rejects(loadAgentConfig('invalid.yaml'), { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: 'server', line: 1 }] })
+  await t.rejects(loadAgentConfig('missing.yaml'), { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: '' }] })
+})
+
+t.test('isLoopback', async (t) => {
+  for (const h of ['127.0.0.1', '127.1.2.3', '127.255.255.255', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1', 'localhost', 'LOCALHOST']) {
+    t.equal(isLoopback(h), true, `${h} is loopback`)
+  }
+  for (const h of ['0.0.0.0', '::', '128.0.0.1', '10.0.0.2', 'fd00::1', 'example.com', 'localhost.example.com', '', '126.255.255.255']) {
+    t.equal(isLoopback(h), false, `${h} is not loopback`)
+  }
 })

@@ -11,33 +11,47 @@
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
-import type { Config, HostPort } from '../config.js'
+import { randomBytes } from 'node:crypto'
+import os from 'node:os'
+import type { Config, HostPort, ReplicaConfig } from '../config.js'
 import { formatHostPort } from '../config.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { nullLogger } from '../logger.js'
-import { HealthCheck, probe } from '../health.js'
+import { HealthCheck, aliveAfterEnd, probe } from '../health.js'
 import { Supervisor } from '../supervise.js'
 import { Applier } from '../replica/applier.js'
+import { AgentTransport } from '../replica/agent-transport.js'
+import type { Transport } from '../replica/transport.js'
 import { createArbiter, type Arbiter, type ArbiterState } from '../arbiter/index.js'
 import { InputLog, type Entry, type EntryType } from './log.js'
 import { OutputStream, type Mismatch } from './output.js'
-
-/** Gap between the two probes that confirm an output end came from a live server. */
-const END_CONFIRM_MS = 25
 
 export type Role = 'primary' | 'backup' | 'stale' | 'down'
 
 export class Replica {
   role: Role = 'backup'
-  applier: Applier | null = null
+  transport: Transport | null = null
   supervisor?: Supervisor
   readonly health: HealthCheck
   readonly log: Logger
 
-  constructor (readonly index: number, readonly name: string, readonly address: HostPort, cfg: Config, log: Logger) {
-    this.log = log.child({ replica: name })
-    this.health = new HealthCheck({ address, ...cfg.health_check })
+  /** Where it is reached: the server (direct) or its agent. */
+  readonly address: HostPort
+
+  constructor (readonly index: number, readonly cfg: ReplicaConfig, config: Config, log: Logger) {
+    this.address = (cfg.agent ?? cfg.address) as HostPort
+    this.log = log.child({ replica: cfg.name })
+    this.health = new HealthCheck({ address: this.address, ...config.health_check })
+  }
+
+  get name (): string {
+    return this.cfg.name
+  }
+
+  /** Reached through an agent: liveness comes from its heartbeats, not from TCP checks. */
+  get viaAgent (): boolean {
+    return this.cfg.agent !== undefined
   }
 
   get serving (): boolean {
@@ -137,13 +151,16 @@ export class Front extends EventEmitter<FrontEvents> {
   private arbiterQueue: Promise<unknown> = Promise.resolve()
   private lastFailover: FailoverInfo | null = null
   private bound?: HostPort
+  /** This process, to agents: a new id starts a new session there. */
+  private readonly frontId: string
 
   constructor (cfg: Config, opts: FrontOptions = {}) {
     super()
     this.cfg = cfg
     this.logger = opts.log ?? nullLogger()
     this.arbiter = opts.arbiter ?? createArbiter(cfg.arbiter, cfg.state_dir)
-    this.replicas = cfg.replicas.map((r, i) => new Replica(i, r.name, r.address, cfg, this.logger))
+    this.replicas = cfg.replicas.map((r, i) => new Replica(i, r, cfg, this.logger))
+    this.frontId = `${os.hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`
   }
 
   /** The bound client-facing address (after start). */
@@ -201,7 +218,7 @@ export class Front extends EventEmitter<FrontEvents> {
       if (r.serving) this.attach(r)
       r.health.on('up', () => this.onHealthUp(r))
       r.health.on('down', (reason) => this.fail(r, reason))
-      r.health.start()
+      if (!r.viaAgent) r.health.start()
     }
     const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
     this.stallTimer = setInterval(() => this.checkStalls(), stallEvery)
@@ -224,7 +241,7 @@ export class Front extends EventEmitter<FrontEvents> {
         name: r.name,
         role: r.role,
         health: r.health.state,
-        lag_entries: r.applier?.unacked ?? 0,
+        lag_entries: r.transport?.unacked ?? 0,
         pid: r.supervisor?.pid,
       })),
       connections: this.conns.size,
@@ -298,8 +315,21 @@ export class Front extends EventEmitter<FrontEvents> {
   }
 
   private attach (r: Replica): void {
-    const a = new Applier({ address: r.address, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
-    r.applier = a
+    const { timeouts, health_check: hc, limits } = this.cfg
+    const a: Transport = r.cfg.agent
+      ? new AgentTransport({
+        address: r.cfg.agent,
+        tls: r.cfg.tls,
+        frontId: this.frontId,
+        epoch: () => this.state.epoch,
+        window: limits.max_lag,
+        interval: hc.interval,
+        heartbeat: timeouts.heartbeat,
+        connectTimeout: timeouts.connect,
+        log: r.log,
+      })
+      : new Applier({ address: r.address, connectTimeout: timeouts.connect, linger: timeouts.linger })
+    r.transport = a
     a.on('ack', (entry) => this.onAck(r, entry))
     a.on('output', (conn, data) => this.onOutput(r, conn, data))
     a.on('output_end', (conn, err) => this.onOutputEnd(r, conn, err))
@@ -307,7 +337,12 @@ export class Front extends EventEmitter<FrontEvents> {
       const c = this.conns.get(conn)
       if (c) { c.open[r.index] = false; this.maybeForget(c) }
     })
-    a.on('failed', (err) => this.fail(r, `connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+    a.on('failed', (err) => {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ERR_FTPROXY_FENCED') this.logger.error('fenced', { replica: r.name, error: err.message })
+      if (r.viaAgent) r.health.state = 'down'
+      this.fail(r, r.viaAgent ? `agent: ${err.message}` : `connect: ${code ?? err.message}`)
+    })
   }
 
   private onHealthUp (r: Replica): void {
@@ -330,8 +365,8 @@ export class Front extends EventEmitter<FrontEvents> {
 
   /** Take a backup out of service: it missed (or will miss) inputs, so it is stale. */
   private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
-    r.applier?.close()
-    r.applier = null
+    r.transport?.close()
+    r.transport = null
     // Before any input was logged nothing was missed: the replica is only down.
     this.setRole(r, role === 'stale' && this.input.lastSeq > 0 ? 'stale' : 'down', reason)
     for (const c of this.conns.values()) {
@@ -349,10 +384,10 @@ export class Front extends EventEmitter<FrontEvents> {
     if (this.failing) return
     this.failing = true
     const old = this.primary
-    old.applier?.close()
-    old.applier = null
+    old.transport?.close()
+    old.transport = null
     this.setRole(old, this.input.lastSeq > 0 ? 'stale' : 'down', reason)
-    const to = this.replicas.find((r) => r.role === 'backup' && r.health.state !== 'down' && r.applier)
+    const to = this.replicas.find((r) => r.role === 'backup' && r.health.state !== 'down' && r.transport)
     if (!to) {
       await this.persistStale()
       this.failing = false
@@ -400,8 +435,8 @@ export class Front extends EventEmitter<FrontEvents> {
     clearInterval(this.stallTimer)
     for (const r of this.replicas) {
       r.health.stop()
-      r.applier?.close()
-      r.applier = null
+      r.transport?.close()
+      r.transport = null
     }
   }
 
@@ -530,13 +565,13 @@ export class Front extends EventEmitter<FrontEvents> {
     if (!this.serving && type === 'OPEN') return
     const entry = this.input.append(type, c.id, data)
     c.lastSeq = entry.seq
-    for (const r of this.replicas) r.applier?.apply(entry)
+    for (const r of this.replicas) r.transport?.apply(entry)
   }
 
   // Input not yet acknowledged by every serving replica.
   private inflight (c: Conn): number {
     let min = c.logged
-    for (const r of this.replicas) if (r.applier) min = Math.min(min, c.acked[r.index])
+    for (const r of this.replicas) if (r.transport) min = Math.min(min, c.acked[r.index])
     return c.logged - min
   }
 
@@ -567,7 +602,7 @@ export class Front extends EventEmitter<FrontEvents> {
   // The newest seq of this connection that every serving replica acknowledged.
   private ackedByAll (c: Conn): number {
     let min = c.lastSeq
-    for (const r of this.replicas) if (r.applier) min = Math.min(min, c.ackSeq[r.index])
+    for (const r of this.replicas) if (r.transport) min = Math.min(min, c.ackSeq[r.index])
     return min
   }
 
@@ -593,13 +628,13 @@ export class Front extends EventEmitter<FrontEvents> {
     const at = c.eofAt[r.index] = c.stream.produced[r.index]
     if (err) r.log.debug('app_socket_error', { conn, error: err.message })
     this.checkEnds(c)
-    if (c.eofOk[r.index] || this.replicas.some((o) => o !== r && o.serving && c.eofAt[o.index] === at && !err)) {
+    if (c.eofOk[r.index] || r.transport?.endsConfirmed || this.replicas.some((o) => o !== r && o.serving && c.eofAt[o.index] === at && !err)) {
       // Another replica ended at the same offset: the end is the servers' own, no probe needed.
       c.eofOk[r.index] = true
       return this.advance(c)
     }
     // A dying server's sockets end too: believe an end only once the server still answers.
-    void this.aliveAfterEnd(r).then((ok) => {
+    void aliveAfterEnd(r.health, () => r.serving).then((ok) => {
       if (!ok || !r.serving) return
       c.eofOk[r.index] = true
       this.checkEnds(c)
@@ -607,14 +642,6 @@ export class Front extends EventEmitter<FrontEvents> {
     })
     this.checkEnds(c)
     this.advance(c)
-  }
-
-  // A killed server's sockets close a moment before its listener does, so one probe that
-  // connects proves little: ask again once any process teardown would be over.
-  private async aliveAfterEnd (r: Replica): Promise<boolean> {
-    if (!await r.health.probeNow()) return false
-    await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))
-    return r.serving && await r.health.probeNow()
   }
 
   // A replica whose output ended where the primary's goes on (or the reverse) has diverged.
@@ -693,7 +720,7 @@ export class Front extends EventEmitter<FrontEvents> {
       s.commitTo(s.end)
     } else if (this.cfg.output_commit === 'ack') {
       let seq = Infinity
-      for (const r of this.replicas) if (r.role === 'backup' && r.applier) seq = Math.min(seq, c.ackSeq[r.index])
+      for (const r of this.replicas) if (r.role === 'backup' && r.transport) seq = Math.min(seq, c.ackSeq[r.index])
       s.commitAcked(seq)
     } else {
       s.commitTo(s.matchedByBackups())
@@ -718,12 +745,12 @@ export class Front extends EventEmitter<FrontEvents> {
   private pressure (c: Conn): void {
     const max = this.cfg.limits.max_lag
     for (const r of this.replicas) {
-      if (!r.applier) continue
+      if (!r.transport) continue
       const over = r === this.primary ? c.stream.held > max : c.stream.aheadBytes[r.index] > max
       if (over && !c.paused[r.index]) {
         c.paused[r.index] = true
         c.stream.suspend(r.index, true, performance.now())
-        r.applier.pause(c.id)
+        r.transport.pause(c.id)
       } else if (!over && c.paused[r.index]) {
         this.resumeReplica(c, r)
       }
@@ -734,7 +761,7 @@ export class Front extends EventEmitter<FrontEvents> {
     if (!c.paused[r.index]) return
     c.paused[r.index] = false
     c.stream.suspend(r.index, false, performance.now())
-    r.applier?.resume(c.id)
+    r.transport?.resume(c.id)
   }
 
   private undrained (): boolean {

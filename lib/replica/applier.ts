@@ -14,6 +14,7 @@ import net from 'node:net'
 import type { Entry } from '../front/log.js'
 import type { HostPort } from '../config.js'
 import { FtproxyError } from '../errors.js'
+import type { Transport } from './transport.js'
 
 export interface ApplierOptions {
   address: HostPort
@@ -49,7 +50,9 @@ interface AppConn {
   lingerTimer?: NodeJS.Timeout
 }
 
-export class Applier extends EventEmitter<ApplierEvents> {
+export class Applier extends EventEmitter<ApplierEvents> implements Transport {
+  /** The front probes the server itself before it believes an end (see Front.onOutputEnd). */
+  readonly endsConfirmed = false
   /** The last seq handed to apply(). */
   sent = 0
   /** Entries handed to apply() and not yet acknowledged. */

@@ -6,6 +6,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import path from 'node:path'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import { PassThrough } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
@@ -205,4 +207,35 @@ export async function demoPair (t: Test, extra = '', opts: { divergeAfterB?: num
   const b = await demoServer(t, { divergeAfter: opts.divergeAfterB })
   const f = await new TestFront().start(t, frontYaml(t, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], extra))
   return { a, b, f }
+}
+
+export interface AgentProc extends Server {
+  stateDir: string
+}
+
+/** `ftproxy agent` as a real process beside a server; extra YAML (tls …) goes in its config. */
+export async function agentProc (t: Test, serverPort: number, opts: { extraYaml?: string, stateDir?: string } = {}): Promise<AgentProc> {
+  // A directory of its own (t.testdir() is one per test and is wiped when called again).
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ftproxy-agent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const stateDir = opts.stateDir ?? path.join(dir, 'agent-state')
+  const file = path.join(dir, 'agent.yaml')
+  writeFileSync(file, `listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\nstate_dir: ${JSON.stringify(stateDir)}\n` +
+    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${opts.extraYaml ?? ''}\n`)
+  const env = { ...process.env }
+  delete env.NODE_OPTIONS // the test runner's loaders are not for this child
+  const proc = spawn(process.execPath, [BIN, 'agent', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env })
+  t.teardown(() => { proc.kill('SIGKILL') })
+  const port = await new Promise<number>((resolve, reject) => {
+    let buf = ''
+    proc.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString()
+      for (const line of buf.split('\n').slice(0, -1)) {
+        const e = JSON.parse(line) as Event
+        if (e.event === 'listening') resolve(Number(String(e.address).split(':').pop()))
+      }
+    })
+    proc.once('exit', (code) => reject(new Error(`agent exited with ${code}: ${buf}`)))
+  })
+  return { ...serverOf('agent', port, proc), stateDir }
 }

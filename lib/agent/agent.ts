@@ -1,0 +1,360 @@
+// The agent: runs beside a server on its own host and applies the front's log to it with the
+// same Applier a direct replica uses.
+//
+//   front ══ log channel ══▶ Agent ── Applier ──▶ server (127.0.0.1)
+//     ◀── ACK(seq) once the entry is written to the server's socket
+//     ◀── OUT(conn, offset) the server's output, kept until the front credits it (OUT_ACK)
+//
+// A session belongs to one front process (its frontId). When the channel drops the session
+// stays: the front reconnects, says which output it has, gets back what it missed, and
+// resends the entries this side has not applied. A newer epoch fences every older front.
+
+import { EventEmitter } from 'node:events'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import tls from 'node:tls'
+import type { AgentConfig, HostPort } from '../config.js'
+import { formatHostPort, isLoopback } from '../config.js'
+import { FtproxyError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import { nullLogger } from '../logger.js'
+import { HealthCheck, aliveAfterEnd, probe } from '../health.js'
+import { Supervisor } from '../supervise.js'
+import { Applier } from '../replica/applier.js'
+import { Channel } from '../channel/channel.js'
+import { MAX_DATA, PROTOCOL_VERSION, type Frame } from '../channel/codec.js'
+
+const HANDSHAKE_MS = 5000
+
+interface Output {
+  /** Bytes not yet credited by the front, from offset `start`. */
+  chunks: Buffer[]
+  start: number
+  end: number
+  eof: { offset: number, reset: boolean } | null
+  /** The server's end is being confirmed; a close waits for it. */
+  ending: boolean
+  closeWaiting: boolean
+  closed: boolean
+  paused: boolean
+}
+
+class Session {
+  applied = 0
+  readonly acked = new Map<number, number>()
+  readonly out = new Map<number, Output>()
+
+  constructor (readonly frontId: string, readonly applier: Applier, public window: number) {}
+
+  output (conn: number): Output {
+    let o = this.out.get(conn)
+    if (!o) this.out.set(conn, o = { chunks: [], start: 0, end: 0, eof: null, ending: false, closeWaiting: false, closed: false, paused: false })
+    return o
+  }
+
+  /** The front has the output of `conn` up to `offset`: drop it here. */
+  credit (conn: number, offset: number): void {
+    const o = this.out.get(conn)
+    if (!o) return
+    while (o.chunks.length > 0 && o.start + o.chunks[0].length <= offset) o.start += (o.chunks.shift() as Buffer).length
+    if (o.chunks.length > 0 && offset > o.start) {
+      o.chunks[0] = o.chunks[0].subarray(offset - o.start)
+      o.start = offset
+    }
+    if (o.paused && o.end - o.start <= this.window) {
+      o.paused = false
+      this.applier.resume(conn)
+    }
+    if (o.closed && o.start === o.end) {
+      this.out.delete(conn)
+      this.acked.delete(conn)
+    }
+  }
+}
+
+export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
+  private readonly log: Logger
+  private server?: net.Server
+  private channel: Channel | null = null
+  private session: Session | null = null
+  private supervisor?: Supervisor
+  private readonly health: HealthCheck
+  private epoch = 0
+  private serverDown: string | null = null
+  private heartbeatTimer?: NodeJS.Timeout
+  private bound?: HostPort
+  private readonly epochFile: string
+
+  constructor (private readonly cfg: AgentConfig, opts: { log?: Logger } = {}) {
+    super()
+    this.log = opts.log ?? nullLogger()
+    this.health = new HealthCheck({ address: cfg.server, ...cfg.health_check })
+    this.epochFile = path.join(cfg.state_dir, 'epoch.json')
+  }
+
+  get address (): HostPort {
+    if (!this.bound) throw new Error('agent not started')
+    return this.bound
+  }
+
+  async start (): Promise<void> {
+    fs.mkdirSync(this.cfg.state_dir, { recursive: true, mode: 0o750 })
+    this.epoch = this.readEpoch()
+    if (this.cfg.command) {
+      this.supervisor = new Supervisor({ name: 'server', command: this.cfg.command, log: this.log, stopTimeoutMs: this.cfg.timeouts.linger })
+      this.supervisor.on('exit', (code, signal) => this.onServerDown(`process exited (code ${code}, signal ${signal})`))
+      this.supervisor.start()
+    }
+    await this.awaitServer()
+    this.health.on('down', (reason) => this.onServerDown(reason))
+    this.health.on('up', () => {
+      if (this.serverDown === null) return
+      this.log.info('server_up', { server: formatHostPort(this.cfg.server) })
+      this.serverDown = null
+    })
+    this.health.start()
+    await this.listen()
+    this.heartbeatTimer = setInterval(() => this.channel?.send({ type: 'HEARTBEAT', epoch: this.epoch }), this.cfg.health_check.interval)
+    this.heartbeatTimer.unref()
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.heartbeatTimer)
+    this.health.stop()
+    const closed = new Promise<void>((resolve) => this.server ? this.server.close(() => resolve()) : resolve())
+    this.channel?.destroy()
+    this.session?.applier.close()
+    await closed
+    await this.supervisor?.stop()
+    this.log.info('shutdown', {})
+  }
+
+  private async awaitServer (): Promise<void> {
+    const deadline = Date.now() + Math.max(5000, this.cfg.timeouts.connect * 3)
+    for (;;) {
+      const err = await probe(this.cfg.server, this.cfg.health_check.timeout)
+      if (!err) return this.log.info('server_up', { server: formatHostPort(this.cfg.server) })
+      if (Date.now() > deadline) {
+        this.serverDown = `unreachable at startup: ${(err as NodeJS.ErrnoException).code ?? err.message}`
+        return this.log.warn('server_down', { server: formatHostPort(this.cfg.server), reason: this.serverDown })
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+
+  private listen (): Promise<void> {
+    const { tls: t, listen } = this.cfg
+    const server = t
+      ? tls.createServer({ cert: fs.readFileSync(t.cert), key: fs.readFileSync(t.key), ca: fs.readFileSync(t.ca), requestCert: true, rejectUnauthorized: true })
+      : net.createServer()
+    this.server = server
+    server.on(t ? 'secureConnection' : 'connection', (socket: net.Socket) => this.onConnection(socket))
+    server.on('tlsClientError', (err) => this.log.warn('tls_refused', { error: err.message }))
+    return new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen({ host: listen.host, port: listen.port }, () => {
+        server.off('error', reject)
+        const a = server.address() as net.AddressInfo
+        this.bound = { host: a.address, port: a.port }
+        this.log.info('listening', { address: formatHostPort(this.bound), server: formatHostPort(this.cfg.server), tls: Boolean(t), epoch: this.epoch })
+        if (!t && !isLoopback(listen.host)) {
+          this.log.warn('insecure_listen', { address: formatHostPort(this.bound), note: 'no tls: anyone who reaches this address can drive the server; configure tls (mutual) or bind 127.0.0.1' })
+        }
+        this.emit('listening', this.bound)
+        resolve()
+      })
+    })
+  }
+
+  private onConnection (socket: net.Socket): void {
+    const ch = new Channel(socket)
+    const timer = setTimeout(() => { if (this.channel !== ch) ch.destroy() }, HANDSHAKE_MS)
+    timer.unref()
+    ch.on('frame', (f) => this.onFrame(ch, f))
+    ch.on('error', (err) => this.log.debug('channel_error', { error: err.message }))
+    ch.on('close', () => {
+      clearTimeout(timer)
+      if (this.channel !== ch) return
+      this.channel = null
+      this.log.warn('channel_down', { front: this.session?.frontId })
+    })
+  }
+
+  private onFrame (ch: Channel, f: Frame): void {
+    if (f.epoch < this.epoch) {
+      this.log.warn('fenced', { epoch: f.epoch, newest: this.epoch })
+      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${f.epoch} is older than ${this.epoch}` })
+    }
+    if (f.epoch > this.epoch && !this.raiseEpoch(f.epoch, ch)) return
+    if (this.channel !== ch) {
+      if (f.type !== 'HELLO') return ch.fail(protocolError(this.epoch, `expected HELLO, got ${f.type}`))
+      return this.hello(ch, f)
+    }
+    const s = this.session as Session
+    switch (f.type) {
+      case 'OPEN': case 'DATA': case 'EOF': case 'CLOSE': {
+        if (f.seq <= s.applied) return // resent after a reconnect: applied already
+        if (f.seq !== s.applied + 1) return ch.fail(protocolError(this.epoch, `entry ${f.seq} after ${s.applied}`))
+        s.applied = f.seq
+        s.applier.apply(f.type === 'DATA' ? { seq: f.seq, type: 'DATA', conn: f.conn, data: f.data } : { seq: f.seq, type: f.type, conn: f.conn })
+        return
+      }
+      case 'OUT_ACK': return s.credit(f.conn, f.offset)
+      case 'HEARTBEAT': return
+      case 'ERROR':
+        this.log.warn('front_error', { code: f.code, error: f.message })
+        return ch.destroy()
+      default: return ch.fail(protocolError(this.epoch, `unexpected ${f.type}`))
+    }
+  }
+
+  private hello (ch: Channel, f: Extract<Frame, { type: 'HELLO' }>): void {
+    if (f.version !== PROTOCOL_VERSION) return ch.fail(protocolError(this.epoch, `protocol version ${f.version}; this agent speaks ${PROTOCOL_VERSION}`))
+    if (this.serverDown !== null) {
+      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: this.serverDown })
+    }
+    if (this.channel) {
+      this.log.info('channel_replaced', { front: f.frontId })
+      this.channel.destroy()
+    }
+    this.channel = ch
+    let s = this.session
+    if (!s || s.frontId !== f.frontId) {
+      // Another front process: whatever the last one had open is gone with its clients.
+      s?.applier.close()
+      s = this.session = this.newSession(f.frontId, f.window)
+      this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
+    } else {
+      s.window = f.window
+      this.log.info('channel_resumed', { front: f.frontId, applied: s.applied })
+    }
+    ch.send({ type: 'WELCOME', epoch: this.epoch, version: PROTOCOL_VERSION, applied: s.applied, acks: [...s.acked].map(([conn, seq]) => ({ conn, seq })) })
+    const resume = new Map(f.resume.map((r) => [r.conn, r.offset]))
+    for (const [conn, o] of [...s.out]) {
+      s.credit(conn, resume.get(conn) ?? o.start)
+      this.resend(ch, conn, o)
+    }
+  }
+
+  // Everything of `conn`'s output the front has not credited, then its end, again.
+  private resend (ch: Channel, conn: number, o: Output): void {
+    let offset = o.start
+    for (const c of o.chunks) {
+      ch.send({ type: 'OUT', epoch: this.epoch, conn, offset, data: c })
+      offset += c.length
+    }
+    if (o.eof) ch.send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset: o.eof.offset, reset: o.eof.reset })
+    if (o.closed) ch.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
+  }
+
+  private newSession (frontId: string, window: number): Session {
+    const applier = new Applier({ address: this.cfg.server, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
+    const s = new Session(frontId, applier, window)
+    const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
+    applier.on('ack', (e) => {
+      s.acked.set(e.conn, e.seq)
+      send({ type: 'ACK', epoch: this.epoch, seq: e.seq })
+    })
+    applier.on('output', (conn, data) => {
+      const o = s.output(conn)
+      for (let at = 0; at < data.length; at += MAX_DATA) {
+        const piece = data.subarray(at, at + MAX_DATA)
+        o.chunks.push(piece)
+        send({ type: 'OUT', epoch: this.epoch, conn, offset: o.end, data: piece })
+        o.end += piece.length
+      }
+      if (!o.paused && o.end - o.start > s.window) {
+        o.paused = true
+        applier.pause(conn)
+      }
+    })
+    // An end is reported once the server is known to be alive (a dying server's sockets
+    // end too); the close that follows it waits for that report.
+    const reportClose = (conn: number, o: Output): void => {
+      o.closed = true
+      send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
+      s.credit(conn, o.start)
+    }
+    applier.on('output_end', (conn, err) => {
+      const o = s.output(conn)
+      const offset = o.end
+      o.ending = true
+      void aliveAfterEnd(this.health, () => this.session === s).then((alive) => {
+        if (!alive) return this.onServerDown('probe after a connection ended: refused')
+        o.eof = { offset, reset: err !== null }
+        send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset, reset: err !== null })
+        if (o.closeWaiting) reportClose(conn, o)
+      })
+    })
+    applier.on('closed', (conn) => {
+      const o = s.output(conn)
+      if (o.ending && !o.eof) o.closeWaiting = true
+      else reportClose(conn, o)
+    })
+    applier.on('failed', (err) => this.onServerDown(`connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+    return s
+  }
+
+  private onServerDown (reason: string): void {
+    if (this.serverDown !== null) return
+    this.serverDown = reason
+    this.log.warn('server_down', { server: formatHostPort(this.cfg.server), reason })
+    // The front must stop counting on this replica: say why, then close the channel.
+    this.channel?.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: reason })
+    this.channel = null
+    this.session?.applier.close()
+    this.session = null
+  }
+
+  // Fencing is only as good as the record of the newest epoch: one that cannot be written
+  // is not taken (the front gets an error and tries again).
+  private raiseEpoch (epoch: number, from: Channel): boolean {
+    try {
+      writeAtomic(this.epochFile, JSON.stringify({ epoch, updated_at: new Date().toISOString() }) + '\n')
+    } catch (err) {
+      this.log.error('epoch_write_failed', { epoch, file: this.epochFile, error: (err as Error).message })
+      from.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_STATE', message: `cannot record epoch ${epoch}: ${(err as Error).message}` })
+      return false
+    }
+    this.epoch = epoch
+    this.log.info('epoch', { epoch })
+    if (this.channel && this.channel !== from) {
+      // A front with a newer epoch is here: the one before it may not drive the server any more.
+      this.channel.fail({ type: 'ERROR', epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${epoch} supersedes this channel` })
+      this.channel = null
+    }
+    return true
+  }
+
+  private readEpoch (): number {
+    try {
+      const v = JSON.parse(fs.readFileSync(this.epochFile, 'utf8')) as { epoch?: unknown }
+      if (typeof v.epoch !== 'number' || !Number.isSafeInteger(v.epoch) || v.epoch < 0) throw new Error('no epoch')
+      return v.epoch
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
+      throw new FtproxyError('ERR_FTPROXY_STATE', `${this.epochFile}: unreadable or malformed: ${(err as Error).message}`, { file: this.epochFile })
+    }
+  }
+}
+
+function protocolError (epoch: number, message: string): Frame {
+  return { type: 'ERROR', epoch, code: 'ERR_FTPROXY_PROTOCOL', message }
+}
+
+// temp file, fsync, rename, fsync of the directory: the epoch must survive a crash, since
+// fencing depends on never going back to an older one.
+function writeAtomic (file: string, text: string): void {
+  const tmp = `${file}.${process.pid}.tmp`
+  const fd = fs.openSync(tmp, 'w', 0o640)
+  try {
+    fs.writeSync(fd, text)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(tmp, file)
+  const dir = fs.openSync(path.dirname(file), 'r')
+  try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
+}

@@ -1,0 +1,69 @@
+// One log-channel connection: the one place a channel socket is wired. Bytes in go through
+// the FrameDecoder; frames out are encoded and written without copying payloads. A decoding
+// error closes the channel (the codec never buffers without bound).
+
+import { EventEmitter } from 'node:events'
+import type net from 'node:net'
+import { FrameDecoder, encode, type Frame } from './codec.js'
+
+export interface ChannelEvents {
+  frame: [frame: Frame]
+  /** A decoding error or a socket error; the channel is closed after it. */
+  error: [err: Error]
+  close: []
+  drain: []
+}
+
+export class Channel extends EventEmitter<ChannelEvents> {
+  private readonly decoder: FrameDecoder
+  closed = false
+
+  constructor (readonly socket: net.Socket, opts: { maxFrame?: number } = {}) {
+    super()
+    this.decoder = new FrameDecoder(opts)
+    socket.setNoDelay(true)
+    socket.on('data', (chunk: Buffer) => this.onData(chunk))
+    socket.on('error', (err) => this.emit('error', err))
+    socket.on('drain', () => this.emit('drain'))
+    socket.on('close', () => {
+      this.closed = true
+      this.emit('close')
+    })
+  }
+
+  /** Write one frame; false when the socket wants 'drain' before more. */
+  send (frame: Frame): boolean {
+    if (this.closed || this.socket.destroyed) return false
+    const pieces = encode(frame)
+    let ok = true
+    for (const p of pieces) ok = this.socket.write(p)
+    return ok
+  }
+
+  /** Send a last frame (an ERROR), then close. */
+  fail (frame: Frame): void {
+    if (this.closed) return
+    for (const p of encode(frame)) this.socket.write(p)
+    this.socket.end()
+    setTimeout(() => this.socket.destroy(), 1000).unref()
+  }
+
+  destroy (): void {
+    this.socket.destroy()
+  }
+
+  private onData (chunk: Buffer): void {
+    let frames: Frame[]
+    try {
+      frames = this.decoder.push(chunk)
+    } catch (err) {
+      this.emit('error', err as Error)
+      this.socket.destroy()
+      return
+    }
+    for (const f of frames) {
+      if (this.closed) return
+      this.emit('frame', f)
+    }
+  }
+}

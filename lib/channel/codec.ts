@@ -1,0 +1,471 @@
+// The log channel codec: bytes ⇄ frames between the front and an agent. Pure: no sockets,
+// no timers. The caller writes what encode() returns and feeds what it reads to
+// FrameDecoder#push().
+//
+//   +---------+--------+---------+------------------+
+//   | len u32 | type u8| epoch   | body ...         |   len = 1 + 4 + body (bytes after len)
+//   |         |        |  u32    |                  |   5 <= len <= maxFrame
+//   +---------+--------+---------+------------------+
+//
+// Integers are big-endian; u64 values must fit a JS number (<= 2^53 - 1). A string is
+// u16 length + UTF-8 (at most 1024 bytes). Bodies by type:
+//
+//    1 HELLO      'FTPX' | version u16 | frontId str | window u32 | n u32 | n × (conn u32, offset u64)
+//    2 WELCOME    version u16 | applied u64 | n u32 | n × (conn u32, seq u64)
+//    3 OPEN       seq u64 | conn u32
+//    4 DATA       seq u64 | conn u32 | data (rest of the frame, non-empty)
+//    5 EOF        seq u64 | conn u32
+//    6 CLOSE      seq u64 | conn u32
+//    7 ACK        seq u64
+//    8 OUT        conn u32 | offset u64 | data (rest of the frame, non-empty)
+//    9 OUT_EOF    conn u32 | offset u64 | reset u8 (0 | 1)
+//   10 OUT_CLOSE  conn u32
+//   11 OUT_ACK    conn u32 | offset u64
+//   12 HEARTBEAT  (empty)
+//   13 ERROR      code str | message str
+//
+// Every field is read exactly: a short body, bytes after the last field, an unknown type or a
+// value out of range is an ERR_FTPROXY_FRAME, and one such error fails the decoder for good
+// (the stream position is lost, so the caller closes the channel).
+
+import { isUtf8 } from 'node:buffer'
+import { FtproxyError } from '../errors.js'
+
+export const PROTOCOL_VERSION = 1
+export const MAGIC = 'FTPX'
+/** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
+export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
+/** Largest payload an encoder puts in one DATA or OUT frame; see splitData(). */
+export const MAX_DATA = 1024 * 1024
+/** Largest UTF-8 length of a string field. */
+export const MAX_STRING = 1024
+
+export const FrameType = {
+  HELLO: 1,
+  WELCOME: 2,
+  OPEN: 3,
+  DATA: 4,
+  EOF: 5,
+  CLOSE: 6,
+  ACK: 7,
+  OUT: 8,
+  OUT_EOF: 9,
+  OUT_CLOSE: 10,
+  OUT_ACK: 11,
+  HEARTBEAT: 12,
+  ERROR: 13
+} as const
+
+export type FrameName = keyof typeof FrameType
+
+export interface ResumePoint { conn: number, offset: number }
+export interface ConnAck { conn: number, seq: number }
+
+export interface HelloFrame {
+  type: 'HELLO'
+  epoch: number
+  version: number
+  frontId: string
+  /** Output bytes the agent may send ahead per connection. */
+  window: number
+  resume: ResumePoint[]
+}
+export interface WelcomeFrame { type: 'WELCOME', epoch: number, version: number, applied: number, acks: ConnAck[] }
+export interface OpenFrame { type: 'OPEN', epoch: number, seq: number, conn: number }
+export interface DataFrame { type: 'DATA', epoch: number, seq: number, conn: number, data: Buffer }
+export interface EofFrame { type: 'EOF', epoch: number, seq: number, conn: number }
+export interface CloseFrame { type: 'CLOSE', epoch: number, seq: number, conn: number }
+export interface AckFrame { type: 'ACK', epoch: number, seq: number }
+export interface OutFrame { type: 'OUT', epoch: number, conn: number, offset: number, data: Buffer }
+export interface OutEofFrame { type: 'OUT_EOF', epoch: number, conn: number, offset: number, reset: boolean }
+export interface OutCloseFrame { type: 'OUT_CLOSE', epoch: number, conn: number }
+export interface OutAckFrame { type: 'OUT_ACK', epoch: number, conn: number, offset: number }
+export interface HeartbeatFrame { type: 'HEARTBEAT', epoch: number }
+export interface ErrorFrame { type: 'ERROR', epoch: number, code: string, message: string }
+
+export type Frame =
+  | HelloFrame | WelcomeFrame | OpenFrame | DataFrame | EofFrame | CloseFrame | AckFrame
+  | OutFrame | OutEofFrame | OutCloseFrame | OutAckFrame | HeartbeatFrame | ErrorFrame
+
+/** details.reason of an ERR_FTPROXY_FRAME error: stable, unlike the message. */
+export type FrameErrorReason =
+  | 'length'     // len < 5 or > maxFrame; on encode, the frame would exceed DEFAULT_MAX_FRAME
+  | 'type'       // unknown frame type
+  | 'truncated'  // the body ends before its last field
+  | 'trailing'   // bytes after the last field
+  | 'magic'      // HELLO without 'FTPX'
+  | 'u64'        // a u64 above Number.MAX_SAFE_INTEGER
+  | 'empty'      // DATA or OUT without data
+  | 'string'     // a string longer than MAX_STRING bytes or not well-formed UTF-8 / UTF-16
+  | 'reset'      // OUT_EOF reset other than 0 or 1
+  | 'number'     // encode: a field that is not an integer in its range, or a list that is not an array
+  | 'data'       // encode: data that is not a Buffer or longer than MAX_DATA
+
+function frameError (reason: FrameErrorReason, message: string): FtproxyError {
+  return new FtproxyError('ERR_FTPROXY_FRAME', `log channel frame: ${message}`, { reason })
+}
+
+const HEAD = 4 + 1 + 4 // len, type, epoch
+const TWO_32 = 2 ** 32
+const MAX_HIGH = Math.floor(Number.MAX_SAFE_INTEGER / TWO_32) // 2^21 - 1
+
+/** Cuts `buf` into subarrays of at most MAX_DATA bytes (none for an empty buffer). */
+export function splitData (buf: Buffer): Buffer[] {
+  const pieces: Buffer[] = []
+  for (let at = 0; at < buf.length; at += MAX_DATA) pieces.push(buf.subarray(at, at + MAX_DATA))
+  return pieces
+}
+
+// ---- encoding ----
+
+class Writer {
+  readonly buf: Buffer
+  private pos = 0
+
+  constructor (size: number) {
+    this.buf = Buffer.allocUnsafe(size)
+  }
+
+  u8 (v: number): this {
+    this.pos = this.buf.writeUInt8(v, this.pos)
+    return this
+  }
+
+  u16 (v: number, field: string): this {
+    checkInt(v, 0xffff, field)
+    this.pos = this.buf.writeUInt16BE(v, this.pos)
+    return this
+  }
+
+  u32 (v: number, field: string): this {
+    checkInt(v, 0xffffffff, field)
+    this.pos = this.buf.writeUInt32BE(v, this.pos)
+    return this
+  }
+
+  u64 (v: number, field: string): this {
+    checkInt(v, Number.MAX_SAFE_INTEGER, field)
+    this.pos = this.buf.writeBigUInt64BE(BigInt(v), this.pos)
+    return this
+  }
+
+  bytes (b: Buffer): this {
+    this.pos += b.copy(this.buf, this.pos)
+    return this
+  }
+
+  /** A string already turned into bytes by utf8(). */
+  str (b: Buffer): this {
+    this.pos = this.buf.writeUInt16BE(b.length, this.pos)
+    return this.bytes(b)
+  }
+}
+
+function checkInt (v: number, max: number, field: string): void {
+  // Checked before writing: Buffer's writers would throw RangeError or silently wrap.
+  if (!Number.isInteger(v) || v < 0 || v > max) throw frameError('number', `${field} must be an integer in 0..${max}, got ${v}`)
+}
+
+function utf8 (s: string, field: string): Buffer {
+  if (typeof s !== 'string') throw frameError('string', `${field} must be a string`)
+  const b = Buffer.from(s, 'utf8')
+  if (b.length > MAX_STRING) throw frameError('string', `${field} is ${b.length} bytes (max ${MAX_STRING})`)
+  // A lone surrogate would be sent as U+FFFD and come back as a different string.
+  if (b.toString('utf8') !== s) throw frameError('string', `${field} is not well-formed UTF-16`)
+  return b
+}
+
+function payload (data: Buffer): Buffer {
+  if (!Buffer.isBuffer(data)) throw frameError('data', 'data must be a Buffer')
+  if (data.length === 0) throw frameError('empty', 'data is empty')
+  if (data.length > MAX_DATA) throw frameError('data', `data is ${data.length} bytes (max ${MAX_DATA}; use splitData)`)
+  return data
+}
+
+/** A writer holding the frame head, sized for `size` body bytes of `total` (the rest is data). */
+function head (type: FrameName, epoch: number, total: number, size = total): Writer {
+  if (HEAD - 4 + total > DEFAULT_MAX_FRAME) throw frameError('length', `${type} frame of ${total} body bytes is larger than ${DEFAULT_MAX_FRAME}`)
+  return new Writer(HEAD + size).u32(HEAD - 4 + total, 'len').u8(FrameType[type]).u32(epoch, 'epoch')
+}
+
+function list<T> (items: T[], field: string): T[] {
+  if (!Array.isArray(items)) throw frameError('number', `${field} must be an array`)
+  return items
+}
+
+/**
+ * The buffers to write for `frame`, in order. DATA and OUT give [header, data] with the
+ * caller's data buffer itself (never copied); every other frame is one buffer.
+ */
+export function encode (frame: Frame): Buffer[] {
+  switch (frame.type) {
+    case 'HELLO': {
+      const id = utf8(frame.frontId, 'frontId')
+      const resume = list(frame.resume, 'resume')
+      const w = head('HELLO', frame.epoch, 4 + 2 + 2 + id.length + 4 + 4 + 12 * resume.length)
+      w.bytes(Buffer.from(MAGIC, 'latin1')).u16(frame.version, 'version').str(id).u32(frame.window, 'window')
+      w.u32(resume.length, 'resume.length')
+      for (const r of resume) w.u32(r.conn, 'resume.conn').u64(r.offset, 'resume.offset')
+      return [w.buf]
+    }
+    case 'WELCOME': {
+      const acks = list(frame.acks, 'acks')
+      const w = head('WELCOME', frame.epoch, 2 + 8 + 4 + 12 * acks.length)
+      w.u16(frame.version, 'version').u64(frame.applied, 'applied').u32(acks.length, 'acks.length')
+      for (const a of acks) w.u32(a.conn, 'acks.conn').u64(a.seq, 'acks.seq')
+      return [w.buf]
+    }
+    case 'OPEN':
+    case 'EOF':
+    case 'CLOSE':
+      return [head(frame.type, frame.epoch, 12).u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf]
+    case 'DATA': {
+      const data = payload(frame.data)
+      return [head('DATA', frame.epoch, 12 + data.length, 12).u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf, data]
+    }
+    case 'ACK':
+      return [head('ACK', frame.epoch, 8).u64(frame.seq, 'seq').buf]
+    case 'OUT': {
+      const data = payload(frame.data)
+      return [head('OUT', frame.epoch, 12 + data.length, 12).u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf, data]
+    }
+    case 'OUT_EOF':
+      return [head('OUT_EOF', frame.epoch, 13).u32(frame.conn, 'conn').u64(frame.offset, 'offset').u8(frame.reset ? 1 : 0).buf]
+    case 'OUT_CLOSE':
+      return [head('OUT_CLOSE', frame.epoch, 4).u32(frame.conn, 'conn').buf]
+    case 'OUT_ACK':
+      return [head('OUT_ACK', frame.epoch, 12).u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf]
+    case 'HEARTBEAT':
+      return [head('HEARTBEAT', frame.epoch, 0).buf]
+    case 'ERROR': {
+      const code = utf8(frame.code, 'code')
+      const message = utf8(frame.message, 'message')
+      return [head('ERROR', frame.epoch, 2 + code.length + 2 + message.length).str(code).str(message).buf]
+    }
+    default:
+      throw frameError('type', `unknown frame type ${String((frame as { type: unknown }).type)}`)
+  }
+}
+
+// ---- decoding ----
+
+/** Reads the fields of one frame held in buf[pos, end); every read is bounds-checked. */
+class Reader {
+  constructor (private readonly buf: Buffer, private pos: number, private readonly end: number) {}
+
+  private take (n: number): number {
+    if (this.end - this.pos < n) throw frameError('truncated', 'frame body is too short')
+    const at = this.pos
+    this.pos += n
+    return at
+  }
+
+  get left (): number {
+    return this.end - this.pos
+  }
+
+  u8 (): number {
+    return this.buf.readUInt8(this.take(1))
+  }
+
+  u16 (): number {
+    return this.buf.readUInt16BE(this.take(2))
+  }
+
+  u32 (): number {
+    return this.buf.readUInt32BE(this.take(4))
+  }
+
+  u64 (): number {
+    // Two u32 halves: no BigInt per field, and the range check is on the high half.
+    const at = this.take(8)
+    const high = this.buf.readUInt32BE(at)
+    if (high > MAX_HIGH) throw frameError('u64', 'u64 field is above Number.MAX_SAFE_INTEGER')
+    return high * TWO_32 + this.buf.readUInt32BE(at + 4)
+  }
+
+  str (): string {
+    const n = this.u16()
+    if (n > MAX_STRING) throw frameError('string', `string of ${n} bytes (max ${MAX_STRING})`)
+    const b = this.buf.subarray(this.take(n), this.pos)
+    if (!isUtf8(b)) throw frameError('string', 'string is not valid UTF-8')
+    return b.toString('utf8')
+  }
+
+  magic (): void {
+    const at = this.take(4)
+    if (this.buf.toString('latin1', at, at + 4) !== MAGIC) throw frameError('magic', `HELLO without ${MAGIC} magic`)
+  }
+
+  /** A count of `size`-byte entries; checked against the bytes left before anything is allocated. */
+  count (size: number): number {
+    const n = this.u32()
+    if (n * size > this.left) throw frameError('truncated', `${n} entries do not fit the frame`)
+    return n
+  }
+
+  /** The rest of the frame as a subarray (no copy). */
+  data (): Buffer {
+    if (this.pos === this.end) throw frameError('empty', 'data is empty')
+    return this.buf.subarray(this.take(this.end - this.pos), this.end)
+  }
+
+  done<F extends Frame> (frame: F): F {
+    if (this.pos !== this.end) throw frameError('trailing', `${this.end - this.pos} bytes after the last field of ${frame.type}`)
+    return frame
+  }
+}
+
+/** Decodes the frame whose type byte is buf[start] and whose last byte is buf[end - 1]. */
+function decodeFrame (buf: Buffer, start: number, end: number): Frame {
+  const r = new Reader(buf, start, end)
+  const type = r.u8()
+  const epoch = r.u32()
+  switch (type) {
+    case FrameType.HELLO: {
+      r.magic()
+      const version = r.u16()
+      const frontId = r.str()
+      const window = r.u32()
+      const resume: ResumePoint[] = []
+      for (let n = r.count(12); n > 0; n--) resume.push({ conn: r.u32(), offset: r.u64() })
+      return r.done({ type: 'HELLO', epoch, version, frontId, window, resume })
+    }
+    case FrameType.WELCOME: {
+      const version = r.u16()
+      const applied = r.u64()
+      const acks: ConnAck[] = []
+      for (let n = r.count(12); n > 0; n--) acks.push({ conn: r.u32(), seq: r.u64() })
+      return r.done({ type: 'WELCOME', epoch, version, applied, acks })
+    }
+    case FrameType.OPEN:
+      return r.done({ type: 'OPEN', epoch, seq: r.u64(), conn: r.u32() })
+    case FrameType.DATA:
+      return r.done({ type: 'DATA', epoch, seq: r.u64(), conn: r.u32(), data: r.data() })
+    case FrameType.EOF:
+      return r.done({ type: 'EOF', epoch, seq: r.u64(), conn: r.u32() })
+    case FrameType.CLOSE:
+      return r.done({ type: 'CLOSE', epoch, seq: r.u64(), conn: r.u32() })
+    case FrameType.ACK:
+      return r.done({ type: 'ACK', epoch, seq: r.u64() })
+    case FrameType.OUT:
+      return r.done({ type: 'OUT', epoch, conn: r.u32(), offset: r.u64(), data: r.data() })
+    case FrameType.OUT_EOF: {
+      const conn = r.u32()
+      const offset = r.u64()
+      const reset = r.u8()
+      if (reset > 1) throw frameError('reset', `OUT_EOF reset is ${reset}`)
+      return r.done({ type: 'OUT_EOF', epoch, conn, offset, reset: reset === 1 })
+    }
+    case FrameType.OUT_CLOSE:
+      return r.done({ type: 'OUT_CLOSE', epoch, conn: r.u32() })
+    case FrameType.OUT_ACK:
+      return r.done({ type: 'OUT_ACK', epoch, conn: r.u32(), offset: r.u64() })
+    case FrameType.HEARTBEAT:
+      return r.done({ type: 'HEARTBEAT', epoch })
+    case FrameType.ERROR:
+      return r.done({ type: 'ERROR', epoch, code: r.str(), message: r.str() })
+    default:
+      throw frameError('type', `unknown frame type ${type}`)
+  }
+}
+
+export interface FrameDecoderOptions {
+  /** Largest `len` accepted; a longer frame fails the decoder before it is buffered. @default DEFAULT_MAX_FRAME */
+  maxFrame?: number
+}
+
+/**
+ * Byte stream in, frames out. Holds at most one partial frame (≤ maxFrame + 4 bytes), as the
+ * pieces it arrived in, and keeps references to the pushed chunks: the caller must not reuse
+ * them. DATA/OUT payloads are subarrays of the pushed chunk when the frame lies in one chunk;
+ * a frame split across chunks is concatenated once, when it completes.
+ */
+export class FrameDecoder {
+  readonly maxFrame: number
+  private parts: Buffer[] = []
+  private held = 0
+  /** 4 + len of the partial frame once its length field is complete; 0 before. */
+  private need = 0
+  private error: unknown = null
+
+  constructor (opts: FrameDecoderOptions = {}) {
+    const maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME
+    if (!Number.isInteger(maxFrame) || maxFrame < HEAD - 4 || maxFrame > 0xffffffff) {
+      throw new RangeError(`maxFrame must be an integer in ${HEAD - 4}..${0xffffffff}, got ${maxFrame}`)
+    }
+    this.maxFrame = maxFrame
+  }
+
+  /** Bytes of the partial frame held. */
+  get buffered (): number {
+    return this.held
+  }
+
+  /** A push has thrown; every later push throws the same error. */
+  get failed (): boolean {
+    return this.error !== null
+  }
+
+  /** Every frame completed by `chunk`, in order. Throws ERR_FTPROXY_FRAME on bad input. */
+  push (chunk: Buffer): Frame[] {
+    if (this.error !== null) throw this.error
+    try {
+      return this.parse(chunk)
+    } catch (err) {
+      this.error = err
+      this.parts = []
+      this.held = 0
+      throw err
+    }
+  }
+
+  private parse (chunk: Buffer): Frame[] {
+    const frames: Frame[] = []
+    let pos = 0
+    if (this.held > 0) {
+      pos = this.fill(chunk)
+      if (this.need === 0 || this.held < this.need) return frames
+      const buf = Buffer.concat(this.parts, this.need)
+      this.parts = []
+      this.held = this.need = 0
+      frames.push(decodeFrame(buf, 4, buf.length))
+    }
+    // Whole frames inside the chunk: decoded in place.
+    while (chunk.length - pos >= 4) {
+      const end = pos + 4 + this.checkLen(chunk.readUInt32BE(pos))
+      if (end > chunk.length) break
+      frames.push(decodeFrame(chunk, pos + 4, end))
+      pos = end
+    }
+    if (pos < chunk.length) this.fill(chunk.subarray(pos))
+    return frames
+  }
+
+  /** Adds the head of `chunk` to the partial frame, up to its end; returns the bytes taken. */
+  private fill (chunk: Buffer): number {
+    let pos = 0
+    if (this.need === 0) {
+      pos = Math.min(4 - this.held, chunk.length)
+      this.add(chunk.subarray(0, pos))
+      if (this.held < 4) return pos
+      // The length is checked the moment it is complete, before any body is held.
+      if (this.parts.length > 1) this.parts = [Buffer.concat(this.parts, 4)]
+      this.need = 4 + this.checkLen(this.parts[0].readUInt32BE(0))
+    }
+    const n = Math.min(this.need - this.held, chunk.length - pos)
+    this.add(chunk.subarray(pos, pos + n))
+    return pos + n
+  }
+
+  private add (piece: Buffer): void {
+    if (piece.length === 0) return
+    this.parts.push(piece)
+    this.held += piece.length
+  }
+
+  private checkLen (len: number): number {
+    if (len < HEAD - 4 || len > this.maxFrame) throw frameError('length', `frame length ${len} outside ${HEAD - 4}..${this.maxFrame}`)
+    return len
+  }
+}

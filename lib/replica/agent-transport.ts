@@ -1,0 +1,237 @@
+// The front's side of the log channel to an agent (a replica on another host).
+//
+//   apply(entry) ──OPEN/DATA/EOF/CLOSE(seq)──▶ agent ──▶ Applier ──▶ server
+//        ▲                                      │
+//        └── 'ack' ◀── ACK(seq) ◀───────────────┤   (the agent's host holds the entry)
+//   'output' ◀── OUT(conn, offset, bytes) ◀─────┘   credit back: OUT_ACK(conn, offset)
+//
+// Entries are held until acknowledged, so a channel that drops and comes back resends what
+// the agent may not have (it skips what it already applied); output resumes at the offsets
+// this side holds. Liveness: frames (heartbeats at least) every `interval`; nothing heard for
+// `heartbeat` and the replica has failed. The agent refuses an epoch older than it has seen.
+
+import { EventEmitter } from 'node:events'
+import { readFileSync } from 'node:fs'
+import net from 'node:net'
+import tls from 'node:tls'
+import { performance } from 'node:perf_hooks'
+import type { HostPort, TlsConfig } from '../config.js'
+import { FtproxyError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import type { Entry } from '../front/log.js'
+import { Channel } from '../channel/channel.js'
+import { PROTOCOL_VERSION, type Frame } from '../channel/codec.js'
+import type { Transport, TransportEvents } from './transport.js'
+
+export interface AgentTransportOptions {
+  address: HostPort
+  tls?: TlsConfig
+  /** Identifies this front process to the agent (a new id starts a new session there). */
+  frontId: string
+  /** The front's current epoch, carried on every frame. */
+  epoch: () => number
+  /** Output the agent may send ahead per connection before it waits for credit. */
+  window: number
+  /** Heartbeat period. */
+  interval: number
+  /** Nothing heard for this long: failed. */
+  heartbeat: number
+  connectTimeout: number
+  log: Logger
+}
+
+const RECONNECT_MS = 50
+
+export class AgentTransport extends EventEmitter<TransportEvents> implements Transport {
+  sent = 0
+  readonly endsConfirmed = true
+  private readonly held = new Map<number, Entry>()
+  /** Output received per connection (the offset the agent resumes from). */
+  private readonly received = new Map<number, number>()
+  private readonly ended = new Set<number>()
+  private readonly paused = new Set<number>()
+  private readonly owed = new Set<number>()
+  private readonly tlsOptions?: tls.ConnectionOptions
+  private channel: Channel | null = null
+  private live = false
+  private stopped = false
+  private failedOnce = false
+  private creditScheduled = false
+  private lastHeard = performance.now()
+  private readonly ticker: NodeJS.Timeout
+  private reconnectTimer?: NodeJS.Timeout
+
+  constructor (private readonly opts: AgentTransportOptions) {
+    super()
+    if (opts.tls) {
+      this.tlsOptions = {
+        cert: readFileSync(opts.tls.cert),
+        key: readFileSync(opts.tls.key),
+        ca: readFileSync(opts.tls.ca),
+      }
+    }
+    this.ticker = setInterval(() => this.tick(), Math.max(10, Math.min(opts.interval, opts.heartbeat / 3)))
+    this.ticker.unref()
+    this.connect()
+  }
+
+  get unacked (): number {
+    return this.held.size
+  }
+
+  apply (entry: Entry): void {
+    if (this.stopped) return
+    this.held.set(entry.seq, entry)
+    this.sent = entry.seq
+    if (this.live) this.sendEntry(entry)
+  }
+
+  pause (conn: number): void {
+    this.paused.add(conn)
+  }
+
+  resume (conn: number): void {
+    if (this.paused.delete(conn)) this.owe(conn)
+  }
+
+  close (): void {
+    this.stopped = true
+    clearInterval(this.ticker)
+    clearTimeout(this.reconnectTimer)
+    this.channel?.destroy()
+    this.channel = null
+    this.removeAllListeners()
+  }
+
+  private connect (): void {
+    if (this.stopped) return
+    const { host, port } = this.opts.address
+    const socket = this.tlsOptions
+      ? tls.connect({ host, port, ...this.tlsOptions, servername: net.isIP(host) ? undefined : host })
+      : net.connect({ host, port })
+    const ch = new Channel(socket)
+    this.channel = ch
+    const timer = setTimeout(() => socket.destroy(), this.opts.connectTimeout)
+    socket.once(this.tlsOptions ? 'secureConnect' : 'connect', () => {
+      clearTimeout(timer)
+      ch.send({
+        type: 'HELLO',
+        epoch: this.opts.epoch(),
+        version: PROTOCOL_VERSION,
+        frontId: this.opts.frontId,
+        window: this.opts.window,
+        resume: [...this.received].map(([conn, offset]) => ({ conn, offset })),
+      })
+    })
+    ch.on('frame', (f) => this.onFrame(ch, f))
+    ch.on('error', (err) => this.opts.log.debug('channel_error', { error: err.message, code: (err as NodeJS.ErrnoException).code }))
+    ch.on('close', () => {
+      clearTimeout(timer)
+      if (this.channel !== ch) return
+      if (this.live) this.opts.log.warn('channel_down', {})
+      this.live = false
+      this.channel = null
+      if (!this.stopped) this.reconnectTimer = setTimeout(() => this.connect(), RECONNECT_MS)
+    })
+  }
+
+  private onFrame (ch: Channel, f: Frame): void {
+    this.lastHeard = performance.now()
+    switch (f.type) {
+      case 'WELCOME': {
+        if (this.live) return this.protocolError(ch, 'second WELCOME')
+        // Entries the agent wrote before the channel dropped, whose ACKs were lost with it.
+        const acked = new Map(f.acks.map((a) => [a.conn, a.seq]))
+        for (const e of [...this.held.values()]) {
+          const upTo = acked.get(e.conn)
+          if (upTo !== undefined && e.seq <= upTo) this.ack(e.seq)
+        }
+        this.live = true
+        this.opts.log.info('channel_up', { applied: f.applied, resend: [...this.held.keys()].filter((s) => s > f.applied).length })
+        for (const e of this.held.values()) if (e.seq > f.applied) this.sendEntry(e)
+        return
+      }
+      case 'ACK': return this.ack(f.seq)
+      case 'OUT': {
+        if (this.ended.has(f.conn)) return
+        const have = this.received.get(f.conn) ?? 0
+        if (f.offset > have) return this.protocolError(ch, `output gap on conn ${f.conn}: ${f.offset} > ${have}`)
+        if (f.offset + f.data.length <= have) return // resent after a reconnect: already here
+        const data = f.data.subarray(have - f.offset)
+        this.received.set(f.conn, have + data.length)
+        if (!this.paused.has(f.conn)) this.owe(f.conn)
+        this.emit('output', f.conn, data)
+        return
+      }
+      case 'OUT_EOF': {
+        if (this.ended.has(f.conn)) return
+        this.ended.add(f.conn)
+        this.emit('output_end', f.conn, f.reset ? Object.assign(new Error('server reset the connection'), { code: 'ECONNRESET' }) : null)
+        return
+      }
+      case 'OUT_CLOSE':
+        this.received.delete(f.conn)
+        this.ended.delete(f.conn)
+        this.paused.delete(f.conn)
+        this.emit('closed', f.conn)
+        return
+      case 'HEARTBEAT': return
+      case 'ERROR': {
+        const code = f.code === 'ERR_FTPROXY_FENCED' || f.code === 'ERR_FTPROXY_SERVER_DOWN' ? f.code : 'ERR_FTPROXY_PROTOCOL'
+        this.opts.log.warn('agent_error', { code: f.code, error: f.message })
+        this.fail(new FtproxyError(code, `${f.code}: ${f.message}`, { agent_code: f.code }))
+        return
+      }
+      default: return this.protocolError(ch, `unexpected ${f.type}`)
+    }
+  }
+
+  private ack (seq: number): void {
+    const e = this.held.get(seq)
+    if (!e) return
+    this.held.delete(seq)
+    this.emit('ack', e)
+  }
+
+  private sendEntry (e: Entry): void {
+    const epoch = this.opts.epoch()
+    const ch = this.channel as Channel
+    if (e.type === 'DATA') ch.send({ type: 'DATA', epoch, seq: e.seq, conn: e.conn, data: e.data as Buffer })
+    else ch.send({ type: e.type, epoch, seq: e.seq, conn: e.conn })
+  }
+
+  // Credit the agent for output taken, once per turn per connection.
+  private owe (conn: number): void {
+    this.owed.add(conn)
+    if (this.creditScheduled) return
+    this.creditScheduled = true
+    setImmediate(() => {
+      this.creditScheduled = false
+      const epoch = this.opts.epoch()
+      for (const conn of this.owed) {
+        const offset = this.received.get(conn)
+        if (offset !== undefined && this.live) this.channel?.send({ type: 'OUT_ACK', epoch, conn, offset })
+      }
+      this.owed.clear()
+    })
+  }
+
+  private tick (): void {
+    if (this.stopped) return
+    if (performance.now() - this.lastHeard > this.opts.heartbeat) {
+      return this.fail(new FtproxyError('ERR_FTPROXY_HEARTBEAT', `nothing heard from the agent for ${this.opts.heartbeat}ms`))
+    }
+    if (this.live) this.channel?.send({ type: 'HEARTBEAT', epoch: this.opts.epoch() })
+  }
+
+  private protocolError (ch: Channel, what: string): void {
+    this.opts.log.warn('channel_protocol_error', { error: what })
+    ch.destroy()
+  }
+
+  private fail (err: Error): void {
+    if (this.failedOnce || this.stopped) return
+    this.failedOnce = true
+    this.emit('failed', err)
+  }
+}

@@ -1,0 +1,37 @@
+// The seam between the front and a replica: how log entries reach a server and how its output
+// comes back. `direct` is the Applier itself (TCP straight to the server); `agent` speaks the
+// log channel to an agent beside the server, which runs an Applier there.
+
+import type { EventEmitter } from 'node:events'
+import type { Entry } from '../front/log.js'
+
+export interface TransportEvents {
+  /** The entry reached the server (direct: written to its socket; agent: the agent's ACK). */
+  ack: [entry: Entry]
+  output: [conn: number, data: Buffer]
+  /** The server ended (err: reset) its side of `conn`; no more output will come. */
+  output_end: [conn: number, err: Error | null]
+  /** The server-side socket of `conn` is closed. */
+  closed: [conn: number]
+  /** The replica cannot be driven any more (unreachable, fenced, server down). */
+  failed: [err: Error]
+}
+
+export interface Transport extends EventEmitter<TransportEvents> {
+  /** The last seq handed to apply(). */
+  readonly sent: number
+  /** Entries handed to apply() and not yet acknowledged. */
+  readonly unacked: number
+  /**
+   * Whether an output_end is already known to be the server's own (the agent checked its
+   * server is alive before reporting it); otherwise the front probes the server.
+   */
+  readonly endsConfirmed: boolean
+  /** Hand over the next entry; entries come in seq order. */
+  apply (entry: Entry): void
+  /** Stop / restart reading the server's output for `conn` (backpressure). */
+  pause (conn: number): void
+  resume (conn: number): void
+  /** Stop for good; no event is emitted after. */
+  close (): void
+}

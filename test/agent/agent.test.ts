@@ -1,0 +1,109 @@
+// Replicas behind agents: front + agents (real processes) + demo servers, with a faulty relay
+// on the log channel. Every byte each client gets is checked.
+
+import t from 'tap'
+import type { Test } from 'tap'
+import { Client, TestFront, agentProc, demoServer, until, type AgentProc, type Server } from '../helpers/cluster.js'
+import { Relay } from '../helpers/relay.js'
+
+interface Setup { servers: Server[], agents: AgentProc[], relays: Relay[], f: TestFront }
+
+// Two demo servers, an agent beside each, a relay in front of each agent, and a front.
+async function setup (tt: Test, extra = ''): Promise<Setup> {
+  const servers = [await demoServer(tt), await demoServer(tt)]
+  const agents = await Promise.all(servers.map((s) => agentProc(tt, s.port)))
+  const relays = await Promise.all(agents.map((a) => Relay.start(tt, a.port)))
+  const dir = tt.testdir({})
+  const yaml = `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
+    'health_check: { interval: 100ms, timeout: 100ms, fall: 2, rise: 1 }\n' +
+    'timeouts: { connect: 1s, stall: 2s, linger: 1s, heartbeat: 600ms }\n' +
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${relays[0].port}\n  - name: b\n    agent: 127.0.0.1:${relays[1].port}\n${extra}`
+  const f = await new TestFront().start(tt, yaml)
+  await f.waitEvent('channel_up', (e) => e.replica === 'a')
+  await f.waitEvent('channel_up', (e) => e.replica === 'b')
+  return { servers, agents, relays, f }
+}
+
+// Each client INCRs its own key `count` times in bursts; the replies must be exactly 1..count.
+async function drive (clients: Client[], count: number, onProgress: (done: number) => void): Promise<void> {
+  const sent = clients.map(() => 0)
+  await until(() => {
+    let total = 0
+    clients.forEach((c, i) => {
+      const have = c.lines.length
+      total += have
+      while (sent[i] < count && sent[i] - have < 16) {
+        const n = Math.min(4, count - sent[i])
+        c.send(`INCR k${i}\n`.repeat(n))
+        sent[i] += n
+      }
+    })
+    onProgress(total)
+    return total >= clients.length * count || clients.some((c) => c.closed)
+  }, 'all replies', 30000)
+}
+
+function expectCounts (tt: Test, clients: Client[], count: number): void {
+  const want = Array.from({ length: count }, (_, i) => String(i + 1))
+  clients.forEach((c, i) => {
+    tt.same(c.lines, want, `client ${i}: 1..${count}, no gap, no duplicate`)
+    tt.equal(c.closed, false, `client ${i} kept its connection`)
+  })
+}
+
+t.test('serving through agents, and SIGKILL of the primary server behind its agent', async (tt) => {
+  const { servers, f } = await setup(tt)
+  const clients = await Promise.all(Array.from({ length: 6 }, () => Client.open(f.port)))
+  let killed = false
+  await drive(clients, 200, (done) => {
+    if (!killed && done > 6 * 60) { killed = true; servers[0].kill('SIGKILL') }
+  })
+  expectCounts(tt, clients, 200)
+  tt.match(await f.waitEvent('failover'), { from: 'a', to: 'b', epoch: 2 })
+  tt.notOk(f.find('divergence'))
+  for (const c of clients) c.close()
+})
+
+t.test('SIGKILL of the primary\'s agent: heartbeats stop, failover', async (tt) => {
+  const { agents, f } = await setup(tt)
+  const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
+  let killed = false
+  await drive(clients, 150, (done) => {
+    if (!killed && done > 4 * 40) { killed = true; agents[0].kill('SIGKILL') }
+  })
+  expectCounts(tt, clients, 150)
+  const ev = await f.waitEvent('failover')
+  tt.match(ev, { from: 'a', to: 'b' })
+  for (const c of clients) c.close()
+})
+
+t.test('a channel cut shorter than the heartbeat timeout loses nothing', async (tt) => {
+  const { relays, f } = await setup(tt)
+  const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
+  let cuts = 0
+  await drive(clients, 200, (done) => {
+    // Cut both channels, several times, mid-stream.
+    if (cuts < 3 && done > 4 * 40 * (cuts + 1)) { cuts++; for (const r of relays) r.cut() }
+  })
+  expectCounts(tt, clients, 200)
+  tt.equal(cuts, 3)
+  tt.notOk(f.find('failover'), 'no failover')
+  tt.notOk(f.find('replica_down'), 'no replica down')
+  tt.ok(f.all('channel_up').length >= 2 + 2 * 3, 'the channels came back after each cut')
+  tt.equal(f.front.status().protected, true)
+  for (const c of clients) c.close()
+})
+
+t.test('a blackhole longer than the heartbeat timeout fails over', async (tt) => {
+  const { relays, f } = await setup(tt)
+  const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
+  let holed = false
+  await drive(clients, 150, (done) => {
+    if (!holed && done > 4 * 40) { holed = true; relays[0].blackhole() }
+  })
+  expectCounts(tt, clients, 150)
+  const ev = await f.waitEvent('failover')
+  tt.match(ev, { from: 'a', to: 'b' })
+  tt.match(String(ev.reason), /heard/)
+  for (const c of clients) c.close()
+})
