@@ -3,21 +3,23 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { Client, TestFront, agentProc, demoServer, until, type AgentProc, type Server } from '../helpers/cluster.js'
+import { Client, TestFront, agentInProcess, agentProc, demoServer, until, type AgentProc, type Server } from '../helpers/cluster.js'
 import { Relay } from '../helpers/relay.js'
 
 interface Setup { servers: Server[], agents: AgentProc[], relays: Relay[], f: TestFront }
 
-// Two demo servers, an agent beside each, a relay in front of each agent, and a front.
-async function setup (tt: Test, extra = ''): Promise<Setup> {
+// Two demo servers, an agent beside each (real processes, or in this process when no test
+// needs to kill them), a relay in front of each agent, and a front.
+async function setup (tt: Test, opts: { processes?: boolean } = {}): Promise<Setup> {
   const servers = [await demoServer(tt), await demoServer(tt)]
-  const agents = await Promise.all(servers.map((s) => agentProc(tt, s.port)))
-  const relays = await Promise.all(agents.map((a) => Relay.start(tt, a.port)))
+  const agents = opts.processes ? await Promise.all(servers.map((s) => agentProc(tt, s.port))) : []
+  const ports = opts.processes ? agents.map((a) => a.port) : await Promise.all(servers.map(async (s) => (await agentInProcess(tt, s.port)).port))
+  const relays = await Promise.all(ports.map((p) => Relay.start(tt, p)))
   const dir = tt.testdir({})
   const yaml = `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
     'health_check: { interval: 100ms, timeout: 100ms, fall: 2, rise: 1 }\n' +
     'timeouts: { connect: 1s, stall: 2s, linger: 1s, heartbeat: 600ms }\n' +
-    `replicas:\n  - name: a\n    agent: 127.0.0.1:${relays[0].port}\n  - name: b\n    agent: 127.0.0.1:${relays[1].port}\n${extra}`
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${relays[0].port}\n  - name: b\n    agent: 127.0.0.1:${relays[1].port}\n`
   const f = await new TestFront().start(tt, yaml)
   await f.waitEvent('channel_up', (e) => e.replica === 'a')
   await f.waitEvent('channel_up', (e) => e.replica === 'b')
@@ -65,7 +67,7 @@ t.test('serving through agents, and SIGKILL of the primary server behind its age
 })
 
 t.test('SIGKILL of the primary\'s agent: heartbeats stop, failover', async (tt) => {
-  const { agents, f } = await setup(tt)
+  const { agents, f } = await setup(tt, { processes: true })
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let killed = false
   await drive(clients, 150, (done) => {

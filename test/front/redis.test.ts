@@ -6,7 +6,7 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { Client, TestFront, frontYaml, haveRedis, redisServer, until, type Server } from '../helpers/cluster.js'
+import { Client, TestFront, agentInProcess, freePort, frontYaml, haveRedis, redisServer, until, type Server } from '../helpers/cluster.js'
 
 const skip = haveRedis() ? false : 'redis-server not installed'
 
@@ -210,5 +210,31 @@ t.test('SIGKILL of the backup redis under pipelined load', { skip }, async (tt) 
   tt.equal(f.front.status().primary, 'a')
   tt.equal(f.front.status().protected, false)
   await checkServer(tt, a, acked)
+  for (const r of conns) r.close()
+})
+
+t.test('through agents: SIGKILL of the primary redis (supervised by its agent) under pipelined load', { skip }, async (tt) => {
+  // Each agent starts and supervises its own redis, as in production.
+  const ports = [await freePort(), await freePort()]
+  const agents = await Promise.all(ports.map((p) => agentInProcess(tt, p,
+    `command: [redis-server, --port, "${p}", --bind, 127.0.0.1, --save, "", --appendonly, "no"]`)))
+  const dir = tt.testdir({})
+  const f = await new TestFront().start(tt, `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
+    'timeouts: { heartbeat: 1s }\nhealth_check: { interval: 200ms, timeout: 200ms }\n' +
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${agents[0].port}\n  - name: b\n    agent: 127.0.0.1:${agents[1].port}\n`)
+  await f.waitEvent('channel_up', (e) => e.replica === 'a')
+  await f.waitEvent('channel_up', (e) => e.replica === 'b')
+  const pid = agents[0].events.find((e) => e.event === 'replica_process_started')?.pid as number
+  tt.type(pid, 'number', 'the primary agent started redis')
+  const { conns, killedAt, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => process.kill(pid, 'SIGKILL'))
+  tt.comment(`${CONNS * COUNT} INCRs through agents in ${ms}ms; primary redis killed after ${killedAt} replies`)
+  tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'killed mid-load')
+  tt.equal(timedOut, null, 'the load finished within its deadline')
+  const acked = checkReplies(tt, conns)
+  const ev = await f.waitEvent('failover')
+  tt.match(ev, { from: 'a', to: 'b', epoch: 2 })
+  tt.comment(`failover took ${String(ev.duration_ms)}ms (${String(ev.reason)})`)
+  tt.notOk(f.find('divergence'), 'no divergence')
+  await checkServer(tt, { name: 'redis', port: ports[1], pid: 0, proc: undefined as never, kill () {} }, acked)
   for (const r of conns) r.close()
 })

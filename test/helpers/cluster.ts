@@ -11,7 +11,8 @@ import os from 'node:os'
 import { PassThrough } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
-import { parseConfig, type Config } from '../../lib/config.js'
+import { parseAgentConfig, parseConfig, type Config } from '../../lib/config.js'
+import { Agent } from '../../lib/agent/agent.js'
 import { Front } from '../../lib/front/front.js'
 import { createLogger } from '../../lib/logger.js'
 
@@ -238,4 +239,19 @@ export async function agentProc (t: Test, serverPort: number, opts: { extraYaml?
     proc.once('exit', (code) => reject(new Error(`agent exited with ${code}: ${buf}`)))
   })
   return { ...serverOf('agent', port, proc), stateDir }
+}
+
+/** An agent in this process (its events captured), beside the server on `serverPort`. */
+export async function agentInProcess (t: Test, serverPort: number, extraYaml = ''): Promise<{ agent: Agent, port: number, events: Event[] }> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ftproxy-agent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const cfg = parseAgentConfig(`listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\nstate_dir: ${JSON.stringify(path.join(dir, 'state'))}\n` +
+    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${extraYaml}\n`, 'agent.yaml')
+  const events: Event[] = []
+  const stream = new PassThrough()
+  stream.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) events.push(JSON.parse(l) as Event) })
+  const agent = new Agent(cfg, { log: createLogger({ level: 'debug', stream }) })
+  t.teardown(() => agent.close())
+  await agent.start()
+  return { agent, port: agent.address.port, events }
 }
