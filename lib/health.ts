@@ -118,10 +118,15 @@ export const END_CONFIRM_MS = 25
 /**
  * Whether a server that ended a connection is still alive. A killed server's sockets close a
  * moment before its listener does, so one probe that connects proves little: ask again once
- * any process teardown would be over. `still` says whether the answer still matters.
+ * any process teardown would be over. Only a refused connect (the check is then down) counts
+ * as dead: a probe that times out is a busy server, whose end is its own. `still` says
+ * whether the answer still matters.
  */
 export async function aliveAfterEnd (check: HealthCheck, still: () => boolean = () => true): Promise<boolean> {
-  if (!await check.probeNow()) return false
+  await check.probeNow()
+  if (check.state === 'down' || !still()) return false
   await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))
-  return still() && await check.probeNow()
+  if (!still()) return false
+  await check.probeNow()
+  return (check.state as Health) !== 'down'
 }

@@ -37,6 +37,8 @@ interface Output {
   ending: boolean
   closeWaiting: boolean
   closed: boolean
+  /** OUT_CLOSE went out on a live channel: the front's next credit of it is its last. */
+  closeSent: boolean
   paused: boolean
 }
 
@@ -45,11 +47,11 @@ class Session {
   readonly acked = new Map<number, number>()
   readonly out = new Map<number, Output>()
 
-  constructor (readonly frontId: string, readonly applier: Applier, public window: number) {}
+  constructor (readonly frontId: string, readonly epoch: number, readonly applier: Applier, public window: number) {}
 
   output (conn: number): Output {
     let o = this.out.get(conn)
-    if (!o) this.out.set(conn, o = { chunks: [], start: 0, end: 0, eof: null, ending: false, closeWaiting: false, closed: false, paused: false })
+    if (!o) this.out.set(conn, o = { chunks: [], start: 0, end: 0, eof: null, ending: false, closeWaiting: false, closed: false, closeSent: false, paused: false })
     return o
   }
 
@@ -66,10 +68,12 @@ class Session {
       o.paused = false
       this.applier.resume(conn)
     }
-    if (o.closed && o.start === o.end) {
-      this.out.delete(conn)
-      this.acked.delete(conn)
-    }
+    if (o.closed && o.closeSent && o.start === o.end) this.forget(conn)
+  }
+
+  forget (conn: number): void {
+    this.out.delete(conn)
+    this.acked.delete(conn)
   }
 }
 
@@ -195,17 +199,24 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     switch (f.type) {
       case 'OPEN': case 'DATA': case 'EOF': case 'CLOSE': {
         if (f.seq <= s.applied) return // resent after a reconnect: applied already
-        if (f.seq !== s.applied + 1) return ch.fail(protocolError(this.epoch, `entry ${f.seq} after ${s.applied}`))
+        if (f.seq !== s.applied + 1) {
+          this.channel = null
+          return ch.fail(protocolError(this.epoch, `entry ${f.seq} after ${s.applied}`))
+        }
         s.applied = f.seq
         s.applier.apply(f.type === 'DATA' ? { seq: f.seq, type: 'DATA', conn: f.conn, data: f.data } : { seq: f.seq, type: f.type, conn: f.conn })
         return
       }
       case 'OUT_ACK': return s.credit(f.conn, f.offset)
-      case 'HEARTBEAT': return
+      // Answered at once: the front hears from a live agent at the front's own pace.
+      case 'HEARTBEAT': return void ch.send({ type: 'HEARTBEAT', epoch: this.epoch })
       case 'ERROR':
         this.log.warn('front_error', { code: f.code, error: f.message })
+        this.channel = null
         return ch.destroy()
-      default: return ch.fail(protocolError(this.epoch, `unexpected ${f.type}`))
+      default:
+        this.channel = null
+        return ch.fail(protocolError(this.epoch, `unexpected ${f.type}`))
     }
   }
 
@@ -214,25 +225,37 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     if (this.serverDown !== null) {
       return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: this.serverDown })
     }
+    let s = this.session
+    if (s && s.frontId !== f.frontId && f.epoch <= s.epoch) {
+      // Two fronts at one epoch: only one of them won it. Neither may take the other's session.
+      this.log.warn('fenced', { epoch: f.epoch, front: f.frontId, holder: s.frontId })
+      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${f.epoch} is held by another front` })
+    }
     if (this.channel) {
       this.log.info('channel_replaced', { front: f.frontId })
       this.channel.destroy()
     }
     this.channel = ch
-    let s = this.session
     if (!s || s.frontId !== f.frontId) {
       // Another front process: whatever the last one had open is gone with its clients.
       s?.applier.close()
-      s = this.session = this.newSession(f.frontId, f.window)
+      s = this.session = this.newSession(f.frontId, f.epoch, f.window)
       this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
     } else {
       s.window = f.window
       this.log.info('channel_resumed', { front: f.frontId, applied: s.applied })
     }
     ch.send({ type: 'WELCOME', epoch: this.epoch, version: PROTOCOL_VERSION, applied: s.applied, acks: [...s.acked].map(([conn, seq]) => ({ conn, seq })) })
+    // The front names every connection it still has open: one it no longer names got its
+    // close; the others get whatever they missed again.
     const resume = new Map(f.resume.map((r) => [r.conn, r.offset]))
     for (const [conn, o] of [...s.out]) {
-      s.credit(conn, resume.get(conn) ?? o.start)
+      const offset = resume.get(conn)
+      if (offset === undefined) {
+        if (o.closed) s.forget(conn)
+        continue
+      }
+      s.credit(conn, offset)
       this.resend(ch, conn, o)
     }
   }
@@ -245,12 +268,15 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       offset += c.length
     }
     if (o.eof) ch.send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset: o.eof.offset, reset: o.eof.reset })
-    if (o.closed) ch.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
+    if (o.closed) {
+      o.closeSent = true
+      ch.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
+    }
   }
 
-  private newSession (frontId: string, window: number): Session {
+  private newSession (frontId: string, epoch: number, window: number): Session {
     const applier = new Applier({ address: this.cfg.server, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
-    const s = new Session(frontId, applier, window)
+    const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     applier.on('ack', (e) => {
       s.acked.set(e.conn, e.seq)
@@ -273,15 +299,18 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     // end too); the close that follows it waits for that report.
     const reportClose = (conn: number, o: Output): void => {
       o.closed = true
-      send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
-      s.credit(conn, o.start)
+      if (this.session === s && this.channel) {
+        o.closeSent = true
+        this.channel.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
+      }
     }
     applier.on('output_end', (conn, err) => {
       const o = s.output(conn)
       const offset = o.end
       o.ending = true
       void aliveAfterEnd(this.health, () => this.session === s).then((alive) => {
-        if (!alive) return this.onServerDown('probe after a connection ended: refused')
+        // Not alive: the session was replaced, or the check went down (its handler reports).
+        if (!alive) return
         o.eof = { offset, reset: err !== null }
         send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset, reset: err !== null })
         if (o.closeWaiting) reportClose(conn, o)

@@ -29,26 +29,41 @@ export class Channel extends EventEmitter<ChannelEvents> {
       this.closed = true
       this.emit('close')
     })
+    socket.on('error', () => { this.closed = true })
   }
 
-  /** Write one frame; false when the socket wants 'drain' before more. */
+  /**
+   * Write one frame; false when the socket wants 'drain' before more. A frame that cannot be
+   * encoded (a bug, or a list grown past the frame limit) fails the channel, not the process.
+   */
   send (frame: Frame): boolean {
     if (this.closed || this.socket.destroyed) return false
-    const pieces = encode(frame)
+    let pieces: Buffer[]
+    try {
+      pieces = encode(frame)
+    } catch (err) {
+      this.emit('error', err as Error)
+      this.destroy()
+      return false
+    }
     let ok = true
     for (const p of pieces) ok = this.socket.write(p)
     return ok
   }
 
-  /** Send a last frame (an ERROR), then close. */
+  /** Send a last frame (an ERROR), then close; nothing more is read from it. */
   fail (frame: Frame): void {
     if (this.closed) return
-    for (const p of encode(frame)) this.socket.write(p)
+    if (frame.type === 'ERROR' && Buffer.byteLength(frame.message) > 1000) frame = { ...frame, message: frame.message.slice(0, 900) + '…' }
+    this.send(frame)
+    this.closed = true
     this.socket.end()
     setTimeout(() => this.socket.destroy(), 1000).unref()
   }
 
+  /** Close at once; no frame is emitted after this. */
   destroy (): void {
+    this.closed = true
     this.socket.destroy()
   }
 

@@ -208,11 +208,11 @@ export class Front extends EventEmitter<FrontEvents> {
       this.primary = primary
       this.setRole(primary, 'primary', 'startup: configured primary unreachable')
     }
+    // Every front process serves in an epoch of its own: its log starts at seq 1, and agents
+    // let a new front take over only with an epoch newer than the last one's.
     this.arbiterPrimary = this.primary.name
-    if (this.state.epoch === 0 || this.state.primary !== this.primary.name) {
-      const next = { epoch: this.state.epoch + 1, primary: this.primary.name, stale: this.state.stale, owner: '' }
-      if (!await this.cas(next)) throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
-    }
+    const next = { epoch: this.state.epoch + 1, primary: this.primary.name, stale: this.state.stale, owner: '' }
+    if (!await this.cas(next)) throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for the first epoch')
 
     for (const r of this.replicas) {
       if (r.serving) this.attach(r)

@@ -59,20 +59,28 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
   private creditScheduled = false
   private lastHeard = performance.now()
   private readonly ticker: NodeJS.Timeout
+  private readonly period: number
+  private lastTick: number
   private reconnectTimer?: NodeJS.Timeout
 
   constructor (private readonly opts: AgentTransportOptions) {
     super()
+    let tlsError: Error | null = null
     if (opts.tls) {
-      this.tlsOptions = {
-        cert: readFileSync(opts.tls.cert),
-        key: readFileSync(opts.tls.key),
-        ca: readFileSync(opts.tls.ca),
+      try {
+        this.tlsOptions = { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ca: readFileSync(opts.tls.ca) }
+      } catch (err) {
+        tlsError = err as Error
       }
     }
-    this.ticker = setInterval(() => this.tick(), Math.max(10, Math.min(opts.interval, opts.heartbeat / 3)))
+    // Heartbeats go out at least three times per heartbeat timeout; the agent answers each.
+    this.period = Math.max(10, Math.min(opts.interval, opts.heartbeat / 3))
+    this.lastTick = performance.now()
+    this.ticker = setInterval(() => this.tick(), this.period)
     this.ticker.unref()
-    this.connect()
+    // Certificates that cannot be read: fail (never fall back to plaintext).
+    if (tlsError) setImmediate(() => this.fail(new FtproxyError('ERR_FTPROXY_CONFIG', `tls: ${tlsError.message}`)))
+    else this.connect()
   }
 
   get unacked (): number {
@@ -81,6 +89,8 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
 
   apply (entry: Entry): void {
     if (this.stopped) return
+    // From OPEN to OUT_CLOSE a connection is named in every HELLO's resume list.
+    if (entry.type === 'OPEN') this.received.set(entry.conn, 0)
     this.held.set(entry.seq, entry)
     this.sent = entry.seq
     if (this.live) this.sendEntry(entry)
@@ -153,8 +163,8 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       }
       case 'ACK': return this.ack(f.seq)
       case 'OUT': {
-        if (this.ended.has(f.conn)) return
-        const have = this.received.get(f.conn) ?? 0
+        const have = this.received.get(f.conn)
+        if (have === undefined || this.ended.has(f.conn)) return // closed already: a replay
         if (f.offset > have) return this.protocolError(ch, `output gap on conn ${f.conn}: ${f.offset} > ${have}`)
         if (f.offset + f.data.length <= have) return // resent after a reconnect: already here
         const data = f.data.subarray(have - f.offset)
@@ -164,17 +174,23 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
         return
       }
       case 'OUT_EOF': {
-        if (this.ended.has(f.conn)) return
+        if (!this.received.has(f.conn) || this.ended.has(f.conn)) return
         this.ended.add(f.conn)
         this.emit('output_end', f.conn, f.reset ? Object.assign(new Error('server reset the connection'), { code: 'ECONNRESET' }) : null)
         return
       }
-      case 'OUT_CLOSE':
+      case 'OUT_CLOSE': {
+        const offset = this.received.get(f.conn)
+        if (offset === undefined) return
+        // The last credit, paused or not: the agent forgets the connection on it.
+        ch.send({ type: 'OUT_ACK', epoch: this.opts.epoch(), conn: f.conn, offset })
         this.received.delete(f.conn)
         this.ended.delete(f.conn)
         this.paused.delete(f.conn)
+        this.owed.delete(f.conn)
         this.emit('closed', f.conn)
         return
+      }
       case 'HEARTBEAT': return
       case 'ERROR': {
         const code = f.code === 'ERR_FTPROXY_FENCED' || f.code === 'ERR_FTPROXY_SERVER_DOWN' ? f.code : 'ERR_FTPROXY_PROTOCOL'
@@ -218,7 +234,12 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
 
   private tick (): void {
     if (this.stopped) return
-    if (performance.now() - this.lastHeard > this.opts.heartbeat) {
+    const now = performance.now()
+    // This process stalled (GC, a blocking call): frames may be waiting unread in the socket,
+    // so the silence proves nothing yet; look again next tick.
+    if (now - this.lastTick > 2 * this.period) this.lastHeard = Math.max(this.lastHeard, now - this.period)
+    this.lastTick = now
+    if (now - this.lastHeard > this.opts.heartbeat) {
       return this.fail(new FtproxyError('ERR_FTPROXY_HEARTBEAT', `nothing heard from the agent for ${this.opts.heartbeat}ms`))
     }
     if (this.live) this.channel?.send({ type: 'HEARTBEAT', epoch: this.opts.epoch() })

@@ -109,3 +109,29 @@ t.test('a blackhole longer than the heartbeat timeout fails over', async (tt) =>
   tt.match(String(ev.reason), /heard/)
   for (const c of clients) c.close()
 })
+
+t.test('a connection that ends while the channel is cut still ends for its client', async (tt) => {
+  const { relays, f } = await setup(tt)
+  for (let i = 0; i < 10; i++) {
+    const c = await Client.open(f.port)
+    c.send(`SET q${i} v\nQUIT\n`)
+    if (i % 2 === 0) await until(() => c.lines.length > 0, 'the first reply')
+    for (const r of relays) r.cut()
+    await until(() => c.ended || c.closed, `client ${i} to be ended by the server's close`)
+    tt.same(c.lines, ['OK', 'OK'], `client ${i}: both replies, then the end`)
+    c.close()
+  }
+  await until(() => f.front.status().connections === 0, 'the front to forget every connection')
+  tt.notOk(f.find('replica_down'), 'no replica down')
+  tt.notOk(f.find('divergence'), 'no divergence')
+})
+
+t.test('idle channels stay up: heartbeats are answered', async (tt) => {
+  const { f } = await setup(tt)
+  const ups = f.all('channel_up').length
+  // Several heartbeat timeouts (600ms) of silence from clients.
+  const until3s = Date.now() + 3000
+  await until(() => Date.now() > until3s || f.find('replica_down'), 'three idle seconds', 5000)
+  tt.notOk(f.find('replica_down'), 'no replica taken for dead')
+  tt.equal(f.all('channel_up').length, ups, 'no reconnect needed')
+})
