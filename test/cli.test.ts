@@ -7,7 +7,7 @@ import type { Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse as parseYaml } from 'yaml'
-import { Client, ROOT, until } from './helpers/cluster.js'
+import { Client, ROOT, demoServer, until } from './helpers/cluster.js'
 import { Cli, alive, freePorts, runCli, waitGone } from './helpers/proc.js'
 
 const VERSION = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version
@@ -312,4 +312,22 @@ t.test('the front SIGKILLed: its demo servers exit by themselves', async (t) => 
   t.same(await front.waitExit(), { code: null, signal: 'SIGKILL' })
   await waitGone(pids, 'orphaned demo servers')
   t.pass('no demo server outlived its front')
+})
+
+t.test('agent: flags, a bad flag named, SIGTERM exits 0', async (t) => {
+  const bad = await runCli(t, ['agent', '--server', 'nope'])
+  t.equal(bad.code, 1, 'a bad --server exits 1')
+  t.match(bad.stderr, /--server/, 'and names the flag')
+  const none = await runCli(t, ['agent'])
+  t.not(none.code, 0, 'neither --config nor --server: usage error')
+
+  const server = await demoServer(t)
+  const dir = t.testdir({})
+  const agent = new Cli(t, ['agent', '--listen', '127.0.0.1:0', '--server', `127.0.0.1:${server.port}`, '--state-dir', `${dir}/agent-state`])
+  const ev = await agent.waitEvent('listening')
+  t.match(ev, { tls: false, server: `127.0.0.1:${server.port}` })
+  t.notOk(agent.find('insecure_listen'), 'loopback without TLS: no warning')
+  agent.proc.kill('SIGTERM')
+  t.same(await agent.waitExit(), { code: 0, signal: null })
+  t.ok(agent.find('shutdown'))
 })
