@@ -135,3 +135,14 @@ t.test('idle channels stay up: heartbeats are answered', async (tt) => {
   tt.notOk(f.find('replica_down'), 'no replica taken for dead')
   tt.equal(f.all('channel_up').length, ups, 'no reconnect needed')
 })
+
+t.test('a slow channel (every chunk delayed) loses nothing and fails nothing', async (tt) => {
+  const { relays, f } = await setup(tt)
+  for (const r of relays) r.delay(40)
+  const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
+  await drive(clients, 80, () => {})
+  expectCounts(tt, clients, 80)
+  tt.notOk(f.find('replica_down'), 'no replica down')
+  tt.equal(f.front.status().protected, true)
+  for (const c of clients) c.close()
+})
