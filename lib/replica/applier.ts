@@ -14,7 +14,7 @@ import net from 'node:net'
 import type { Entry } from '../front/log.js'
 import type { HostPort } from '../config.js'
 import { FtproxyError } from '../errors.js'
-import type { Transport } from './transport.js'
+import type { Transport, TransportEvents } from './transport.js'
 
 export interface ApplierOptions {
   address: HostPort
@@ -22,20 +22,8 @@ export interface ApplierOptions {
   linger: number
 }
 
-export interface ApplierEvents {
-  /**
-   * The entry reached the server's socket (its write completed; OPEN: connected). Acks come in
-   * each connection's own order; different connections complete independently.
-   */
-  ack: [entry: Entry]
-  output: [conn: number, data: Buffer]
-  /** The server ended (or reset) its side of `conn`; no more output will come. */
-  output_end: [conn: number, err: Error | null]
-  /** The app socket of `conn` is fully closed. */
-  closed: [conn: number]
-  /** The server cannot be reached (connect refused or timed out): the applier stopped. */
-  failed: [err: Error]
-}
+/** Its events are the Transport's: the front uses an Applier directly for a direct replica. */
+export type ApplierEvents = TransportEvents
 
 interface AppConn {
   id: number

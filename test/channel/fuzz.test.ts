@@ -8,6 +8,7 @@ import type { Test } from 'tap'
 import { isDeepStrictEqual } from 'node:util'
 import { FrameDecoder, FrameType, MAX_STRING, encode, type Frame, type FrameName } from '../../lib/channel/codec.js'
 import { FtproxyError } from '../../lib/errors.js'
+import { mulberry32 } from '../helpers/prng.js'
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed1e55) >>> 0
 const ITERATIONS = 20000
@@ -17,17 +18,6 @@ const U32 = 0xffffffff
 const MAX = Number.MAX_SAFE_INTEGER
 
 t.comment(`FUZZ_SEED=${SEED}`)
-
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 class Gen {
   readonly rand: () => number

@@ -4,6 +4,7 @@
 
 import t from 'tap'
 import { OutputStream, type Mismatch } from '../../lib/front/output.js'
+import { mulberry32 } from '../helpers/prng.js'
 
 const SAMPLE = Buffer.from('The quick brown fox jumps over the lazy dog\n0123456789')
 
@@ -29,18 +30,6 @@ function flip (buf: Buffer, k: number): Buffer {
   const b = Buffer.from(buf)
   b[k] ^= 0x20
   return b
-}
-
-// A small seeded PRNG, so that a failing run can be replayed from its seed.
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 t.test('primary only: push, commitTo, take', async (t) => {
