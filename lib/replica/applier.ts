@@ -30,6 +30,7 @@ interface AppConn {
   socket: net.Socket
   /** entries handed to this socket and not yet acknowledged, in order */
   pending: Entry[]
+  head: number
   /** of those, the ones whose write completed (acked once every earlier one is) */
   done: Set<Entry>
   connectTimer?: NodeJS.Timeout
@@ -114,7 +115,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
 
   private open (entry: Entry): void {
     const socket = net.connect({ host: this.opts.address.host, port: this.opts.address.port, allowHalfOpen: true, noDelay: true })
-    const c: AppConn = { id: entry.conn, socket, pending: [], done: new Set(), outputEnded: false, closed: false }
+    const c: AppConn = { id: entry.conn, socket, pending: [], head: 0, done: new Set(), outputEnded: false, closed: false }
     this.conns.set(entry.conn, c)
     this.connecting = true
     c.connectTimer = setTimeout(() => {
@@ -148,7 +149,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       c.closed = true
       clearTimeout(c.lingerTimer)
       // Whatever was still queued on a dead socket will never be written: do not hold the log.
-      for (const e of c.pending) c.done.add(e)
+      for (let i = c.head; i < c.pending.length; i++) c.done.add(c.pending[i])
       this.settle(c, null)
       this.outputEnd(c, null)
       this.conns.delete(c.id)
@@ -192,13 +193,26 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   }
 
   // Acks leave in the connection's order even when an entry settles early (nothing to write).
+  // The usual case, the oldest pending entry settling, takes the fast path.
   private settle (c: AppConn, entry: Entry | null): void {
-    if (entry) c.done.add(entry)
-    let n = 0
-    while (n < c.pending.length && c.done.has(c.pending[n])) c.done.delete(c.pending[n++])
-    if (n === 0) return
-    const settled = c.pending.splice(0, n)
-    for (const e of settled) this.confirm(e)
+    if (entry !== null && c.pending[c.head] === entry && c.done.size === 0) {
+      c.head++
+      this.confirm(entry)
+    } else {
+      if (entry) c.done.add(entry)
+      while (c.head < c.pending.length && c.done.has(c.pending[c.head])) {
+        const e = c.pending[c.head++]
+        c.done.delete(e)
+        this.confirm(e)
+      }
+    }
+    if (c.head === c.pending.length) {
+      c.pending.length = 0
+      c.head = 0
+    } else if (c.head > 1024) {
+      c.pending = c.pending.slice(c.head)
+      c.head = 0
+    }
   }
 
   private confirm (entry: Entry): void {

@@ -1,0 +1,730 @@
+// @ts-check
+// `npm run bench`: ftproxy against redis-server direct and HAProxy, side by side, on loopback.
+//
+//   for each repetition (target order rotated each time):
+//     for each target (direct, haproxy, ftproxy none / ack / match):
+//       redis phase   fresh redis-server copies (+ proxy) ─▶ redis-benchmark -P 1, -P 16
+//       echo phase    fresh echo servers (+ proxy)       ─▶ Node throughput, Node latency
+//       idle phase    (haproxy, ftproxy ack only)         ─▶ N idle connections, RSS delta
+//   every figure: median of the repetitions, with min–max
+//   ─▶ stdout table, bench/results/results.{json,md}, bench/results/chart.svg
+//
+//   node bench/bench.mjs [--quick] [--reps N] [--targets direct,haproxy,none,ack,match]
+//                        [--cpu-prof]   (fronts write .cpuprofile files; the dir is printed)
+//
+// A target that fails (does not start, times out, errors) is reported as failed; the run
+// goes on. Every child process is killed on exit, error and SIGINT (see lib.mjs).
+
+import { createHash } from 'node:crypto'
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { execFileSync } from 'node:child_process'
+import {
+  ROOT, cpuSeconds, establishedTo, installCleanup, killAll, machineBusy, makeTempDir, memKiB,
+  nofileHardLimit, percentile, sleep, spawnChild, startEcho, startFront, startHaproxy, startRedis,
+  summarize, withDeadline,
+} from './lib.mjs'
+
+/**
+ * @typedef {'direct' | 'haproxy' | 'none' | 'ack' | 'match'} TargetName
+ * @typedef {import('./lib.mjs').Server} Server
+ * @typedef {import('./lib.mjs').Summary} Summary
+ *
+ * @typedef {object} Params
+ * @property {number} reps
+ * @property {number} p1Requests        redis-benchmark -n with -P 1
+ * @property {number} p16Requests       redis-benchmark -n with -P 16
+ * @property {number} clients           redis-benchmark -c, and latency connections
+ * @property {number} tputConns         throughput connections
+ * @property {number} tputBytes         bytes each throughput connection sends (and reads back)
+ * @property {number} tputChunk         write size
+ * @property {number} latConns
+ * @property {number} latCount          recorded round trips per latency connection
+ * @property {number} latWarmup         unrecorded round trips first, per connection
+ * @property {number} latSize           message bytes
+ * @property {number} idleConns         idle connections for the memory figure
+ * @property {number} idleBatch
+ *
+ * @typedef {Record<string, number>} Figures   metric key ─▶ value of one repetition
+ * @typedef {{ target: TargetName, rep: number, figures: Figures, errors: string[], events: Record<string, unknown>[], extra: Record<string, unknown> }} RepResult
+ *
+ * @typedef {object} Metric
+ * @property {string} key
+ * @property {string} label
+ * @property {(x: number) => string} fmt
+ * @property {'higher' | 'lower'} better
+ * @property {TargetName[]} targets    where it is measured
+ */
+
+const ALL_TARGETS = /** @type {TargetName[]} */ (['direct', 'haproxy', 'none', 'ack', 'match'])
+const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'match'])
+const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'match'])
+/** @type {Record<TargetName, string>} */
+const TITLE = { direct: 'direct', haproxy: 'haproxy', none: 'ftproxy none', ack: 'ftproxy ack', match: 'ftproxy match' }
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    reps: { type: 'string' },
+    targets: { type: 'string' },
+    'cpu-prof': { type: 'boolean', default: false },
+  },
+})
+
+const quick = flags.quick === true
+const fdHard = nofileHardLimit()
+// The front holds ~3 fds per client connection (client + one per replica), HAProxy 2.
+const idleFit = Math.floor((fdHard - 512) / 3)
+/** @type {Params} */
+const P = quick
+  ? {
+      reps: 1, p1Requests: 50000, p16Requests: 200000, clients: 50,
+      tputConns: 8, tputBytes: 4 << 20, tputChunk: 64 << 10,
+      latConns: 50, latCount: 500, latWarmup: 20, latSize: 64,
+      idleConns: Math.min(2000, idleFit), idleBatch: 250,
+    }
+  : {
+      reps: 3, p1Requests: 100000, p16Requests: 400000, clients: 50,
+      tputConns: 8, tputBytes: 16 << 20, tputChunk: 64 << 10,
+      latConns: 50, latCount: 2000, latWarmup: 50, latSize: 64,
+      idleConns: Math.min(10000, idleFit), idleBatch: 500,
+    }
+if (flags.reps !== undefined) {
+  P.reps = Number(flags.reps)
+  if (!Number.isInteger(P.reps) || P.reps < 1 || P.reps > 20) throw new Error('--reps: an integer 1..20')
+}
+const targets = flags.targets === undefined
+  ? ALL_TARGETS
+  : ALL_TARGETS.filter((t) => (flags.targets ?? '').split(',').includes(t))
+if (targets.length === 0) throw new Error(`--targets: some of ${ALL_TARGETS.join(',')}`)
+
+const profDir = flags['cpu-prof'] ? makeTempDir('bench-cpuprof', true) : null
+const RESULTS = path.join(ROOT, 'bench', 'results')
+
+// ---- metrics --------------------------------------------------------------------------------
+
+const kilo = (/** @type {number} */ x) => x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0)
+const fixed = (/** @type {number} */ d) => (/** @type {number} */ x) => x.toFixed(d)
+
+/** @type {Metric[]} */
+const METRICS = [
+  { key: 'set_p1', label: 'SET req/s, P1', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
+  { key: 'get_p1', label: 'GET req/s, P1', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
+  { key: 'set_p16', label: 'SET req/s, P16', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
+  { key: 'get_p16', label: 'GET req/s, P16', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
+  { key: 'tput_mbps', label: 'echo throughput, MB/s', fmt: fixed(0), better: 'higher', targets: ALL_TARGETS },
+  { key: 'lat_p50_us', label: 'echo latency p50, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
+  { key: 'lat_p99_us', label: 'echo latency p99, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
+  { key: 'lat_p999_us', label: 'echo latency p99.9, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
+  { key: 'cpu_p1_s', label: 'proxy CPU s, redis P1', fmt: fixed(2), better: 'lower', targets: PROXIES },
+  { key: 'cpu_p16_s', label: 'proxy CPU s, redis P16', fmt: fixed(2), better: 'lower', targets: PROXIES },
+  { key: 'cpu_tput_s', label: 'proxy CPU s, throughput', fmt: fixed(2), better: 'lower', targets: PROXIES },
+  { key: 'cpu_lat_s', label: 'proxy CPU s, latency', fmt: fixed(2), better: 'lower', targets: PROXIES },
+  { key: 'srv_cpu_p1_s', label: 'servers CPU s, redis P1 (all copies)', fmt: fixed(2), better: 'lower', targets: ALL_TARGETS },
+  { key: 'rss_peak_mib', label: 'proxy peak RSS, MiB', fmt: fixed(1), better: 'lower', targets: PROXIES },
+  { key: 'idle_kib_per_conn', label: `memory per idle conn, KiB (${P.idleConns} conns)`, fmt: fixed(1), better: 'lower', targets: ['haproxy', 'ack'] },
+]
+
+// ---- loads ----------------------------------------------------------------------------------
+
+/**
+ * redis-benchmark -t set,get --csv against a port; requests/s per test (and its p99 ms).
+ * @param {number} port
+ * @param {number} pipeline
+ * @param {number} requests
+ * @returns {Promise<{ set: number, get: number, setP99ms: number, getP99ms: number }>}
+ */
+async function redisBenchmark (port, pipeline, requests) {
+  /** @type {string[]} */
+  const out = []
+  const child = spawnChild('redis-benchmark', [
+    '-h', '127.0.0.1', '-p', String(port), '-c', String(P.clients), '-n', String(requests),
+    '-P', String(pipeline), '-t', 'set,get', '--csv',
+  ], { name: `redis-benchmark -P ${pipeline}`, onLine: (line) => { if (line.startsWith('"')) out.push(line) } })
+  // Worst case assumed: 2 tests at 2,000 req/s, plus startup.
+  const deadline = 30000 + Math.ceil((2 * requests) / 2000) * 1000
+  try {
+    const exit = await withDeadline(child.exited, deadline, `redis-benchmark -P ${pipeline}`)
+    /** @type {Record<string, string[]>} */
+    const rows = {}
+    for (const line of out) {
+      const cells = line.split(',').map((c) => c.replace(/^"|"$/g, ''))
+      rows[cells[0]] = cells
+    }
+    if (!rows.SET || !rows.GET) {
+      const tail = child.tail().split('\n').filter((l) => l.trim() !== '')
+      throw new Error(`redis-benchmark -P ${pipeline}: no SET/GET result (exit ${exit.code}): ${tail.at(-1) ?? ''}\n${tail.join('\n')}`)
+    }
+    return { set: Number(rows.SET[1]), get: Number(rows.GET[1]), setP99ms: Number(rows.SET[6]), getP99ms: Number(rows.GET[6]) }
+  } finally {
+    await child.stop(500)
+  }
+}
+
+/**
+ * Open `n` connections to port; resolves once all are connected.
+ * @param {number} port
+ * @param {number} n
+ * @param {net.Socket[]} into   every socket opened (also on failure), to be destroyed by the caller
+ */
+async function connectAll (port, n, into) {
+  await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, noDelay: true })
+    into.push(s)
+    s.once('connect', resolve)
+    s.once('error', reject)
+  })))
+}
+
+/**
+ * Raw byte throughput: every connection writes `bytes` in `chunk`-sized writes (with
+ * backpressure) and reads every byte back, checked against what was sent. MB/s is 10^6 bytes
+ * of payload echoed per second, one direction, from the first write to the last byte back.
+ * @param {number} port
+ * @returns {Promise<{ mbps: number, seconds: number }>}
+ */
+async function throughput (port) {
+  const pattern = Buffer.alloc(P.tputChunk)
+  for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 31 + 7) & 255
+  /** @type {net.Socket[]} */
+  const sockets = []
+  const deadline = 30000 + Math.ceil(P.tputConns * P.tputBytes / 2e6) * 1000 // ≥ 2 MB/s
+  try {
+    await withDeadline(connectAll(port, P.tputConns, sockets), 10000, 'throughput connect')
+    const t0 = process.hrtime.bigint()
+    await withDeadline(Promise.all(sockets.map((s) => new Promise((resolve, reject) => {
+      let got = 0
+      s.on('data', (/** @type {Buffer} */ data) => {
+        // The stream must be the pattern repeated: compare segment by segment (memcmp).
+        let i = 0
+        while (i < data.length) {
+          const at = (got + i) % pattern.length
+          const n = Math.min(data.length - i, pattern.length - at)
+          if (data.compare(pattern, at, at + n, i, i + n) !== 0) return reject(new Error(`throughput: wrong bytes at offset ${got + i}`))
+          i += n
+        }
+        got += data.length
+        if (got > P.tputBytes) reject(new Error(`throughput: ${got} bytes back for ${P.tputBytes} sent`))
+        else if (got === P.tputBytes) resolve(undefined)
+      })
+      s.once('error', reject)
+      s.once('close', () => { if (got < P.tputBytes) reject(new Error(`throughput: closed after ${got} of ${P.tputBytes} bytes`)) })
+      let sent = 0
+      const pump = () => {
+        while (sent < P.tputBytes) {
+          sent += P.tputChunk
+          if (!s.write(pattern)) return void s.once('drain', pump)
+        }
+      }
+      pump()
+    }))), deadline, 'throughput')
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+    return { mbps: (P.tputConns * P.tputBytes) / 1e6 / seconds, seconds }
+  } finally {
+    for (const s of sockets) s.destroy()
+  }
+}
+
+/**
+ * Latency: every connection does sequential round trips of a `latSize`-byte message and
+ * waits for all of it to come back; after `latWarmup` unrecorded ones, each of `latCount`
+ * is timed with process.hrtime.bigint. Percentiles over every recorded round trip, µs.
+ * @param {number} port
+ * @returns {Promise<{ p50: number, p99: number, p999: number, max: number, samples: number }>}
+ */
+async function latency (port) {
+  const msg = Buffer.alloc(P.latSize, 'x')
+  const per = P.latWarmup + P.latCount
+  const all = new Float64Array(P.latConns * P.latCount)
+  /** @type {net.Socket[]} */
+  const sockets = []
+  const deadline = 30000 + Math.ceil((P.latConns * per) / 1000) * 1000 // ≥ 1,000 round trips/s
+  try {
+    await withDeadline(connectAll(port, P.latConns, sockets), 10000, 'latency connect')
+    await withDeadline(Promise.all(sockets.map((s, k) => new Promise((resolve, reject) => {
+      let done = 0
+      let got = 0
+      let t = process.hrtime.bigint()
+      s.on('data', (/** @type {Buffer} */ data) => {
+        got += data.length
+        if (got < msg.length) return
+        if (got > msg.length) return reject(new Error(`latency: ${got} bytes back for ${msg.length}`))
+        const now = process.hrtime.bigint()
+        if (done >= P.latWarmup) all[k * P.latCount + done - P.latWarmup] = Number(now - t) / 1000
+        got = 0
+        if (++done === per) return resolve(undefined)
+        t = process.hrtime.bigint()
+        s.write(msg)
+      })
+      s.once('error', reject)
+      s.once('close', () => { if (done < per) reject(new Error(`latency: closed after ${done} round trips`)) })
+      s.write(msg)
+    }))), deadline, 'latency')
+    all.sort()
+    return { p50: percentile(all, 50), p99: percentile(all, 99), p999: percentile(all, 99.9), max: all[all.length - 1], samples: all.length }
+  } finally {
+    for (const s of sockets) s.destroy()
+  }
+}
+
+/**
+ * Memory per idle connection: RSS of the proxy before, then with P.idleConns idle client
+ * connections (opened in batches, each one's upstream connections established: counted in
+ * /proc/net/tcp), KiB per connection.
+ * @param {number} pid
+ * @param {number} port
+ * @param {number[]} upstreams   ports every client connection must reach
+ * @returns {Promise<{ kibPerConn: number, rssBeforeKiB: number, rssAfterKiB: number }>}
+ */
+async function idleMemory (pid, port, upstreams) {
+  const base = upstreams.map((p) => establishedTo(p))
+  await sleep(300)
+  const before = memKiB(pid).rss
+  /** @type {net.Socket[]} */
+  const sockets = []
+  try {
+    const run = async () => {
+      for (let i = 0; i < P.idleConns; i += P.idleBatch) {
+        const n = Math.min(P.idleBatch, P.idleConns - i)
+        await connectAll(port, n, sockets)
+        for (const s of sockets.slice(-n)) s.on('error', () => {})
+      }
+      // Every upstream connection in place (bounded: the phase deadline).
+      for (let i = 0; i < 600; i++) {
+        if (upstreams.every((p, k) => establishedTo(p) - base[k] >= P.idleConns)) break
+        if (i === 599) throw new Error(`idle: upstream connections ${upstreams.map((p, k) => establishedTo(p) - base[k]).join('/')} of ${P.idleConns}`)
+        await sleep(100)
+      }
+      const closed = sockets.filter((s) => s.destroyed).length
+      if (closed > 0) throw new Error(`idle: ${closed} connections closed by the proxy`)
+      await sleep(1000)
+    }
+    await withDeadline(run(), 120000, 'idle connections')
+    const after = memKiB(pid).rss
+    return { kibPerConn: (after - before) / P.idleConns, rssBeforeKiB: before, rssAfterKiB: after }
+  } finally {
+    for (const s of sockets) s.destroy()
+  }
+}
+
+// ---- one target, one repetition -------------------------------------------------------------
+
+/**
+ * The proxy (or nothing, for direct) in front of `ports`.
+ * @param {TargetName} target
+ * @param {number[]} ports
+ * @param {string} dir
+ * @returns {Promise<{ port: number, pid: number | null, stop: () => Promise<unknown>, events: Record<string, unknown>[] }>}
+ */
+async function startTarget (target, ports, dir) {
+  if (target === 'direct') return { port: ports[0], pid: null, stop: async () => {}, events: [] }
+  if (target === 'haproxy') {
+    const h = await startHaproxy({ backends: [ports[0]], dir })
+    return { port: h.port, pid: h.pid, stop: () => h.stop(), events: [] }
+  }
+  const f = await startFront({
+    replicas: ports.map((p, i) => ({ name: 'ab'[i], address: `127.0.0.1:${p}` })),
+    outputCommit: target,
+    dir,
+    maxConnections: 20000,
+    nodeArgs: profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [],
+  })
+  // SIGTERM: graceful stop (and the CPU profile gets written).
+  return { port: f.port, pid: f.pid, stop: () => f.stop(5000), events: f.events }
+}
+
+/**
+ * @param {TargetName} target
+ * @param {Server[]} backends
+ * @param {RepResult} r
+ * @param {string} dir
+ * @param {string} label       the phase: the proxy's VmHWM after it goes to extra.hwm_mib[label]
+ * @param {(t: { port: number, pid: number | null }) => Promise<void>} body
+ * @param {boolean} [trackPeak]   fold the proxy's VmHWM into rss_peak_mib (not for the idle phase)
+ */
+async function withTarget (target, backends, r, dir, label, body, trackPeak = true) {
+  /** @type {Awaited<ReturnType<typeof startTarget>> | null} */
+  let t = null
+  try {
+    t = await startTarget(target, backends.map((b) => b.port), dir)
+    await body(t)
+    if (t.pid !== null) {
+      const hwm = memKiB(t.pid).hwm / 1024
+      r.extra[`hwm_mib_${label}`] = hwm
+      if (trackPeak) r.figures.rss_peak_mib = Math.max(r.figures.rss_peak_mib ?? 0, hwm)
+    }
+  } finally {
+    if (t) {
+      await t.stop()
+      for (const ev of t.events) {
+        if (ev.level === 'warn' || ev.level === 'error') r.events.push(ev)
+      }
+    }
+    await Promise.all(backends.map((b) => b.stop(1000)))
+  }
+}
+
+/**
+ * @param {string} label
+ * @param {RepResult} r
+ * @param {() => Promise<void>} fn
+ */
+async function phase (label, r, fn) {
+  const t0 = Date.now()
+  try {
+    await fn()
+  } catch (err) {
+    const msg = `${label}: ${err instanceof Error ? err.message : String(err)}`
+    r.errors.push(msg.length > 600 ? msg.slice(0, 600) + '…' : msg)
+    process.stderr.write(`  ! ${TITLE[r.target]} ${msg.split('\n')[0]}\n`)
+  }
+  r.extra[`${label}_seconds`] = Math.round((Date.now() - t0) / 100) / 10
+}
+
+/**
+ * CPU seconds a process spent in `fn` (NaN when there is no process), and optionally the sum
+ * over `others` (the servers) into `into.servers`.
+ * @param {number | null} pid
+ * @param {() => Promise<void>} fn
+ * @param {{ pids: number[], servers?: number }} [others]
+ */
+async function cpuOf (pid, fn, others) {
+  const sum = () => others ? others.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
+  const before = pid === null ? NaN : cpuSeconds(pid)
+  const sBefore = sum()
+  await fn()
+  if (others) others.servers = sum() - sBefore
+  return pid === null ? NaN : cpuSeconds(pid) - before
+}
+
+/**
+ * `n` servers, or none (the started ones stopped) when one fails.
+ * @param {number} n
+ * @param {() => Promise<Server>} start
+ */
+async function startCopies (n, start) {
+  /** @type {Server[]} */
+  const started = []
+  try {
+    for (let i = 0; i < n; i++) started.push(await start())
+    return started
+  } catch (err) {
+    await Promise.all(started.map((s) => s.stop(500)))
+    throw err
+  }
+}
+
+/**
+ * @param {TargetName} target
+ * @param {number} rep
+ * @returns {Promise<RepResult>}
+ */
+async function runTarget (target, rep) {
+  /** @type {RepResult} */
+  const r = { target, rep, figures: {}, errors: [], events: [], extra: {} }
+  const copies = FRONTS.includes(target) ? 2 : 1
+  const dir = makeTempDir(`bench-${target}`)
+  const f = r.figures
+
+  await phase('redis', r, async () => {
+    const redis = await startCopies(copies, () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) }))
+    await withTarget(target, redis, r, dir, 'redis', async (t) => {
+      let p1 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+      /** @type {{ pids: number[], servers?: number }} */
+      const servers = { pids: redis.map((x) => x.pid) }
+      f.cpu_p1_s = await cpuOf(t.pid, async () => { p1 = await redisBenchmark(t.port, 1, P.p1Requests) }, servers)
+      f.srv_cpu_p1_s = servers.servers ?? NaN
+      Object.assign(f, { set_p1: p1.set, get_p1: p1.get })
+      let p16 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+      f.cpu_p16_s = await cpuOf(t.pid, async () => { p16 = await redisBenchmark(t.port, 16, P.p16Requests) })
+      Object.assign(f, { set_p16: p16.set, get_p16: p16.get })
+      r.extra.redis_benchmark_p99_ms = { set_p1: p1.setP99ms, get_p1: p1.getP99ms, set_p16: p16.setP99ms, get_p16: p16.getP99ms }
+    })
+  })
+
+  await phase('echo', r, async () => {
+    const echo = await startCopies(copies, () => startEcho())
+    await withTarget(target, echo, r, dir, 'echo', async (t) => {
+      f.cpu_tput_s = await cpuOf(t.pid, async () => {
+        const x = await throughput(t.port)
+        f.tput_mbps = x.mbps
+      })
+      f.cpu_lat_s = await cpuOf(t.pid, async () => {
+        const x = await latency(t.port)
+        Object.assign(f, { lat_p50_us: x.p50, lat_p99_us: x.p99, lat_p999_us: x.p999 })
+        r.extra.lat_max_us = x.max
+        r.extra.lat_samples = x.samples
+      })
+    })
+  })
+
+  if (target === 'haproxy' || target === 'ack') {
+    await phase('idle', r, async () => {
+      const echo = await startCopies(copies, () => startEcho())
+      await withTarget(target, echo, r, dir, 'idle', async (t) => {
+        const x = await idleMemory(/** @type {number} */ (t.pid), t.port, echo.map((e) => e.port))
+        f.idle_kib_per_conn = x.kibPerConn
+        r.extra.idle = x
+      }, false)
+    })
+  }
+  return r
+}
+
+// ---- report ---------------------------------------------------------------------------------
+
+/**
+ * @param {RepResult[]} raw
+ * @returns {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>}
+ */
+function summarizeAll (raw) {
+  /** @type {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} */
+  const out = {}
+  for (const m of METRICS) {
+    out[m.key] = {}
+    for (const t of targets) {
+      if (!m.targets.includes(t)) continue
+      const reps = raw.filter((r) => r.target === t)
+      const xs = reps.map((r) => r.figures[m.key] ?? NaN)
+      const s = summarize(xs)
+      out[m.key][t] = { ...s, failed: reps.length - s.n }
+    }
+  }
+  return out
+}
+
+/**
+ * @param {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} sum
+ */
+function table (sum) {
+  const head = ['figure', ...targets.map((t) => TITLE[t])]
+  const rows = [head, head.map(() => '---')]
+  for (const m of METRICS) {
+    const row = [m.label]
+    for (const t of targets) {
+      const s = sum[m.key][t]
+      if (!s) { row.push('—'); continue }
+      if (s.n === 0) { row.push('**failed**'); continue }
+      let cell = m.fmt(s.median)
+      if (s.n > 1) cell += ` (${m.fmt(s.min)}–${m.fmt(s.max)})`
+      /** @type {string[]} */
+      const ratios = []
+      for (const [ref, tag] of /** @type {Array<[TargetName, string]>} */ ([['haproxy', 'H'], ['direct', 'D']])) {
+        const r = sum[m.key][ref]
+        if (ref !== t && r && r.n > 0 && r.median > 0) ratios.push(`${(s.median / r.median).toFixed(2)}×${tag}`)
+      }
+      if (ratios.length) cell += ` ${ratios.join(' ')}`
+      if (s.failed > 0) cell += ` [${s.failed} failed]`
+      row.push(cell)
+    }
+    rows.push(row)
+  }
+  return rows.map((r) => `| ${r.join(' | ')} |`).join('\n')
+}
+
+/**
+ * A hand-written SVG bar chart: requests/s per target, SET and GET, P1 and P16 panels (each
+ * its own scale), median bars with min–max whiskers.
+ * @param {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} sum
+ */
+function chart (sum) {
+  const colors = { direct: '#4d4d4d', haproxy: '#1f77b4', none: '#9ecae1', ack: '#ff7f0e', match: '#d62728' }
+  const W = 920
+  const H = 380
+  const panelW = 430
+  const top = 50
+  const plotH = 250
+  /** @type {string[]} */
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    '<text x="10" y="20" font-size="14" font-weight="bold">redis-benchmark requests/s, 50 clients (median, whiskers: min–max)</text>',
+  ]
+  const panels = /** @type {Array<[string, string[]]>} */ ([['pipeline 1', ['set_p1', 'get_p1']], ['pipeline 16', ['set_p16', 'get_p16']]])
+  panels.forEach(([title, keys], pi) => {
+    const x0 = 60 + pi * (panelW + 20)
+    let max = 0
+    for (const k of keys) for (const t of targets) max = Math.max(max, sum[k][t]?.max ?? 0)
+    if (!(max > 0)) max = 1
+    const step = niceStep(max / 4)
+    const top2 = Math.ceil(max / step) * step
+    const y = (/** @type {number} */ v) => top + plotH - (v / top2) * plotH
+    out.push(`<text x="${x0 + panelW / 2 - 40}" y="${top - 10}" font-weight="bold">${title}</text>`)
+    for (let v = 0; v <= top2 + 1e-9; v += step) {
+      out.push(`<line x1="${x0}" x2="${x0 + panelW - 40}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#ddd"/>`)
+      out.push(`<text x="${x0 - 5}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${kilo(v).replace(/\.0+(?=[kM])/, '')}</text>`)
+    }
+    const groupW = (panelW - 60) / keys.length
+    const barW = Math.min(30, (groupW - 20) / targets.length)
+    keys.forEach((k, gi) => {
+      const gx = x0 + 10 + gi * groupW
+      targets.forEach((t, ti) => {
+        const s = sum[k][t]
+        const bx = gx + ti * barW
+        if (!s || s.n === 0) {
+          out.push(`<text x="${bx + barW / 2}" y="${top + plotH - 4}" text-anchor="middle" fill="#c00">✗</text>`)
+          return
+        }
+        out.push(`<rect x="${bx.toFixed(1)}" y="${y(s.median).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + plotH - y(s.median)).toFixed(1)}" fill="${colors[t]}"><title>${TITLE[t]} ${k}: ${kilo(s.median)} req/s</title></rect>`)
+        if (s.n > 1) {
+          const cx = (bx + (barW - 2) / 2).toFixed(1)
+          out.push(`<line x1="${cx}" x2="${cx}" y1="${y(s.max).toFixed(1)}" y2="${y(s.min).toFixed(1)}" stroke="black"/>`)
+        }
+        out.push(`<text x="${(bx + (barW - 2) / 2).toFixed(1)}" y="${(y(s.median) - 3).toFixed(1)}" text-anchor="middle" font-size="8">${kilo(s.median)}</text>`)
+      })
+      out.push(`<text x="${(gx + (targets.length * barW) / 2).toFixed(1)}" y="${top + plotH + 15}" text-anchor="middle">${k.startsWith('set') ? 'SET' : 'GET'}</text>`)
+    })
+    out.push(`<line x1="${x0}" x2="${x0}" y1="${top}" y2="${top + plotH}" stroke="black"/>`)
+  })
+  targets.forEach((t, i) => {
+    const lx = 60 + i * 150
+    out.push(`<rect x="${lx}" y="${H - 28}" width="12" height="12" fill="${colors[t]}"/>`)
+    out.push(`<text x="${lx + 16}" y="${H - 18}">${TITLE[t]}</text>`)
+  })
+  out.push('</svg>', '')
+  return out.join('\n')
+}
+
+/** @param {number} x */
+function niceStep (x) {
+  const p = 10 ** Math.floor(Math.log10(x))
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= x) return m * p
+  return 10 * p
+}
+
+/**
+ * CPU seconds so far: the machine's (user+nice+system, all cores; softirq left out, where
+ * much loopback work lands unattributed) and this process's with its reaped children. Their
+ * difference over a run is what other processes took from it.
+ */
+function cpuAccount () {
+  try {
+    const m = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number)
+    const tck = 100 // USER_HZ: /proc/stat and /proc/<pid>/stat count in the same unit
+    return { machine: (m[0] + m[1] + m[2]) / tck, ours: (f[11] + f[12] + f[13] + f[14]) / tck }
+  } catch {
+    return { machine: NaN, ours: NaN }
+  }
+}
+
+/**
+ * A short hash of the built front (every file under dist/): the figures are for this build.
+ * A rebuild during the run (a shared tree) shows as a different hash at the end.
+ */
+function distHash () {
+  try {
+    const dist = path.join(ROOT, 'dist')
+    const h = createHash('sha1')
+    for (const f of readdirSync(dist, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.js')).sort()) {
+      h.update(f).update(readFileSync(path.join(dist, f)))
+    }
+    return h.digest('hex').slice(0, 12)
+  } catch {
+    return 'none'
+  }
+}
+
+/** @param {string} cmd @param {string[]} args */
+function versionOf (cmd, args) {
+  try { return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0].trim() } catch { return 'unknown' }
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+async function main () {
+  installCleanup()
+  const started = Date.now()
+  const meta = {
+    date: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    nproc: os.availableParallelism(),
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    node: process.version,
+    haproxy: versionOf('/usr/sbin/haproxy', ['-v']),
+    redis: versionOf('redis-server', ['--version']),
+    fd_hard_limit: fdHard,
+    git: versionOf('git', ['-C', ROOT, 'describe', '--always', '--dirty']),
+    dist: distHash(),
+    params: P,
+    targets,
+    /** CPU busy fraction (all cores) in the second before the run: something else running? */
+    busy_before: NaN,
+  }
+  process.stderr.write(`bench: ${meta.mode}, ${P.reps} repetition(s), targets ${targets.join(', ')}, ${meta.nproc} cores, node ${meta.node}\n`)
+  // Figures from a machine that is busy with something else mean little: say so.
+  const busyBefore = meta.busy_before = await machineBusy(1000)
+  if (busyBefore > 0.1) process.stderr.write(`bench: WARNING: the machine was ${(busyBefore * 100).toFixed(0)}% busy before the run started: figures will be low and noisy\n`)
+  if (P.idleConns < (quick ? 2000 : 10000)) {
+    process.stderr.write(`bench: idle connections capped at ${P.idleConns}: the open-files hard limit is ${fdHard} (the front needs ~3 per connection)\n`)
+  }
+  const cpu0 = cpuAccount()
+  /** @type {RepResult[]} */
+  const raw = []
+  for (let rep = 0; rep < P.reps; rep++) {
+    // Rotate the order so no target always runs first (or last) in a repetition.
+    const order = targets.map((_t, i) => targets[(i + rep) % targets.length])
+    for (const t of order) {
+      const t0 = Date.now()
+      const r = await withDeadline(runTarget(t, rep + 1), 600000, `${t} repetition ${rep + 1}`).catch((err) => {
+        // Only a phase stuck past its own deadline gets here: clear the table for the next.
+        killAll()
+        /** @type {RepResult} */
+        const failed = { target: t, rep: rep + 1, figures: {}, errors: [String(err instanceof Error ? err.message : err)], events: [], extra: {} }
+        return failed
+      })
+      raw.push(r)
+      process.stderr.write(`  rep ${rep + 1} ${TITLE[t].padEnd(14)} ${((Date.now() - t0) / 1000).toFixed(1)} s${r.errors.length ? ` (${r.errors.length} error(s))` : ''}\n`)
+    }
+  }
+  const seconds = Math.round((Date.now() - started) / 1000)
+  const cpu1 = cpuAccount()
+  // Every child was reaped by now, so its CPU time is in ours.
+  const foreign = Math.max(0, (cpu1.machine - cpu0.machine) - (cpu1.ours - cpu0.ours))
+  const foreignShare = foreign / (seconds * meta.nproc)
+  const distAfter = distHash()
+  if (distAfter !== meta.dist) process.stderr.write(`bench: WARNING: dist/ was rebuilt during the run (${meta.dist} -> ${distAfter}): the ftproxy figures mix two builds\n`)
+  if (foreignShare > 0.05) process.stderr.write(`bench: WARNING: other processes used ${foreign.toFixed(0)} CPU s (${(foreignShare * 100).toFixed(0)}% of the machine) during the run\n`)
+  const sum = summarizeAll(raw)
+  const md = table(sum)
+
+  /** @type {string[]} */
+  const notes = []
+  for (const r of raw) {
+    for (const e of r.errors) notes.push(`${TITLE[r.target]} rep ${r.rep}: ${e.split('\n')[0]}`)
+    const evs = [...new Set(r.events.map((e) => String(e.event)))]
+    if (evs.length) notes.push(`${TITLE[r.target]} rep ${r.rep}: front logged ${evs.join(', ')}`)
+  }
+
+  const machine = `Machine: nproc ${meta.nproc} (${meta.cpu}), node ${meta.node}, ${meta.haproxy.replace(/ - https.*/, '')}, ${meta.redis.split(' sha=')[0]}; ${meta.date}; ${meta.mode} run, ${P.reps} repetition(s), ${seconds} s` +
+    `; CPU ${(busyBefore * 100).toFixed(0)}% busy before the start; other processes took ${(foreignShare * 100).toFixed(0)}% of the CPU during the run` +
+    `; ftproxy ${meta.git}, dist ${meta.dist}${distAfter !== meta.dist ? ` **rebuilt during the run (now ${distAfter}): figures mix two builds**` : ''}.`
+  const legend = [
+    `Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to direct (×D).`,
+    `redis-benchmark: -c ${P.clients} -n ${P.p1Requests} (P1) / ${P.p16Requests} (P16), -t set,get. ` +
+      `Echo (Node load generator against bench/echo.mjs): ${P.tputConns} connections × ${P.tputBytes >> 20} MiB in ${P.tputChunk >> 10} KiB writes; ` +
+      `latency: ${P.latConns} connections × ${P.latCount} sequential ${P.latSize}-byte round trips (after ${P.latWarmup} unrecorded). ` +
+      `ftproxy: two replicas; haproxy and direct: one server. CPU: the proxy process, user+sys, per load. Idle: ${P.idleConns} connections, ftproxy ack and haproxy.`,
+  ]
+  const report = [
+    '# ftproxy benchmark', '', machine, '', md, '', ...legend.map((l) => `${l}\n`),
+    ...(notes.length ? ['Notes:', '', ...notes.map((n) => `* ${n}`), ''] : []),
+  ].join('\n')
+
+  process.stdout.write(`\n${md}\n\n${machine}\n`)
+  if (notes.length) process.stdout.write(`\nNotes:\n${notes.map((n) => `* ${n}`).join('\n')}\n`)
+
+  mkdirSync(RESULTS, { recursive: true })
+  const round = (/** @type {string} */ _k, /** @type {unknown} */ v) => typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : v
+  writeFileSync(path.join(RESULTS, 'results.json'), JSON.stringify({ meta: { ...meta, seconds, foreign_cpu_s: foreign, dist_after: distAfter }, summary: sum, raw, notes }, round, 1) + '\n')
+  writeFileSync(path.join(RESULTS, 'results.md'), report)
+  writeFileSync(path.join(RESULTS, 'chart.svg'), chart(sum))
+  process.stderr.write(`bench: ${seconds} s; wrote bench/results/results.json, results.md, chart.svg\n`)
+  if (profDir) process.stderr.write(`bench: CPU profiles of the fronts in ${profDir}\n`)
+}
+
+await main()
