@@ -2,14 +2,14 @@
 // `npm run bench`: ftproxy against redis-server direct and HAProxy, side by side, on loopback.
 //
 //   for each repetition (target order rotated each time):
-//     for each target (direct, haproxy, ftproxy none / ack / match):
+//     for each target (direct, haproxy, ftproxy none / ack / match, ftproxy ack via agents):
 //       redis phase   fresh redis-server copies (+ proxy) ─▶ redis-benchmark -P 1, -P 16
 //       echo phase    fresh echo servers (+ proxy)       ─▶ Node throughput, Node latency
 //       idle phase    (haproxy, ftproxy ack only)         ─▶ N idle connections, RSS delta
 //   every figure: median of the repetitions, with min–max
 //   ─▶ stdout table, bench/results/results.{json,md}, bench/results/chart.svg
 //
-//   node bench/bench.mjs [--quick] [--reps N] [--targets direct,haproxy,none,ack,match]
+//   node bench/bench.mjs [--quick] [--reps N] [--targets direct,haproxy,none,ack,match,agent]
 //                        [--cpu-prof]   (fronts write .cpuprofile files; the dir is printed)
 //
 // A target that fails (does not start, times out, errors) is reported as failed; the run
@@ -24,12 +24,13 @@ import { parseArgs } from 'node:util'
 import { execFileSync } from 'node:child_process'
 import {
   ROOT, cpuSeconds, establishedTo, installCleanup, killAll, machineBusy, makeTempDir, memKiB,
-  nofileHardLimit, percentile, sleep, spawnChild, startEcho, startFront, startHaproxy, startRedis,
-  summarize, withDeadline,
+  nofileHardLimit, percentile, sleep, spawnChild, startAgent, startEcho, startFront, startHaproxy,
+  startRedis, summarize, withDeadline,
 } from './lib.mjs'
 
 /**
- * @typedef {'direct' | 'haproxy' | 'none' | 'ack' | 'match'} TargetName
+ * @typedef {'direct' | 'haproxy' | 'none' | 'ack' | 'match' | 'agent'} TargetName
+ *   agent: output_commit ack, each replica reached through its own `ftproxy agent` process
  * @typedef {import('./lib.mjs').Server} Server
  * @typedef {import('./lib.mjs').Summary} Summary
  *
@@ -59,11 +60,11 @@ import {
  * @property {TargetName[]} targets    where it is measured
  */
 
-const ALL_TARGETS = /** @type {TargetName[]} */ (['direct', 'haproxy', 'none', 'ack', 'match'])
-const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'match'])
-const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'match'])
+const ALL_TARGETS = /** @type {TargetName[]} */ (['direct', 'haproxy', 'none', 'ack', 'match', 'agent'])
+const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'match', 'agent'])
+const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'match', 'agent'])
 /** @type {Record<TargetName, string>} */
-const TITLE = { direct: 'direct', haproxy: 'haproxy', none: 'ftproxy none', ack: 'ftproxy ack', match: 'ftproxy match' }
+const TITLE = { direct: 'direct', haproxy: 'haproxy', none: 'ftproxy none', ack: 'ftproxy ack', match: 'ftproxy match', agent: 'ack via agents' }
 
 const { values: flags } = parseArgs({
   options: {
@@ -124,6 +125,7 @@ const METRICS = [
   { key: 'cpu_tput_s', label: 'proxy CPU s, throughput', fmt: fixed(2), better: 'lower', targets: PROXIES },
   { key: 'cpu_lat_s', label: 'proxy CPU s, latency', fmt: fixed(2), better: 'lower', targets: PROXIES },
   { key: 'srv_cpu_p1_s', label: 'servers CPU s, redis P1 (all copies)', fmt: fixed(2), better: 'lower', targets: ALL_TARGETS },
+  { key: 'agents_cpu_p1_s', label: 'agents CPU s, redis P1 (both)', fmt: fixed(2), better: 'lower', targets: ['agent'] },
   { key: 'rss_peak_mib', label: 'proxy peak RSS, MiB', fmt: fixed(1), better: 'lower', targets: PROXIES },
   { key: 'idle_kib_per_conn', label: `memory per idle conn, KiB (${P.idleConns} conns)`, fmt: fixed(1), better: 'lower', targets: ['haproxy', 'ack'] },
 ]
@@ -317,23 +319,44 @@ async function idleMemory (pid, port, upstreams) {
  * @param {TargetName} target
  * @param {number[]} ports
  * @param {string} dir
- * @returns {Promise<{ port: number, pid: number | null, stop: () => Promise<unknown>, events: Record<string, unknown>[] }>}
+ * @returns {Promise<{ port: number, pid: number | null, agentPids: number[], stop: () => Promise<unknown>, events: Record<string, unknown>[], agentEvents: Record<string, unknown>[] }>}
  */
 async function startTarget (target, ports, dir) {
-  if (target === 'direct') return { port: ports[0], pid: null, stop: async () => {}, events: [] }
+  if (target === 'direct') return { port: ports[0], pid: null, agentPids: [], stop: async () => {}, events: [], agentEvents: [] }
   if (target === 'haproxy') {
     const h = await startHaproxy({ backends: [ports[0]], dir })
-    return { port: h.port, pid: h.pid, stop: () => h.stop(), events: [] }
+    return { port: h.port, pid: h.pid, agentPids: [], stop: () => h.stop(), events: [], agentEvents: [] }
   }
-  const f = await startFront({
-    replicas: ports.map((p, i) => ({ name: 'ab'[i], address: `127.0.0.1:${p}` })),
-    outputCommit: target,
-    dir,
-    maxConnections: 20000,
-    nodeArgs: profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [],
-  })
-  // SIGTERM: graceful stop (and the CPU profile gets written).
-  return { port: f.port, pid: f.pid, stop: () => f.stop(5000), events: f.events }
+  // agent: one `ftproxy agent` per server, the front reaches each replica through its agent.
+  /** @type {Awaited<ReturnType<typeof startAgent>>[]} */
+  const agents = []
+  const stopAgents = () => Promise.all(agents.map((a) => a.stop(3000)))
+  try {
+    if (target === 'agent') {
+      for (const p of ports) agents.push(await startAgent({ server: p, dir }))
+    }
+    const f = await startFront({
+      replicas: ports.map((p, i) => target === 'agent'
+        ? { name: 'ab'[i], agent: `127.0.0.1:${agents[i].port}` }
+        : { name: 'ab'[i], address: `127.0.0.1:${p}` }),
+      outputCommit: target === 'agent' ? 'ack' : target,
+      dir,
+      maxConnections: 20000,
+      nodeArgs: profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [],
+    })
+    return {
+      port: f.port,
+      pid: f.pid,
+      agentPids: agents.map((a) => a.pid),
+      // SIGTERM: graceful stop (and the CPU profile gets written); the front before its agents.
+      stop: async () => { try { await f.stop(5000) } finally { await stopAgents() } },
+      events: f.events,
+      agentEvents: agents.flatMap((a) => a.events),
+    }
+  } catch (err) {
+    await stopAgents()
+    throw err
+  }
 }
 
 /**
@@ -342,7 +365,7 @@ async function startTarget (target, ports, dir) {
  * @param {RepResult} r
  * @param {string} dir
  * @param {string} label       the phase: the proxy's VmHWM after it goes to extra.hwm_mib[label]
- * @param {(t: { port: number, pid: number | null }) => Promise<void>} body
+ * @param {(t: { port: number, pid: number | null, agentPids: number[] }) => Promise<void>} body
  * @param {boolean} [trackPeak]   fold the proxy's VmHWM into rss_peak_mib (not for the idle phase)
  */
 async function withTarget (target, backends, r, dir, label, body, trackPeak = true) {
@@ -361,6 +384,9 @@ async function withTarget (target, backends, r, dir, label, body, trackPeak = tr
       await t.stop()
       for (const ev of t.events) {
         if (ev.level === 'warn' || ev.level === 'error') r.events.push(ev)
+      }
+      for (const ev of t.agentEvents) {
+        if (ev.level === 'warn' || ev.level === 'error') r.events.push({ ...ev, from: 'agent' })
       }
     }
     await Promise.all(backends.map((b) => b.stop(1000)))
@@ -385,18 +411,23 @@ async function phase (label, r, fn) {
 }
 
 /**
- * CPU seconds a process spent in `fn` (NaN when there is no process), and optionally the sum
- * over `others` (the servers) into `into.servers`.
+ * @typedef {{ pids: number[], total?: number }} CpuGroup   processes whose CPU is summed
+ */
+
+/**
+ * CPU seconds a process spent in `fn` (NaN when there is no process), and for each group of
+ * `others` (the servers, the agents) the sum over its processes into `group.total` (NaN for
+ * an empty group).
  * @param {number | null} pid
  * @param {() => Promise<void>} fn
- * @param {{ pids: number[], servers?: number }} [others]
+ * @param {CpuGroup[]} others
  */
-async function cpuOf (pid, fn, others) {
-  const sum = () => others ? others.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
+async function cpuOf (pid, fn, ...others) {
+  const sum = (/** @type {CpuGroup} */ g) => g.pids.length ? g.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
   const before = pid === null ? NaN : cpuSeconds(pid)
-  const sBefore = sum()
+  const gBefore = others.map(sum)
   await fn()
-  if (others) others.servers = sum() - sBefore
+  others.forEach((g, i) => { g.total = sum(g) - gBefore[i] })
   return pid === null ? NaN : cpuSeconds(pid) - before
 }
 
@@ -428,19 +459,26 @@ async function runTarget (target, rep) {
   const copies = FRONTS.includes(target) ? 2 : 1
   const dir = makeTempDir(`bench-${target}`)
   const f = r.figures
+  /** Agents' CPU s per load (the agent target only; P1 is also a figure): extra.agents_cpu_s. */
+  /** @type {Record<string, number>} */
+  const agentsCpu = {}
 
   await phase('redis', r, async () => {
     const redis = await startCopies(copies, () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) }))
     await withTarget(target, redis, r, dir, 'redis', async (t) => {
       let p1 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
-      /** @type {{ pids: number[], servers?: number }} */
+      /** @type {CpuGroup} */
       const servers = { pids: redis.map((x) => x.pid) }
-      f.cpu_p1_s = await cpuOf(t.pid, async () => { p1 = await redisBenchmark(t.port, 1, P.p1Requests) }, servers)
-      f.srv_cpu_p1_s = servers.servers ?? NaN
+      /** @type {CpuGroup} */
+      const agents = { pids: t.agentPids }
+      f.cpu_p1_s = await cpuOf(t.pid, async () => { p1 = await redisBenchmark(t.port, 1, P.p1Requests) }, servers, agents)
+      f.srv_cpu_p1_s = servers.total ?? NaN
+      if (target === 'agent') f.agents_cpu_p1_s = agents.total ?? NaN
       Object.assign(f, { set_p1: p1.set, get_p1: p1.get })
       let p16 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
-      f.cpu_p16_s = await cpuOf(t.pid, async () => { p16 = await redisBenchmark(t.port, 16, P.p16Requests) })
+      f.cpu_p16_s = await cpuOf(t.pid, async () => { p16 = await redisBenchmark(t.port, 16, P.p16Requests) }, agents)
       Object.assign(f, { set_p16: p16.set, get_p16: p16.get })
+      if (target === 'agent') agentsCpu.p16 = agents.total ?? NaN
       r.extra.redis_benchmark_p99_ms = { set_p1: p1.setP99ms, get_p1: p1.getP99ms, set_p16: p16.setP99ms, get_p16: p16.getP99ms }
     })
   })
@@ -448,19 +486,25 @@ async function runTarget (target, rep) {
   await phase('echo', r, async () => {
     const echo = await startCopies(copies, () => startEcho())
     await withTarget(target, echo, r, dir, 'echo', async (t) => {
+      /** @type {CpuGroup} */
+      const agents = { pids: t.agentPids }
       f.cpu_tput_s = await cpuOf(t.pid, async () => {
         const x = await throughput(t.port)
         f.tput_mbps = x.mbps
-      })
+      }, agents)
+      if (target === 'agent') agentsCpu.tput = agents.total ?? NaN
       f.cpu_lat_s = await cpuOf(t.pid, async () => {
         const x = await latency(t.port)
         Object.assign(f, { lat_p50_us: x.p50, lat_p99_us: x.p99, lat_p999_us: x.p999 })
         r.extra.lat_max_us = x.max
         r.extra.lat_samples = x.samples
-      })
+      }, agents)
+      if (target === 'agent') agentsCpu.lat = agents.total ?? NaN
     })
   })
 
+  if (target === 'agent') r.extra.agents_cpu_s = { p1: f.agents_cpu_p1_s ?? NaN, ...agentsCpu }
+  // Idle memory: HAProxy and ftproxy ack only (not measured for the agent target).
   if (target === 'haproxy' || target === 'ack') {
     await phase('idle', r, async () => {
       const echo = await startCopies(copies, () => startEcho())
@@ -512,7 +556,9 @@ function table (sum) {
       if (s.n > 1) cell += ` (${m.fmt(s.min)}–${m.fmt(s.max)})`
       /** @type {string[]} */
       const ratios = []
-      for (const [ref, tag] of /** @type {Array<[TargetName, string]>} */ ([['haproxy', 'H'], ['direct', 'D']])) {
+      // The agent column is also compared with ftproxy ack (direct replicas): ×A.
+      const refs = /** @type {Array<[TargetName, string]>} */ ([['haproxy', 'H'], ['direct', 'D'], ...(t === 'agent' ? [['ack', 'A']] : [])])
+      for (const [ref, tag] of refs) {
         const r = sum[m.key][ref]
         if (ref !== t && r && r.n > 0 && r.median > 0) ratios.push(`${(s.median / r.median).toFixed(2)}×${tag}`)
       }
@@ -531,7 +577,7 @@ function table (sum) {
  * @param {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} sum
  */
 function chart (sum) {
-  const colors = { direct: '#4d4d4d', haproxy: '#1f77b4', none: '#9ecae1', ack: '#ff7f0e', match: '#d62728' }
+  const colors = { direct: '#4d4d4d', haproxy: '#1f77b4', none: '#9ecae1', ack: '#ff7f0e', match: '#d62728', agent: '#2ca02c' }
   const W = 920
   const H = 380
   const panelW = 430
@@ -696,19 +742,23 @@ async function main () {
   const notes = []
   for (const r of raw) {
     for (const e of r.errors) notes.push(`${TITLE[r.target]} rep ${r.rep}: ${e.split('\n')[0]}`)
-    const evs = [...new Set(r.events.map((e) => String(e.event)))]
-    if (evs.length) notes.push(`${TITLE[r.target]} rep ${r.rep}: front logged ${evs.join(', ')}`)
+    for (const [who, mine] of /** @type {Array<[string, (e: Record<string, unknown>) => boolean]>} */ ([['front', (e) => e.from !== 'agent'], ['agents', (e) => e.from === 'agent']])) {
+      const evs = [...new Set(r.events.filter(mine).map((e) => String(e.event)))]
+      if (evs.length) notes.push(`${TITLE[r.target]} rep ${r.rep}: ${who} logged ${evs.join(', ')}`)
+    }
   }
 
   const machine = `Machine: nproc ${meta.nproc} (${meta.cpu}), node ${meta.node}, ${meta.haproxy.replace(/ - https.*/, '')}, ${meta.redis.split(' sha=')[0]}; ${meta.date}; ${meta.mode} run, ${P.reps} repetition(s), ${seconds} s` +
     `; CPU ${(busyBefore * 100).toFixed(0)}% busy before the start; other processes took ${(foreignShare * 100).toFixed(0)}% of the CPU during the run` +
     `; ftproxy ${meta.git}, dist ${meta.dist}${distAfter !== meta.dist ? ` **rebuilt during the run (now ${distAfter}): figures mix two builds**` : ''}.`
   const legend = [
-    `Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to direct (×D).`,
+    `Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to direct (×D)` +
+      `${targets.includes('agent') && targets.includes('ack') ? '; ack via agents also to ftproxy ack (×A)' : ''}.`,
     `redis-benchmark: -c ${P.clients} -n ${P.p1Requests} (P1) / ${P.p16Requests} (P16), -t set,get. ` +
       `Echo (Node load generator against bench/echo.mjs): ${P.tputConns} connections × ${P.tputBytes >> 20} MiB in ${P.tputChunk >> 10} KiB writes; ` +
       `latency: ${P.latConns} connections × ${P.latCount} sequential ${P.latSize}-byte round trips (after ${P.latWarmup} unrecorded). ` +
-      `ftproxy: two replicas; haproxy and direct: one server. CPU: the proxy process, user+sys, per load. Idle: ${P.idleConns} connections, ftproxy ack and haproxy.`,
+      `ftproxy: two replicas; haproxy and direct: one server. ack via agents: output_commit ack, each replica through its own \`ftproxy agent\` process (loopback, no TLS); no idle figure. ` +
+      `CPU: the proxy process (the front), user+sys, per load; agents CPU: both agents together. Idle: ${P.idleConns} connections, ftproxy ack and haproxy.`,
   ]
   const report = [
     '# ftproxy benchmark', '', machine, '', md, '', ...legend.map((l) => `${l}\n`),

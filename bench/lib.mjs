@@ -5,14 +5,15 @@
 //     ├─ startRedis    a redis-server copy on a free port, no persistence, in its own dir
 //     ├─ startEcho     bench/echo.mjs on port 0 (the port comes back on its stdout)
 //     ├─ startHaproxy  haproxy 2.6 `mode tcp`, config generated in a temp dir
-//     └─ startFront    `node bin/ftproxy run` from a generated YAML, waits for `listening`
+//     ├─ startFront    `node bin/ftproxy run` from a generated YAML, waits for `listening`
+//     └─ startAgent    `node bin/ftproxy agent` beside one server, waits for `listening`
 //   cpuSeconds / memKiB      /proc/<pid>/stat user+sys, /proc/<pid>/status VmRSS and VmHWM
 //   establishedTo            established connections to a port (/proc/net/tcp)
 //   machineBusy              CPU busy fraction of the whole machine over a short window
 //   median / percentile / summarize / withDeadline / freePort / makeTempDir
 //
 // Stable exports (drill.mjs imports them): installCleanup, killAll, spawnChild, freePort,
-// makeTempDir, waitForPort, startRedis, startEcho, startHaproxy, startFront, frontConfigYaml,
+// makeTempDir, waitForPort, startRedis, startEcho, startHaproxy, startFront, startAgent, frontConfigYaml,
 // nofileHardLimit, cpuSeconds, memKiB, establishedTo, machineBusy, median, percentile,
 // summarize, withDeadline, sleep, ROOT. Every start* resolves to a Server ({ port, pid, child, stop }) or rejects within its
 // deadline (the half-started child is killed first).
@@ -54,7 +55,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  *
  * @typedef {object} FrontReplica
  * @property {string} name
- * @property {string} address            "127.0.0.1:PORT"
+ * @property {string} [address]          "127.0.0.1:PORT": the server, straight (one of address / agent)
+ * @property {string} [agent]            "127.0.0.1:PORT": an agent beside the server, instead of address
  *
  * @typedef {object} FrontOptions
  * @property {FrontReplica[]} replicas
@@ -533,7 +535,7 @@ export function frontConfigYaml (o) {
     `state_dir: ${JSON.stringify(o.stateDir)}`,
     `output_commit: ${o.outputCommit}`,
     'replicas:',
-    ...o.replicas.flatMap((r) => [`  - name: ${r.name}`, `    address: ${r.address}`]),
+    ...o.replicas.flatMap((r) => [`  - name: ${r.name}`, r.agent !== undefined ? `    agent: ${r.agent}` : `    address: ${r.address}`]),
     `limits: { max_connections: ${o.maxConnections} }`,
     `log: { level: ${o.logLevel}, format: json }`,
     o.extraYaml ?? '',
@@ -588,6 +590,49 @@ export async function startFront (opts) {
       throw childError(`ftproxy exited (code ${x.code}, signal ${x.signal}) before listening`, child)
     })]), opts.timeoutMs ?? 15000, 'ftproxy listening')
     return { ...server(child, port), events, config, dir }
+  } catch (err) {
+    await child.stop(500)
+    throw err
+  }
+}
+
+/**
+ * An ftproxy agent as a child process (`node bin/ftproxy agent`, so the pid is node's) beside
+ * the server on `server` (loopback, no TLS), its state dir in `dir`; listens on port 0 and
+ * resolves once it logged `listening` (the bound port comes from the event). Needs
+ * `npm run build` first.
+ * @param {{ server: number, dir?: string, timeoutMs?: number }} opts
+ * @returns {Promise<Server & { events: Record<string, unknown>[] }>}
+ *   events: every JSON log line of the agent, in order (at most 2000 kept)
+ */
+export async function startAgent (opts) {
+  const dir = opts.dir ?? makeTempDir('bench-agent')
+  const stateDir = path.join(dir, `agent-state-${opts.server}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`)
+  /** @type {Record<string, unknown>[]} */
+  const events = []
+  /** @type {(port: number) => void} */
+  let onListening = () => {}
+  const listening = /** @type {Promise<number>} */ (new Promise((resolve) => { onListening = resolve }))
+  const child = spawnChild(process.execPath, [
+    path.join(ROOT, 'bin', 'ftproxy'), 'agent',
+    '--listen', '127.0.0.1:0', '--server', `127.0.0.1:${opts.server}`, '--state-dir', stateDir,
+  ], {
+    name: `agent:${opts.server}`,
+    onLine: (line) => {
+      if (!line.startsWith('{')) return
+      /** @type {Record<string, unknown>} */
+      let ev
+      try { ev = JSON.parse(line) } catch { return }
+      if (events.length < 2000) events.push(ev)
+      if (ev.event === 'listening' && typeof ev.address === 'string') onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
+    },
+  })
+  try {
+    const port = await withDeadline(Promise.race([listening, child.exited.then((x) => {
+      throw childError(`ftproxy agent exited (code ${x.code}, signal ${x.signal}) before listening`, child)
+    })]), opts.timeoutMs ?? 15000, 'ftproxy agent listening')
+    child.name = `agent:${port}->${opts.server}`
+    return { ...server(child, port), events }
   } catch (err) {
     await child.stop(500)
     throw err
