@@ -146,6 +146,8 @@ export class Front extends EventEmitter<FrontEvents> {
   private serving = false
   private closing = false
   private failing = false
+  /** A planned switchover holds new input: clients are not read, new ones wait here. */
+  private holding: net.Socket[] | null = null
   private flushScheduled = false
   private stallTimer?: NodeJS.Timeout
   private arbiterQueue: Promise<unknown> = Promise.resolve()
@@ -250,6 +252,73 @@ export class Front extends EventEmitter<FrontEvents> {
       output_held_bytes: held,
       last_failover: this.lastFailover,
     }
+  }
+
+  /**
+   * Planned switchover with zero loss: hold new input, wait until backup `target` (default:
+   * the first backup) has every entry and has produced exactly the primary's output on every
+   * connection, move the epoch through the arbiter, swap roles (the old primary stays in
+   * sync, as a backup), resume. Refused with ERR_FTPROXY_NOT_IN_SYNC when no backup gets in
+   * sync within timeouts.stall; input resumes either way.
+   */
+  async switchover (target?: string): Promise<FailoverInfo> {
+    const to = target === undefined ? this.replicas.find((r) => r.role === 'backup') : this.replicas.find((r) => r.name === target)
+    if (!this.serving || this.failing || this.holding) {
+      throw new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', 'a failover or switchover is already under way')
+    }
+    if (!to || to.role !== 'backup') {
+      throw new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', target === undefined ? 'no backup to switch to' : `${target} is not a backup in service`)
+    }
+    const t0 = performance.now()
+    const from = this.primary
+    this.holding = []
+    for (const c of this.conns.values()) c.socket.pause()
+    try {
+      const deadline = t0 + this.cfg.timeouts.stall
+      while (!this.inSync()) {
+        if (performance.now() > deadline || !this.serving || to.role !== 'backup' || this.primary !== from) {
+          throw new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', `${to.name} did not get in sync within ${this.cfg.timeouts.stall}ms`)
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2))
+      }
+      const epoch = this.state.epoch + 1
+      this.arbiterPrimary = to.name
+      if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
+        this.arbiterPrimary = from.name
+        this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch} (switchover)`)
+        throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', `lost the test-and-set for epoch ${epoch}`)
+      }
+      const now = performance.now()
+      for (const c of this.conns.values()) {
+        c.stream.swap(to.index, now)
+        this.resumeReplica(c, from)
+      }
+      this.primary = to
+      this.setRole(to, 'primary', `switchover from ${from.name}`)
+      this.setRole(from, 'backup', `switchover to ${to.name}`)
+      const info: FailoverInfo = { from: from.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - t0) * 100) / 100, reason: 'switchover' }
+      this.lastFailover = info
+      this.logger.warn('switchover', { ...info })
+      this.emit('failover', info)
+      return info
+    } finally {
+      const parked = this.holding
+      this.holding = null
+      for (const c of this.conns.values()) if (!c.inputPaused) c.socket.resume()
+      for (const s of parked) this.onConnection(s)
+      this.afterProgress()
+    }
+  }
+
+  // Every entry acknowledged by every serving replica, every output produced by all alike.
+  private inSync (): boolean {
+    if (this.input.length > 0) return false
+    for (const c of this.conns.values()) {
+      if (!c.stream.inSync) return false
+      const ends = this.replicas.filter((r) => r.serving).map((r) => c.eofAt[r.index])
+      if (ends.some((e) => e !== ends[0])) return false
+    }
+    return true
   }
 
   /** Stop accepting, let released output drain (bounded by timeouts.linger), stop everything. */
@@ -513,6 +582,11 @@ export class Front extends EventEmitter<FrontEvents> {
 
   private onConnection (socket: net.Socket): void {
     if (!this.serving) return void socket.destroy()
+    if (this.holding) {
+      socket.pause()
+      this.holding.push(socket)
+      return
+    }
     if (this.conns.size >= this.cfg.limits.max_connections) {
       this.logger.warn('connection_rejected', { reason: 'max_connections', limit: this.cfg.limits.max_connections, remote: `${socket.remoteAddress}:${socket.remotePort}` })
       return void socket.destroy()

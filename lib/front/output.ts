@@ -205,6 +205,26 @@ export class OutputStream {
     return found
   }
 
+  /**
+   * Planned switchover: backup `to` has produced exactly the reference (nothing less, nothing
+   * ahead), so it simply becomes the primary and the old primary stays a live backup.
+   */
+  swap (to: number, now: number): boolean {
+    if (!this.live[to] || this.produced[to] !== this.end || this.aheadBytes[to] !== 0) return false
+    this.primary = to
+    for (let r = 0; r < this.live.length; r++) this.oweTarget[r] = -1
+    this.noteProgress(now)
+    return true
+  }
+
+  /** Whether every live replica has produced exactly the reference. */
+  get inSync (): boolean {
+    for (let r = 0; r < this.live.length; r++) {
+      if (this.live[r] && (this.produced[r] !== this.end || this.aheadBytes[r] !== 0)) return false
+    }
+    return true
+  }
+
   /** Stop (suspend) or restart the stall clock of r: the front paused its reads. */
   suspend (r: number, on: boolean, now: number): void {
     this.suspended[r] = on

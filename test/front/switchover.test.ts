@@ -1,0 +1,62 @@
+// Planned switchover: hold input, wait for the backup to be in sync, move the epoch, swap
+// roles, resume; under pipelined load nothing is lost and the system stays protected.
+
+import t from 'tap'
+import { Client, demoPair, until } from '../helpers/cluster.js'
+
+t.test('a planned switchover under pipelined load loses nothing and stays protected', async (tt) => {
+  const { f } = await demoPair(tt, 'output_commit: ack')
+  const clients = await Promise.all(Array.from({ length: 8 }, () => Client.open(f.port)))
+  const COUNT = 400
+  const sent = clients.map(() => 0)
+  const switches: Array<Promise<unknown>> = []
+  await until(() => {
+    let total = 0
+    clients.forEach((c, i) => {
+      const have = c.lines.length
+      total += have
+      while (sent[i] < COUNT && sent[i] - have < 16) {
+        c.send(`INCR s${i}\n`.repeat(4))
+        sent[i] += 4
+      }
+    })
+    // Two switchovers mid-load: a → b, then b → a.
+    if (switches.length === 0 && total > clients.length * 100) switches.push(f.front.switchover())
+    if (switches.length === 1 && total > clients.length * 250 && f.front.status().primary === 'b') switches.push(f.front.switchover('a'))
+    return total >= clients.length * COUNT
+  }, 'every reply', 30000)
+  const [one, two] = await Promise.all(switches) as Array<{ from: string, to: string, epoch: number }>
+  tt.match(one, { from: 'a', to: 'b', epoch: 2, reason: 'switchover' })
+  tt.match(two, { from: 'b', to: 'a', epoch: 3 })
+  const want = Array.from({ length: COUNT }, (_, i) => String(i + 1))
+  clients.forEach((c, i) => {
+    tt.same(c.lines, want, `client ${i}: 1..${COUNT}, no gap, no duplicate`)
+    tt.equal(c.closed, false)
+  })
+  const st = f.front.status()
+  tt.equal(st.primary, 'a')
+  tt.equal(st.protected, true, 'still protected')
+  tt.same(st.replicas.map((r) => r.role), ['primary', 'backup'])
+  tt.notOk(f.find('divergence'))
+  tt.notOk(f.find('unprotected'), 'never unprotected')
+  for (const c of clients) c.close()
+})
+
+t.test('switchover is refused when no backup is in sync, and service goes on', async (tt) => {
+  const { b, f } = await demoPair(tt)
+  const c = await Client.open(f.port)
+  c.send('INCR z\n')
+  await c.waitLines(1)
+  b.kill('SIGSTOP')
+  tt.teardown(() => b.kill('SIGCONT'))
+  c.send('INCR z\n') // the stopped backup never answers this one
+  await until(() => c.lines.length === 2, 'the primary to answer')
+  await tt.rejects(f.front.switchover(), { code: 'ERR_FTPROXY_NOT_IN_SYNC' })
+  tt.equal(f.front.status().primary, 'a')
+  c.send('INCR z\n')
+  tt.same(await c.waitLines(3), ['1', '2', '3'], 'input resumed after the refusal')
+  b.kill('SIGKILL')
+  await until(() => f.role('b') !== 'backup', 'b out of service')
+  await tt.rejects(f.front.switchover(), { code: 'ERR_FTPROXY_NOT_IN_SYNC' }, 'no backup at all')
+  c.close()
+})
