@@ -89,8 +89,23 @@ export interface ReplicaStatus {
   name: string
   role: Role
   health: string
+  /** Entries handed to it and not yet acknowledged. */
   lag_entries: number
+  /** Client bytes logged and not yet acknowledged by it. */
+  lag_bytes: number
   pid?: number
+}
+
+/** Running totals since start, for metrics. */
+export interface FrontCounters {
+  bytes_in: number
+  bytes_out: number
+  log_entries: number
+  connections_total: number
+  connections_rejected: number
+  failovers: number
+  switchovers: number
+  divergences: number
 }
 
 export interface FrontStatus {
@@ -99,6 +114,8 @@ export interface FrontStatus {
   protected: boolean
   serving: boolean
   replicas: ReplicaStatus[]
+  /** When protection last changed (ISO time). */
+  protected_since: string
   connections: number
   log_entries: number
   log_bytes: number
@@ -152,6 +169,11 @@ export class Front extends EventEmitter<FrontEvents> {
   private stallTimer?: NodeJS.Timeout
   private arbiterQueue: Promise<unknown> = Promise.resolve()
   private lastFailover: FailoverInfo | null = null
+  private protectedSince = new Date()
+  readonly counters: FrontCounters = {
+    bytes_in: 0, bytes_out: 0, log_entries: 0, connections_total: 0, connections_rejected: 0,
+    failovers: 0, switchovers: 0, divergences: 0,
+  }
   private bound?: HostPort
   /** This process, to agents: a new id starts a new session there. */
   private readonly frontId: string
@@ -233,7 +255,11 @@ export class Front extends EventEmitter<FrontEvents> {
 
   status (): FrontStatus {
     let held = 0
-    for (const c of this.conns.values()) held += c.stream.held
+    const lagBytes = this.replicas.map(() => 0)
+    for (const c of this.conns.values()) {
+      held += c.stream.held
+      for (const r of this.replicas) if (r.transport) lagBytes[r.index] += c.logged - c.acked[r.index]
+    }
     return {
       epoch: this.state.epoch,
       primary: this.primary.name,
@@ -244,8 +270,10 @@ export class Front extends EventEmitter<FrontEvents> {
         role: r.role,
         health: r.health.state,
         lag_entries: r.transport?.unacked ?? 0,
+        lag_bytes: lagBytes[r.index],
         pid: r.supervisor?.pid,
       })),
+      protected_since: this.protectedSince.toISOString(),
       connections: this.conns.size,
       log_entries: this.input.length,
       log_bytes: this.input.bytes,
@@ -298,6 +326,7 @@ export class Front extends EventEmitter<FrontEvents> {
       this.setRole(from, 'backup', `switchover to ${to.name}`)
       const info: FailoverInfo = { from: from.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - t0) * 100) / 100, reason: 'switchover' }
       this.lastFailover = info
+      this.counters.switchovers++
       this.logger.warn('switchover', { ...info })
       this.emit('failover', info)
       return info
@@ -483,6 +512,7 @@ export class Front extends EventEmitter<FrontEvents> {
     }
     const info: FailoverInfo = { from: old.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - detectedAt) * 100) / 100, reason }
     this.lastFailover = info
+    this.counters.failovers++
     this.logger.warn('failover', { ...info })
     this.failing = false
     this.emit('failover', info)
@@ -549,6 +579,7 @@ export class Front extends EventEmitter<FrontEvents> {
     const now = backups.length > 0
     if (now === this.isProtected) return
     this.isProtected = now
+    this.protectedSince = new Date()
     if (now) this.logger.info('protected', { backups })
     else this.logger.warn('unprotected', { reason, on_backup_loss: this.cfg.on_backup_loss })
   }
@@ -588,10 +619,12 @@ export class Front extends EventEmitter<FrontEvents> {
       return
     }
     if (this.conns.size >= this.cfg.limits.max_connections) {
+      this.counters.connections_rejected++
       this.logger.warn('connection_rejected', { reason: 'max_connections', limit: this.cfg.limits.max_connections, remote: `${socket.remoteAddress}:${socket.remotePort}` })
       return void socket.destroy()
     }
     const n = this.replicas.length
+    this.counters.connections_total++
     const c: Conn = {
       id: this.nextConn++,
       socket,
@@ -620,6 +653,7 @@ export class Front extends EventEmitter<FrontEvents> {
   }
 
   private onClientData (c: Conn, data: Buffer): void {
+    this.counters.bytes_in += data.length
     this.append('DATA', c, data)
     c.logged += data.length
     if (!c.inputPaused && this.inflight(c) > this.cfg.limits.max_lag) {
@@ -638,6 +672,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private append (type: EntryType, c: Conn, data?: Buffer): void {
     if (!this.serving && type === 'OPEN') return
     const entry = this.input.append(type, c.id, data)
+    this.counters.log_entries++
     c.lastSeq = entry.seq
     for (const r of this.replicas) r.transport?.apply(entry)
   }
@@ -754,6 +789,7 @@ export class Front extends EventEmitter<FrontEvents> {
 
   private diverged (r: Replica, c: Conn, offset: number, primary: Buffer, backup: Buffer, what: string): void {
     if (!r.serving) return
+    this.counters.divergences++
     this.logger.error('divergence', { replica: r.name, conn: c.id, offset, what, primary_hex: primary.toString('hex'), backup_hex: backup.toString('hex') })
     this.retire(r, 'stale', `divergence on conn ${c.id} at offset ${offset}`)
   }
@@ -802,7 +838,10 @@ export class Front extends EventEmitter<FrontEvents> {
     if (c.gone || c.ended) {
       s.take()
     } else if (!c.blocked && s.committed > s.written) {
-      for (const buf of s.take()) c.blocked = !c.socket.write(buf)
+      for (const buf of s.take()) {
+        this.counters.bytes_out += buf.length
+        c.blocked = !c.socket.write(buf)
+      }
     } else {
       s.trim()
     }
