@@ -3,13 +3,14 @@
 
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import yargs from 'yargs'
+import yargs, { type Argv } from 'yargs'
 import { agentConfigFromFlags, formatHostPort, loadAgentConfig, loadConfig, renderConfig } from './config.js'
 import { ConfigError, FtproxyError } from './errors.js'
 import { createLogger, type Logger } from './logger.js'
-import { Front } from './front/front.js'
+import { Front, type FailoverInfo, type FrontStatus } from './front/front.js'
 import { runDemoServerCli } from './demo-server.js'
 import { Agent } from './agent/agent.js'
+import { Admin } from './admin.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -31,6 +32,12 @@ export async function main (argv: string[]): Promise<number> {
       .option('state-dir', { type: 'string', describe: 'where the newest epoch seen is kept (default ./agent-state)' })
       .check((a) => a.config !== undefined || a.server !== undefined ? true : 'give --config FILE, or --server host:port'),
     async (args) => { code = await runAgent({ config: args.config, listen: args.listen, server: args.server, stateDir: args['state-dir'] }) })
+    .command('status', 'show the running front\'s status (from its admin endpoint)', (y) => adminOptions(y)
+      .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON' }),
+    async (args) => { code = await status(args) })
+    .command('failover', 'planned switchover to a backup that is in sync (zero loss)', (y) => adminOptions(y)
+      .option('to', { type: 'string', describe: 'the backup to switch to (default: the first in sync)' }),
+    async (args) => { code = await failover(args) })
     .command('demo-server', 'run the demo line-protocol KV server (the embedded default backend)', (y) => y
       .option('port', { alias: 'p', type: 'number', demandOption: true, describe: 'TCP port (0: any free port)' })
       .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to bind' })
@@ -67,6 +74,73 @@ export async function main (argv: string[]): Promise<number> {
   return code
 }
 
+interface AdminArgs { admin?: string, config?: string, token?: string }
+
+function adminOptions<T> (y: Argv<T>): Argv<T & AdminArgs> {
+  return y
+    .option('admin', { type: 'string', describe: 'admin host:port (default: admin.listen of --config, else 127.0.0.1:7900)' })
+    .option('config', { alias: 'c', type: 'string', describe: 'the front\'s config, to find its admin address and token' })
+    .option('token', { type: 'string', describe: 'bearer token (default: $FTPROXY_ADMIN_TOKEN, else admin.token of --config)' })
+}
+
+// One request to the admin endpoint: the parsed JSON and the status, or a message for the user.
+async function adminRequest (args: AdminArgs, method: string, path: string, body?: unknown): Promise<{ status: number, json: Record<string, unknown> } | string> {
+  let address = args.admin ?? '127.0.0.1:7900'
+  let token = args.token ?? process.env.FTPROXY_ADMIN_TOKEN
+  if (args.config !== undefined) {
+    const cfg = await configOrExit(() => loadConfig(args.config as string))
+    if (!cfg) return 'bad config'
+    address = args.admin ?? formatHostPort(cfg.admin.listen)
+    token ??= cfg.admin.token
+  }
+  try {
+    const res = await fetch(`http://${address}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+      signal: AbortSignal.timeout(30_000),
+    })
+    return { status: res.status, json: await res.json() as Record<string, unknown> }
+  } catch (err) {
+    return `cannot reach the admin endpoint at ${address}: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`
+  }
+}
+
+async function status (args: AdminArgs & { json: boolean }): Promise<number> {
+  const r = await adminRequest(args, 'GET', '/status')
+  if (typeof r === 'string' || r.status !== 200) {
+    process.stderr.write(`ftproxy status: ${typeof r === 'string' ? r : String(r.json.error ?? r.status)}\n`)
+    return 1
+  }
+  if (args.json) {
+    process.stdout.write(JSON.stringify(r.json, null, 2) + '\n')
+    return 0
+  }
+  const s = r.json as unknown as FrontStatus
+  const rows = [['REPLICA', 'ROLE', 'HEALTH', 'LAG_ENTRIES', 'LAG_BYTES', 'PID'],
+    ...s.replicas.map((x) => [x.name, x.role, x.health, String(x.lag_entries), String(x.lag_bytes), x.pid === undefined ? '-' : String(x.pid)])]
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)))
+  const table = rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n')
+  const f = s.last_failover
+  process.stdout.write(
+    `epoch ${s.epoch}  primary ${s.primary}  ${s.protected ? 'protected' : 'UNPROTECTED'} since ${s.protected_since}\n` +
+    `connections ${s.connections}  log ${s.log_entries} entries / ${s.log_bytes} bytes  output held ${s.output_held_bytes} bytes\n\n` +
+    `${table}\n` +
+    (f ? `\nlast ${f.reason === 'switchover' ? 'switchover' : 'failover'}: ${f.from} -> ${f.to}, epoch ${f.epoch}, ${f.duration_ms} ms (${f.reason})\n` : ''))
+  return 0
+}
+
+async function failover (args: AdminArgs & { to?: string }): Promise<number> {
+  const r = await adminRequest(args, 'POST', '/failover', args.to ? { to: args.to } : undefined)
+  if (typeof r === 'string' || r.status !== 200) {
+    process.stderr.write(`ftproxy failover: ${typeof r === 'string' ? r : `refused (${r.status}): ${String(r.json.error)}`}\n`)
+    return 1
+  }
+  const info = r.json.switchover as FailoverInfo
+  process.stdout.write(`switched over: ${info.from} -> ${info.to}, epoch ${info.epoch}, ${info.duration_ms} ms\n`)
+  return 0
+}
+
 async function checkConfig (file: string): Promise<number> {
   try {
     const cfg = await loadConfig(file)
@@ -87,12 +161,34 @@ async function run (file: string): Promise<number> {
   if (!cfg) return 1
   const log = createLogger({ level: cfg.log.level, format: cfg.log.format })
   const front = new Front(cfg, { log })
+  const admin = new Admin(front, { listen: cfg.admin.listen, token: cfg.admin.token, log })
+  const summary = (): string => {
+    const s = front.status()
+    const roles = s.replicas.map((r) => `${r.name}=${r.role}`).join(' ')
+    return `epoch ${s.epoch}, ${s.protected ? 'protected' : 'UNPROTECTED'}, ${roles}, ${s.connections} connections`
+  }
+  const onHup = (): void => {
+    loadConfig(file).then((next) => front.reload(next), (err: Error) => log.error('reload_failed', { error: err.message }))
+  }
   return await daemon(log, {
-    start: () => front.start(),
-    ready: () => `primary ${front.status().primary}, epoch ${front.status().epoch}, listening on ${formatHostPort(front.address)}`,
-    close: () => front.close(),
+    start: async () => {
+      await front.start()
+      try {
+        await admin.start()
+      } catch (err) {
+        await front.close()
+        throw err
+      }
+    },
+    ready: summary,
+    close: async () => {
+      process.off('SIGHUP', onHup)
+      await admin.close()
+      await front.close()
+    },
     wire: (status, stop) => {
-      front.on('failover', (f) => status(`primary ${f.to}, epoch ${f.epoch} (failover from ${f.from})`))
+      process.on('SIGHUP', onHup)
+      front.on('failover', () => status(summary()))
       front.on('stopped', (reason) => stop(1, { reason }))
     },
   })
@@ -151,11 +247,13 @@ async function daemon (log: Logger, d: Daemon): Promise<number> {
     return 1
   }
   notifySystemd(log, 'READY=1', d.ready())
+  const watchdog = startWatchdog(log)
   return await new Promise<number>((resolve) => {
     let stopping = false
     stop = (code, why) => {
       if (stopping) return
       stopping = true
+      clearInterval(watchdog)
       process.off('SIGTERM', onSignal)
       process.off('SIGINT', onSignal)
       log.info('stopping', why)
@@ -169,11 +267,23 @@ async function daemon (log: Logger, d: Daemon): Promise<number> {
   })
 }
 
+// WatchdogSec= in the unit: systemd sets WATCHDOG_USEC and expects WATCHDOG=1 at least that
+// often; pinging at half the period from the event loop means a hung loop gets restarted.
+function startWatchdog (log: Logger): NodeJS.Timeout | undefined {
+  const usec = Number(process.env.WATCHDOG_USEC)
+  if (!process.env.NOTIFY_SOCKET || !Number.isFinite(usec) || usec <= 0) return undefined
+  const t = setInterval(() => notifySystemd(log, null, null), Math.max(100, usec / 2000))
+  t.unref()
+  return t
+}
+
 // Node has no unix datagram sockets, so readiness goes through systemd-notify
 // (the unit sets NotifyAccess=all for that reason).
-function notifySystemd (log: Logger, ready: string | null, status: string): void {
+function notifySystemd (log: Logger, ready: string | null, status: string | null): void {
   if (!process.env.NOTIFY_SOCKET) return
-  const args = ready ? ['--ready', `--status=${status}`] : [`--status=${status}`]
+  // --pid: the message is this process's (the main PID), even though a helper sends it.
+  const pid = `--pid=${process.pid}`
+  const args = status === null ? [pid, 'WATCHDOG=1'] : ready ? [pid, '--ready', `--status=${status}`] : [pid, `--status=${status}`]
   const child = spawn('systemd-notify', args, { stdio: 'ignore' })
   child.on('error', (err) => log.warn('systemd_notify_failed', { error: err.message }))
 }

@@ -331,3 +331,42 @@ t.test('agent: flags, a bad flag named, SIGTERM exits 0', async (t) => {
   t.same(await agent.waitExit(), { code: 0, signal: null })
   t.ok(agent.find('shutdown'))
 })
+
+t.test('status, failover and SIGHUP against a running front', async (t) => {
+  const { file, port } = await runConfig(t)
+  const { front } = await startFront(t, file)
+  const admin = String((await front.waitEvent('admin_listening')).address)
+
+  const st = await runCli(t, ['status', '--admin', admin])
+  t.equal(st.code, 0)
+  t.match(st.stdout, /primary a\s+protected/)
+  t.match(st.stdout, /^a\s+primary\s+up/m, 'a table row per replica')
+  t.match(st.stdout, /^b\s+backup\s+up/m)
+  const js = await runCli(t, ['status', '--admin', admin, '--json'])
+  t.match(JSON.parse(js.stdout), { epoch: 1, primary: 'a', protected: true })
+
+  const c = await Client.open(port)
+  t.teardown(() => c.close())
+  t.equal(await ask(c, 'INCR h'), '1')
+  const fo = await runCli(t, ['failover', '--admin', admin])
+  t.equal(fo.code, 0, fo.stderr)
+  t.match(fo.stdout, /switched over: a -> b, epoch 2/)
+  t.equal(await ask(c, 'INCR h'), '2', 'the same connection goes on, on b')
+  const after = JSON.parse((await runCli(t, ['status', '--admin', admin, '--json'])).stdout) as { primary: string, protected: boolean }
+  t.match(after, { primary: 'b', protected: true })
+  const unreachable = await runCli(t, ['status', '--admin', '127.0.0.1:1'])
+  t.equal(unreachable.code, 1)
+  t.match(unreachable.stderr, /cannot reach the admin endpoint/)
+
+  // SIGHUP: the log level changes at once; a change of listen needs a restart, and says so.
+  writeFileSync(file, readFileSync(file, 'utf8').replace('level: info', 'level: debug').replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`))
+  front.proc.kill('SIGHUP')
+  const reload = await front.waitEvent('reload')
+  t.match(reload, { applied: ['log'], restart_needed: ['listen'] })
+  const d = await Client.open(port)
+  await front.waitEvent('connection_open')
+  t.pass('debug events are logged after the reload')
+  d.close()
+  front.proc.kill('SIGTERM')
+  t.same(await front.waitExit(), { code: 0, signal: null })
+})

@@ -146,7 +146,7 @@ export interface FrontOptions {
 
 export class Front extends EventEmitter<FrontEvents> {
   readonly replicas: Replica[]
-  private readonly cfg: Config
+  private cfg: Config
   private readonly logger: Logger
   private readonly arbiter: Arbiter
   private readonly input = new InputLog()
@@ -280,6 +280,29 @@ export class Front extends EventEmitter<FrontEvents> {
       output_held_bytes: held,
       last_failover: this.lastFailover,
     }
+  }
+
+  /**
+   * SIGHUP: take what can change safely from a new config (log level, health-check timings,
+   * limits) and say which other changed keys need a restart. Agent replicas keep the window
+   * they announced until their channel reconnects.
+   */
+  reload (next: Config): { applied: string[], restart: string[] } {
+    const applied: string[] = []
+    const restart: string[] = []
+    const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b)
+    const live = ['log', 'health_check', 'limits'] as const
+    for (const key of Object.keys(next) as Array<keyof Config>) {
+      if (key === 'file' || same(this.cfg[key], next[key])) continue
+      if ((live as readonly string[]).includes(key)) applied.push(key)
+      else restart.push(key)
+    }
+    if (next.log.format !== this.cfg.log.format) restart.push('log.format')
+    this.cfg = { ...this.cfg, log: next.log, health_check: next.health_check, limits: next.limits }
+    this.logger.setLevel(next.log.level)
+    for (const r of this.replicas) r.health.retime(next.health_check)
+    this.logger.info('reload', { file: next.file, applied, restart_needed: restart })
+    return { applied, restart }
   }
 
   /**

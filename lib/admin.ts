@@ -1,0 +1,298 @@
+// The admin endpoint: a small HTTP server beside the front, for operators and scrapers.
+//
+//   GET  /status   → front.status() as JSON
+//   GET  /metrics  → Prometheus text (a registry of its own; values read at scrape time)
+//   POST /failover → front.switchover(to), 200 | 409 (no backup in sync)
+//
+// It never touches the data path: every metric is computed from front.status() and
+// front.counters when scraped, except the failover histogram, fed by the 'failover' event.
+
+import http from 'node:http'
+import type net from 'node:net'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { formatHostPort, type HostPort } from './config.js'
+import type { Logger } from './logger.js'
+import type { FailoverInfo, Front, FrontCounters, FrontStatus, ReplicaStatus, Role } from './front/front.js'
+
+export interface AdminOptions {
+  listen: HostPort
+  /** When set, every request needs `Authorization: Bearer <token>`. */
+  token?: string
+  log: Logger
+}
+
+/** Largest accepted request body (POST /failover takes `{"to": "b"}`). */
+export const MAX_BODY = 4 * 1024
+
+/** Slow or stuck clients are cut off after this long. */
+const REQUEST_TIMEOUT = 5000
+
+const ROLES: Role[] = ['primary', 'backup', 'stale', 'down']
+
+/** An error answered as `{ "error": message }` (plus `code` when there is one). */
+class HttpError extends Error {
+  constructor (readonly status: number, message: string, readonly headers: Record<string, string> = {}, readonly code?: string) {
+    super(message)
+  }
+}
+
+interface Route {
+  methods: string[]
+  handle: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => Promise<void>
+}
+
+export class Admin {
+  readonly registry = new Registry()
+  private readonly front: Front
+  private readonly opts: AdminOptions
+  private readonly log: Logger
+  private readonly tokenDigest?: Buffer
+  private readonly routes: Map<string, Route>
+  private readonly failoverSeconds: Histogram
+  private readonly onFailover = (info: FailoverInfo): void => {
+    // Planned switchovers have their own counter; the histogram is for unplanned outages.
+    if (info.reason !== 'switchover') this.failoverSeconds.observe(info.duration_ms / 1000)
+  }
+
+  private server?: http.Server
+  private bound?: HostPort
+  /** front.status() taken once per scrape, shared by every collector. */
+  private scrape?: FrontStatus
+
+  constructor (front: Front, opts: AdminOptions) {
+    this.front = front
+    this.opts = opts
+    this.log = opts.log
+    // Digests have equal length whatever the token's, so the compare leaks neither.
+    if (opts.token !== undefined) this.tokenDigest = digest(opts.token)
+    this.routes = new Map<string, Route>([
+      ['/status', { methods: ['GET', 'HEAD'], handle: (req, res) => this.getStatus(req, res) }],
+      ['/metrics', { methods: ['GET', 'HEAD'], handle: (req, res) => this.getMetrics(req, res) }],
+      ['/failover', { methods: ['POST'], handle: (req, res, url) => this.postFailover(req, res, url) }],
+    ])
+    this.failoverSeconds = this.defineMetrics()
+  }
+
+  /** The bound address (after start). */
+  get address (): HostPort {
+    if (!this.bound) throw new Error('admin not started')
+    return this.bound
+  }
+
+  async start (): Promise<HostPort> {
+    const server = http.createServer((req, res) => { void this.onRequest(req, res) })
+    server.headersTimeout = REQUEST_TIMEOUT
+    server.requestTimeout = REQUEST_TIMEOUT
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.opts.listen.port, this.opts.listen.host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+    server.on('error', (err) => this.log.error('admin_error', { error: err.message }))
+    const a = server.address() as net.AddressInfo
+    this.bound = { host: a.address, port: a.port }
+    this.front.on('failover', this.onFailover)
+    this.log.info('admin_listening', { address: formatHostPort(this.bound) })
+    return this.bound
+  }
+
+  async close (): Promise<void> {
+    this.front.off('failover', this.onFailover)
+    const server = this.server
+    if (!server) return
+    this.server = undefined
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve())
+      // Keep-alive sockets of scrapers would hold close() open until they time out.
+      server.closeAllConnections()
+    })
+  }
+
+  private async onRequest (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const method = req.method ?? 'GET'
+    let path = req.url ?? '/'
+    try {
+      let url: URL
+      try {
+        url = new URL(req.url ?? '/', 'http://admin.invalid')
+      } catch {
+        throw new HttpError(400, 'malformed request URL')
+      }
+      path = url.pathname
+      this.authorize(req)
+      const route = this.routes.get(path)
+      if (!route) throw new HttpError(404, `no such endpoint: ${path}`)
+      if (!route.methods.includes(method)) {
+        throw new HttpError(405, `${method} is not allowed on ${path}`, { allow: route.methods.join(', ') })
+      }
+      await route.handle(req, res, url)
+    } catch (err) {
+      const e = err instanceof HttpError ? err : new HttpError(500, (err as Error).message, {}, (err as { code?: string }).code)
+      if (e.status >= 500) this.log.warn('admin_error', { method, path, status: e.status, error: e.message, code: e.code })
+      else this.log.debug('admin_refused', { method, path, status: e.status, error: e.message, code: e.code, remote: req.socket.remoteAddress })
+      // An unread body (401, 413 …) would otherwise be parsed as the next request.
+      if (!req.complete) res.setHeader('connection', 'close')
+      sendJson(res, e.status, e.code !== undefined ? { error: e.message, code: e.code } : { error: e.message }, e.headers)
+    }
+  }
+
+  private authorize (req: http.IncomingMessage): void {
+    if (this.tokenDigest === undefined) return
+    const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
+    if (m === null || !timingSafeEqual(digest(m[1]), this.tokenDigest)) {
+      throw new HttpError(401, m === null ? 'a bearer token is required' : 'invalid bearer token', { 'www-authenticate': 'Bearer' })
+    }
+  }
+
+  private async getStatus (_req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    sendJson(res, 200, this.front.status())
+  }
+
+  private async getMetrics (_req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    this.scrape = this.front.status()
+    let text: string
+    try {
+      text = await this.registry.metrics()
+    } finally {
+      this.scrape = undefined
+    }
+    res.writeHead(200, { 'content-type': this.registry.contentType, 'cache-control': 'no-store' })
+    res.end(text)
+  }
+
+  private async postFailover (req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<void> {
+    const body = await readBody(req)
+    let to = url.searchParams.get('to') ?? undefined
+    if (body.trim() !== '') {
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(body)
+      } catch (err) {
+        throw new HttpError(400, `malformed JSON body: ${(err as Error).message}`)
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+        throw new HttpError(400, 'the body must be a JSON object, e.g. {"to": "b"}')
+      }
+      const { to: bodyTo, ...rest } = parsed as Record<string, unknown>
+      const unknown = Object.keys(rest)
+      if (unknown.length > 0) throw new HttpError(400, `unknown field(s) in body: ${unknown.join(', ')}`)
+      if (bodyTo !== undefined && bodyTo !== null) {
+        if (typeof bodyTo !== 'string' || bodyTo === '') throw new HttpError(400, '"to" must be a replica name')
+        if (to !== undefined && to !== bodyTo) throw new HttpError(400, `"to" is ${JSON.stringify(bodyTo)} in the body but ${JSON.stringify(to)} in the query`)
+        to = bodyTo
+      }
+    }
+    if (to === '') throw new HttpError(400, '"to" must be a replica name')
+    this.log.info('admin_failover', { to: to ?? null, remote: req.socket.remoteAddress })
+    let info: FailoverInfo
+    try {
+      info = await this.front.switchover(to)
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code === 'ERR_FTPROXY_NOT_IN_SYNC') throw new HttpError(409, (err as Error).message, {}, code)
+      throw err
+    }
+    sendJson(res, 200, { switchover: info, status: this.front.status() })
+  }
+
+  // Every value is read from the front when scraped: nothing is counted twice or on the data path.
+  private defineMetrics (): Histogram {
+    const register = [this.registry]
+    const front = this.front
+    const status = (): FrontStatus => this.scrape ?? front.status()
+    collectDefaultMetrics({ register: this.registry })
+
+    const total = (name: string, help: string, key: keyof FrontCounters): void => {
+      // A Counter whose value is the front's own running total, set at scrape time.
+      new Counter({ name, help, registers: register, collect () { this.reset(); this.inc(front.counters[key]) } })
+    }
+    const gauge = (name: string, help: string, value: () => number): void => {
+      new Gauge({ name, help, registers: register, collect () { this.set(value()) } })
+    }
+    const perReplica = (name: string, help: string, value: (r: ReplicaStatus) => number): void => {
+      new Gauge({
+        name, help, labelNames: ['replica'], registers: register,
+        collect () {
+          this.reset()
+          for (const r of status().replicas) this.set({ replica: r.name }, value(r))
+        },
+      })
+    }
+
+    gauge('ftproxy_connections', 'Client connections open now.', () => status().connections)
+    total('ftproxy_connections_total', 'Client connections accepted.', 'connections_total')
+    total('ftproxy_connections_rejected_total', 'Client connections refused (limits.max_connections, not serving).', 'connections_rejected')
+    new Counter({
+      name: 'ftproxy_bytes_total', help: 'Client bytes: in = from clients (logged), out = released to clients.',
+      labelNames: ['direction'], registers: register,
+      collect () {
+        this.reset()
+        this.inc({ direction: 'in' }, front.counters.bytes_in)
+        this.inc({ direction: 'out' }, front.counters.bytes_out)
+      },
+    })
+    total('ftproxy_log_entries_total', 'Entries appended to the input log.', 'log_entries')
+    gauge('ftproxy_log_entries', 'Entries held in the input log (not yet acknowledged by every serving replica).', () => status().log_entries)
+    gauge('ftproxy_log_bytes', 'Bytes held in the input log.', () => status().log_bytes)
+    perReplica('ftproxy_replica_up', '1 when the replica\'s health is up.', (r) => r.health === 'up' ? 1 : 0)
+    new Gauge({
+      name: 'ftproxy_replica_role', help: '1 for the replica\'s current role, 0 for the others.',
+      labelNames: ['replica', 'role'], registers: register,
+      collect () {
+        this.reset()
+        for (const r of status().replicas) for (const role of ROLES) this.set({ replica: r.name, role }, r.role === role ? 1 : 0)
+      },
+    })
+    perReplica('ftproxy_replica_lag_entries', 'Log entries handed to the replica and not yet acknowledged.', (r) => r.lag_entries)
+    perReplica('ftproxy_replica_lag_bytes', 'Client bytes logged and not yet acknowledged by the replica.', (r) => r.lag_bytes)
+    gauge('ftproxy_output_held_bytes', 'Primary output held back by the output-commit rule.', () => status().output_held_bytes)
+    gauge('ftproxy_protected', '1 when at least one backup is in service.', () => status().protected ? 1 : 0)
+    gauge('ftproxy_serving', '1 while the front serves clients.', () => status().serving ? 1 : 0)
+    gauge('ftproxy_epoch', 'Current epoch (moves on every failover and switchover).', () => status().epoch)
+    total('ftproxy_failovers_total', 'Unplanned failovers (primary lost).', 'failovers')
+    total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
+    total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.', 'divergences')
+    return new Histogram({
+      name: 'ftproxy_failover_duration_seconds',
+      help: 'Unplanned failovers, from the primary\'s failure detected to service resumed.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: register,
+    })
+  }
+}
+
+function digest (s: string): Buffer {
+  return createHash('sha256').update(s).digest()
+}
+
+function sendJson (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body) + '\n'
+  res.writeHead(status, { ...headers, 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
+  res.end(text)
+}
+
+/** The request body as text, refused with 413 past MAX_BODY (before reading it when it says so). */
+function readBody (req: http.IncomingMessage): Promise<string> {
+  const tooLarge = (): HttpError => new HttpError(413, `the body is larger than ${MAX_BODY} bytes`)
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY) return Promise.reject(tooLarge())
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    // Not `for await`: leaving it early destroys the socket before the 413 is written.
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length
+      if (size <= MAX_BODY) return void chunks.push(chunk)
+      req.off('data', onData)
+      req.off('end', onEnd)
+      reject(tooLarge())
+    }
+    const onEnd = (): void => resolve(Buffer.concat(chunks).toString('utf8'))
+    req.on('data', onData)
+    req.once('end', onEnd)
+    req.once('error', reject)
+  })
+}
