@@ -50,6 +50,7 @@ export class Admin {
   private readonly tokenDigest?: Buffer
   private readonly routes: Map<string, Route>
   private readonly failoverSeconds: Histogram
+  private readonly commitWait: Histogram
   private readonly onFailover = (info: FailoverInfo): void => {
     // Planned switchovers have their own counter; the histogram is for unplanned outages.
     if (info.reason !== 'switchover') this.failoverSeconds.observe(info.duration_ms / 1000)
@@ -72,6 +73,12 @@ export class Admin {
       ['/failover', { methods: ['POST'], handle: (req, res, url) => this.postFailover(req, res, url) }],
     ])
     this.failoverSeconds = this.defineMetrics()
+    this.commitWait = new Histogram({
+      name: 'ftproxy_commit_wait_seconds',
+      help: 'How long primary output waited for the output-commit rule before its release.',
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [this.registry],
+    })
   }
 
   /** The bound address (after start). */
@@ -96,12 +103,14 @@ export class Admin {
     const a = server.address() as net.AddressInfo
     this.bound = { host: a.address, port: a.port }
     this.front.on('failover', this.onFailover)
+    this.front.onCommitWait = (s) => this.commitWait.observe(s)
     this.log.info('admin_listening', { address: formatHostPort(this.bound) })
     return this.bound
   }
 
   async close (): Promise<void> {
     this.front.off('failover', this.onFailover)
+    this.front.onCommitWait = undefined
     const server = this.server
     if (!server) return
     this.server = undefined

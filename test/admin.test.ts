@@ -10,7 +10,7 @@ import { Admin } from '../lib/admin.js'
 import { formatHostPort } from '../lib/config.js'
 import { FtproxyError } from '../lib/errors.js'
 import type { Front } from '../lib/front/front.js'
-import { createLogger } from '../lib/logger.js'
+import { createLogger, nullLogger } from '../lib/logger.js'
 import { Client, demoPair, until, type Event, type TestFront } from './helpers/cluster.js'
 
 interface Started { admin: Admin, base: string, events: Event[] }
@@ -273,3 +273,17 @@ function rawRequest (admin: Admin, text: string): Promise<string> {
     s.end(text)
   })
 }
+
+t.test('commit waits are measured in ack mode', async (tt) => {
+  const { f } = await demoPair(tt, 'output_commit: ack')
+  const admin = new Admin(f.front, { listen: { host: '127.0.0.1', port: 0 }, log: nullLogger() })
+  const address = await admin.start()
+  tt.teardown(() => admin.close())
+  const c = await Client.open(f.port)
+  c.send('INCR w\n'.repeat(20))
+  await c.waitLines(20)
+  const text = await (await fetch(`http://127.0.0.1:${address.port}/metrics`)).text()
+  const count = Number(/^ftproxy_commit_wait_seconds_count (\d+)/m.exec(text)?.[1])
+  tt.ok(count > 0, `releases observed (${count})`)
+  c.close()
+})

@@ -844,9 +844,14 @@ export class Front extends EventEmitter<FrontEvents> {
     }
   }
 
+  /** Called with the seconds each release waited for the commit rule (set by the admin endpoint). */
+  onCommitWait?: (seconds: number) => void
+
   /** Apply the commit rule to one connection, write what it releases, apply backpressure. */
   private advance (c: Conn): void {
     const s = c.stream
+    const waiting = this.onCommitWait && s.uncommittedSince
+    const before = s.committed
     if (!this.isProtected) {
       if (this.cfg.on_backup_loss === 'continue') s.commitTo(s.end)
     } else if (this.cfg.output_commit === 'none') {
@@ -858,6 +863,7 @@ export class Front extends EventEmitter<FrontEvents> {
     } else {
       s.commitTo(s.matchedByBackups())
     }
+    if (waiting !== undefined && s.committed > before) this.onCommitWait?.((performance.now() - waiting) / 1000)
     if (c.gone || c.ended) {
       s.take()
     } else if (!c.blocked && s.committed > s.written) {

@@ -24,6 +24,8 @@ interface Chunk {
   buf: Buffer
   /** ack mode: the last input seq handed to the primary when these bytes were read. */
   dep: number
+  /** When the primary produced them (for the commit-wait metric). */
+  at: number
 }
 
 const DUMP = 16
@@ -94,7 +96,7 @@ export class OutputStream {
     }
     if (data.length > 0) {
       if (r === this.primary) {
-        this.chunks.push({ off: this.end, buf: data, dep })
+        this.chunks.push({ off: this.end, buf: data, dep, at: now })
         this.end += data.length
         this.produced[r] = this.end
         for (let o = 0; o < this.live.length; o++) {
@@ -117,6 +119,11 @@ export class OutputStream {
       this.committed = this.chunks[i].off + this.chunks[i].buf.length
       i++
     }
+  }
+
+  /** When the oldest uncommitted byte was produced (undefined: everything is committed). */
+  get uncommittedSince (): number | undefined {
+    return this.committed < this.end ? this.chunks[this.find(this.committed)]?.at : undefined
   }
 
   /** Move committed forward to `offset` (capped at end). */
