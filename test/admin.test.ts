@@ -11,7 +11,7 @@ import { formatHostPort } from '../lib/config.js'
 import { FtproxyError } from '../lib/errors.js'
 import type { Front } from '../lib/front/front.js'
 import { createLogger, nullLogger } from '../lib/logger.js'
-import { Client, demoPair, until, type Event, type TestFront } from './helpers/cluster.js'
+import { Client, demoPair, driveIncr, expectCounts, until, type Event, type TestFront } from './helpers/cluster.js'
 
 interface Started { admin: Admin, base: string, events: Event[] }
 
@@ -144,35 +144,20 @@ t.test('POST /failover under pipelined load loses nothing and stays protected', 
   const { base } = await startAdmin(tt, f)
   const clients = await Promise.all(Array.from({ length: 6 }, () => Client.open(f.port)))
   const COUNT = 400
-  const sent = clients.map(() => 0)
   let request: Promise<Response> | undefined
-  await until(() => {
-    let total = 0
-    clients.forEach((c, i) => {
-      const have = c.lines.length
-      total += have
-      while (sent[i] < COUNT && sent[i] - have < 16) {
-        c.send(`INCR p${i}\n`.repeat(4))
-        sent[i] += 4
-      }
-    })
+  await driveIncr(clients, { count: COUNT, keys: clients.map((_, i) => `p${i}`), ms: 30000, onProgress: (total) => {
     // Mid-load: one switchover a → b (its target from the JSON body).
     if (request === undefined && total > clients.length * 100) {
       request = fetch(`${base}/failover`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"to": "b"}' })
     }
-    return total >= clients.length * COUNT
-  }, 'every reply', 30000)
+  } })
   tt.ok(request, 'the switchover was requested mid-load')
   const res = await (request as Promise<Response>)
   tt.equal(res.status, 200)
   const body = await json(res)
   tt.match(body.switchover, { from: 'a', to: 'b', epoch: 2, reason: 'switchover', duration_ms: Number })
   tt.match(body.status, { primary: 'b', epoch: 2, protected: true })
-  const want = Array.from({ length: COUNT }, (_, i) => String(i + 1))
-  clients.forEach((c, i) => {
-    tt.same(c.lines, want, `client ${i}: 1..${COUNT}, no gap, no duplicate`)
-    tt.equal(c.closed, false)
-  })
+  expectCounts(tt, clients, COUNT)
   const st = await json(await fetch(`${base}/status`))
   tt.match(st, { primary: 'b', epoch: 2, protected: true })
   tt.same(st.replicas.map((r: { role: string }) => r.role), ['backup', 'primary'])

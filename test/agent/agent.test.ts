@@ -3,7 +3,7 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { Client, TestFront, agentInProcess, agentProc, demoServer, until, type AgentProc, type Server } from '../helpers/cluster.js'
+import { Client, TestFront, agentInProcess, agentProc, demoServer, driveIncr, expectCounts, until, type AgentProc, type Server } from '../helpers/cluster.js'
 import { Relay } from '../helpers/relay.js'
 
 interface Setup { servers: Server[], agents: AgentProc[], relays: Relay[], f: TestFront }
@@ -26,40 +26,13 @@ async function setup (tt: Test, opts: { processes?: boolean } = {}): Promise<Set
   return { servers, agents, relays, f }
 }
 
-// Each client INCRs its own key `count` times in bursts; the replies must be exactly 1..count.
-async function drive (clients: Client[], count: number, onProgress: (done: number) => void): Promise<void> {
-  const sent = clients.map(() => 0)
-  await until(() => {
-    let total = 0
-    clients.forEach((c, i) => {
-      const have = c.lines.length
-      total += have
-      while (sent[i] < count && sent[i] - have < 16) {
-        const n = Math.min(4, count - sent[i])
-        c.send(`INCR k${i}\n`.repeat(n))
-        sent[i] += n
-      }
-    })
-    onProgress(total)
-    return total >= clients.length * count || clients.some((c) => c.closed)
-  }, 'all replies', 30000)
-}
-
-function expectCounts (tt: Test, clients: Client[], count: number): void {
-  const want = Array.from({ length: count }, (_, i) => String(i + 1))
-  clients.forEach((c, i) => {
-    tt.same(c.lines, want, `client ${i}: 1..${count}, no gap, no duplicate`)
-    tt.equal(c.closed, false, `client ${i} kept its connection`)
-  })
-}
-
 t.test('serving through agents, and SIGKILL of the primary server behind its agent', async (tt) => {
   const { servers, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 6 }, () => Client.open(f.port)))
   let killed = false
-  await drive(clients, 200, (done) => {
+  await driveIncr(clients, { count: 200, onProgress: (done) => {
     if (!killed && done > 6 * 60) { killed = true; servers[0].kill('SIGKILL') }
-  })
+  } })
   expectCounts(tt, clients, 200)
   tt.match(await f.waitEvent('failover'), { from: 'a', to: 'b', epoch: 2 })
   tt.notOk(f.find('divergence'))
@@ -70,9 +43,9 @@ t.test('SIGKILL of the primary\'s agent: heartbeats stop, failover', async (tt) 
   const { agents, f } = await setup(tt, { processes: true })
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let killed = false
-  await drive(clients, 150, (done) => {
+  await driveIncr(clients, { count: 150, onProgress: (done) => {
     if (!killed && done > 4 * 40) { killed = true; agents[0].kill('SIGKILL') }
-  })
+  } })
   expectCounts(tt, clients, 150)
   const ev = await f.waitEvent('failover')
   tt.match(ev, { from: 'a', to: 'b' })
@@ -83,10 +56,10 @@ t.test('a channel cut shorter than the heartbeat timeout loses nothing', async (
   const { relays, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let cuts = 0
-  await drive(clients, 200, (done) => {
+  await driveIncr(clients, { count: 200, onProgress: (done) => {
     // Cut both channels, several times, mid-stream.
     if (cuts < 3 && done > 4 * 40 * (cuts + 1)) { cuts++; for (const r of relays) r.cut() }
-  })
+  } })
   expectCounts(tt, clients, 200)
   tt.equal(cuts, 3)
   tt.notOk(f.find('failover'), 'no failover')
@@ -100,9 +73,9 @@ t.test('a blackhole longer than the heartbeat timeout fails over', async (tt) =>
   const { relays, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let holed = false
-  await drive(clients, 150, (done) => {
+  await driveIncr(clients, { count: 150, onProgress: (done) => {
     if (!holed && done > 4 * 40) { holed = true; relays[0].blackhole() }
-  })
+  } })
   expectCounts(tt, clients, 150)
   const ev = await f.waitEvent('failover')
   tt.match(ev, { from: 'a', to: 'b' })
@@ -140,7 +113,7 @@ t.test('a slow channel (every chunk delayed) loses nothing and fails nothing', a
   const { relays, f } = await setup(tt)
   for (const r of relays) r.delay(40)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
-  await drive(clients, 80, () => {})
+  await driveIncr(clients, { count: 80 })
   expectCounts(tt, clients, 80)
   tt.notOk(f.find('replica_down'), 'no replica down')
   tt.equal(f.front.status().protected, true)

@@ -2,39 +2,7 @@
 // every byte each client received checked.
 
 import t from 'tap'
-import type { Test } from 'tap'
-import { Client, TestFront, demoPair, demoServer, frontYaml, until, type Server } from '../helpers/cluster.js'
-
-// Each client INCRs its own key `count` times, `burst` commands per write, keeping at most
-// `window` unanswered; the replies must be exactly 1..count.
-async function drive (clients: Client[], keys: string[], count: number, burst: number, onProgress?: (done: number) => void): Promise<void> {
-  const sent = clients.map(() => 0)
-  let total = 0
-  await until(() => {
-    total = 0
-    clients.forEach((c, i) => {
-      const have = c.lines.length
-      total += have
-      while (sent[i] < count && sent[i] - have < burst * 4) {
-        const n = Math.min(burst, count - sent[i])
-        c.send(`INCR ${keys[i]}\n`.repeat(n))
-        sent[i] += n
-      }
-    })
-    onProgress?.(total)
-    return total >= clients.length * count || clients.some((c) => c.closed)
-  }, 'all replies', 60000)
-}
-
-function expectCounts (tt: Test, clients: Client[], count: number): void {
-  const want = Array.from({ length: count }, (_, i) => String(i + 1))
-  clients.forEach((c, i) => {
-    tt.same(c.lines, want, `client ${i} got 1..${count} in order, no gap, no duplicate`)
-    tt.equal(c.closed, false, `client ${i} kept its connection`)
-    tt.equal(c.error, null, `client ${i} saw no error`)
-  })
-}
-
+import { Client, TestFront, demoPair, demoServer, driveIncr, expectCounts, frontYaml, type Server } from '../helpers/cluster.js'
 
 for (const mode of ['ack', 'match', 'none'] as const) {
   t.test(`SIGKILL of the primary mid-stream (${mode})`, async (tt) => {
@@ -44,9 +12,9 @@ for (const mode of ['ack', 'match', 'none'] as const) {
     const clients = await Promise.all(Array.from({ length: 16 }, () => Client.open(f.port)))
     const keys = clients.map((_, i) => `k${i}`)
     let killed = false
-    await drive(clients, keys, 400, 8, (done) => {
+    await driveIncr(clients, { keys, count: 400, burst: 8, onProgress: (done) => {
       if (!killed && done > 16 * 100) { killed = true; a.kill('SIGKILL') }
-    })
+    } })
     tt.ok(killed, 'the primary was killed mid-stream')
     expectCounts(tt, clients, 400)
     const ev = await f.waitEvent('failover')
@@ -66,10 +34,10 @@ t.test('three replicas survive two kills in a row', async (tt) => {
   const clients = await Promise.all(Array.from({ length: 8 }, () => Client.open(f.port)))
   const keys = clients.map((_, i) => `k${i}`)
   let kills = 0
-  await drive(clients, keys, 600, 4, (done) => {
+  await driveIncr(clients, { keys, count: 600, burst: 4, onProgress: (done) => {
     if (kills === 0 && done > 8 * 150) { kills++; servers[0].kill('SIGKILL') }
     if (kills === 1 && done > 8 * 350 && f.front.status().primary === 'b') { kills++; servers[1].kill('SIGKILL') }
-  })
+  } })
   tt.equal(kills, 2, 'two primaries killed')
   expectCounts(tt, clients, 600)
   const fos = f.all('failover')
@@ -82,9 +50,9 @@ t.test('SIGSTOP of the primary: stall detection fails over', async (tt) => {
   const { a, f } = await demoPair(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
-  await drive(clients, clients.map((_, i) => `s${i}`), 300, 4, (done) => {
+  await driveIncr(clients, { keys: clients.map((_, i) => `s${i}`), count: 300, burst: 4, onProgress: (done) => {
     if (!stopped && done > 4 * 80) { stopped = true; a.kill('SIGSTOP') }
-  })
+  } })
   tt.teardown(() => a.kill('SIGCONT'))
   expectCounts(tt, clients, 300)
   const ev = await f.waitEvent('failover')
@@ -97,9 +65,9 @@ t.test('SIGSTOP of the backup: it is dropped and service goes on', async (tt) =>
   const { b, f } = await demoPair(tt, 'output_commit: match')
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
-  await drive(clients, clients.map((_, i) => `s${i}`), 300, 4, (done) => {
+  await driveIncr(clients, { keys: clients.map((_, i) => `s${i}`), count: 300, burst: 4, onProgress: (done) => {
     if (!stopped && done > 4 * 80) { stopped = true; b.kill('SIGSTOP') }
-  })
+  } })
   tt.teardown(() => b.kill('SIGCONT'))
   expectCounts(tt, clients, 300)
   const down = await f.waitEvent('replica_down', (e) => e.replica === 'b')

@@ -255,3 +255,37 @@ export async function agentInProcess (t: Test, serverPort: number, extraYaml = '
   await agent.start()
   return { agent, port: agent.address.port, events }
 }
+
+/**
+ * Pipelined load: each client INCRs its own key (`keys[i]`, default `k<i>`) `count` times,
+ * `burst` commands per write, at most four bursts unanswered, topped up as replies come.
+ * `onProgress` sees the total of replies so far (to inject a failure mid-stream).
+ */
+export async function driveIncr (clients: Client[], opts: { count: number, burst?: number, keys?: string[], onProgress?: (total: number) => void, ms?: number }): Promise<void> {
+  const { count, burst = 4, keys = clients.map((_, i) => `k${i}`), onProgress, ms = 60000 } = opts
+  const sent = clients.map(() => 0)
+  await until(() => {
+    let total = 0
+    clients.forEach((c, i) => {
+      const have = c.lines.length
+      total += have
+      while (sent[i] < count && sent[i] - have < burst * 4) {
+        const n = Math.min(burst, count - sent[i])
+        c.send(`INCR ${keys[i]}\n`.repeat(n))
+        sent[i] += n
+      }
+    })
+    onProgress?.(total)
+    return total >= clients.length * count || clients.some((c) => c.closed)
+  }, 'all replies', ms)
+}
+
+/** Every client got exactly 1..count (no gap, no duplicate) and kept its connection. */
+export function expectCounts (t: Test, clients: Client[], count: number): void {
+  const want = Array.from({ length: count }, (_, i) => String(i + 1))
+  clients.forEach((c, i) => {
+    t.same(c.lines, want, `client ${i}: 1..${count} in order, no gap, no duplicate`)
+    t.equal(c.closed, false, `client ${i} kept its connection`)
+    t.equal(c.error, null, `client ${i} saw no error`)
+  })
+}
