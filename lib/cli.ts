@@ -182,13 +182,12 @@ async function run (file: string): Promise<number> {
     },
     ready: summary,
     close: async () => {
-      process.off('SIGHUP', onHup)
       await admin.close()
       await front.close()
     },
+    reload: onHup,
     wire: (status, stop) => {
-      process.on('SIGHUP', onHup)
-      front.on('failover', () => status(summary()))
+      front.on('roles', () => status(summary()))
       front.on('stopped', (reason) => stop(1, { reason }))
     },
   })
@@ -225,6 +224,8 @@ interface Daemon {
   /** One-line systemd STATUS once ready. */
   ready: () => string
   close: () => Promise<void>
+  /** SIGHUP once running; without it, SIGHUP is logged and ignored (never the default kill). */
+  reload?: () => void
   wire?: (status: (line: string) => void, stop: (code: number, why: Record<string, unknown>) => void) => void
 }
 
@@ -235,17 +236,29 @@ async function daemon (log: Logger, d: Daemon): Promise<number> {
   let pending: { code: number, why: Record<string, unknown> } | null = null
   let stop = (code: number, why: Record<string, unknown>): void => { pending = { code, why } }
   const onSignal = (signal: NodeJS.Signals): void => stop(0, { signal })
+  let running = false
+  const onHup = (): void => {
+    if (running && d.reload) d.reload()
+    else log.info('reload_ignored', { reason: running ? 'nothing to reload' : 'not running yet' })
+  }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  process.on('SIGHUP', onHup)
+  const release = (): void => {
+    process.off('SIGTERM', onSignal)
+    process.off('SIGINT', onSignal)
+    running = false
+  }
   try {
     await d.start()
   } catch (err) {
-    process.off('SIGTERM', onSignal)
-    process.off('SIGINT', onSignal)
+    release()
+    process.off('SIGHUP', onHup)
     const e = err as FtproxyError
     log.error('startup_failed', { code: e.code, error: e.message })
     return 1
   }
+  running = true
   notifySystemd(log, 'READY=1', d.ready())
   const watchdog = startWatchdog(log)
   return await new Promise<number>((resolve) => {
@@ -254,10 +267,9 @@ async function daemon (log: Logger, d: Daemon): Promise<number> {
       if (stopping) return
       stopping = true
       clearInterval(watchdog)
-      process.off('SIGTERM', onSignal)
-      process.off('SIGINT', onSignal)
+      release()
       log.info('stopping', why)
-      d.close().then(() => resolve(code), (err: Error) => {
+      d.close().finally(() => process.off('SIGHUP', onHup)).then(() => resolve(code), (err: Error) => {
         log.error('shutdown_error', { error: err.message })
         resolve(1)
       })

@@ -362,7 +362,7 @@ t.test('status, failover and SIGHUP against a running front', async (t) => {
   writeFileSync(file, readFileSync(file, 'utf8').replace('level: info', 'level: debug').replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`))
   front.proc.kill('SIGHUP')
   const reload = await front.waitEvent('reload')
-  t.match(reload, { applied: ['log'], restart_needed: ['listen'] })
+  t.match(reload, { applied: ['log.level'], restart_needed: ['listen'] })
   const d = await Client.open(port)
   await front.waitEvent('connection_open')
   t.pass('debug events are logged after the reload')

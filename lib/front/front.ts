@@ -136,6 +136,8 @@ export interface FrontEvents {
   failover: [info: FailoverInfo]
   /** The front can no longer serve (arbiter lost, no replica left); it closed its listener. */
   stopped: [reason: string]
+  /** A role changed (a replica left or joined service, a failover, a switchover). */
+  roles: []
 }
 
 export interface FrontOptions {
@@ -291,14 +293,15 @@ export class Front extends EventEmitter<FrontEvents> {
     const applied: string[] = []
     const restart: string[] = []
     const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b)
-    const live = ['log', 'health_check', 'limits'] as const
+    const live = ['health_check', 'limits'] as const
     for (const key of Object.keys(next) as Array<keyof Config>) {
-      if (key === 'file' || same(this.cfg[key], next[key])) continue
+      if (key === 'file' || key === 'log' || same(this.cfg[key], next[key])) continue
       if ((live as readonly string[]).includes(key)) applied.push(key)
       else restart.push(key)
     }
+    if (next.log.level !== this.cfg.log.level) applied.push('log.level')
     if (next.log.format !== this.cfg.log.format) restart.push('log.format')
-    this.cfg = { ...this.cfg, log: next.log, health_check: next.health_check, limits: next.limits }
+    this.cfg = { ...this.cfg, log: { ...this.cfg.log, level: next.log.level }, health_check: next.health_check, limits: next.limits }
     this.logger.setLevel(next.log.level)
     for (const r of this.replicas) r.health.retime(next.health_check)
     this.logger.info('reload', { file: next.file, applied, restart_needed: restart })
@@ -326,8 +329,9 @@ export class Front extends EventEmitter<FrontEvents> {
     for (const c of this.conns.values()) c.socket.pause()
     try {
       const deadline = t0 + this.cfg.timeouts.stall
+      const intervened = (): boolean => this.failing || !this.serving || to.role !== 'backup' || this.primary !== from
       while (!this.inSync()) {
-        if (performance.now() > deadline || !this.serving || to.role !== 'backup' || this.primary !== from) {
+        if (performance.now() > deadline || intervened()) {
           throw new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', `${to.name} did not get in sync within ${this.cfg.timeouts.stall}ms`)
         }
         await new Promise((resolve) => setTimeout(resolve, 2))
@@ -339,9 +343,23 @@ export class Front extends EventEmitter<FrontEvents> {
         this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch} (switchover)`)
         throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', `lost the test-and-set for epoch ${epoch}`)
       }
+      if (intervened()) {
+        // A failure came in during the test-and-set: the failover in flight (or the next
+        // one) decides. Put back the primary the arbiter should name if nothing else will.
+        if (!this.failing && this.primary === from) {
+          this.arbiterPrimary = from.name
+          void this.cas({ epoch: this.state.epoch + 1, primary: null, stale: [], owner: '' })
+        }
+        throw new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', `a failure during the switchover to ${to.name}; the failover rules apply`)
+      }
       const now = performance.now()
       for (const c of this.conns.values()) {
-        c.stream.swap(to.index, now)
+        // In sync, input held: only output a server sends unasked can get in between; such
+        // a connection is spliced as a failover would (the old primary leaves it).
+        if (!c.stream.swap(to.index, now)) {
+          this.logger.warn('switchover_splice', { conn: c.id })
+          this.mismatches(c, c.stream.promote(to.index, c.lastSeq, now))
+        }
         this.resumeReplica(c, from)
       }
       this.primary = to
@@ -357,7 +375,10 @@ export class Front extends EventEmitter<FrontEvents> {
       const parked = this.holding
       this.holding = null
       for (const c of this.conns.values()) if (!c.inputPaused) c.socket.resume()
-      for (const s of parked) this.onConnection(s)
+      for (const s of parked) {
+        this.onConnection(s)
+        s.resume()
+      }
       this.afterProgress()
     }
   }
@@ -397,6 +418,7 @@ export class Front extends EventEmitter<FrontEvents> {
     if (r.role === role) return
     this.logger.info('replica_role', { replica: r.name, from: r.role, to: role, reason })
     r.role = role
+    this.emit('roles')
   }
 
   private supervise (r: Replica): void {
@@ -530,7 +552,7 @@ export class Front extends EventEmitter<FrontEvents> {
     this.setRole(to, 'primary', `failover from ${old.name}`)
     const now = performance.now()
     for (const c of [...this.conns.values()]) {
-      this.mismatches(c, c.stream.promote(to.index, c.lastSeq, now))
+      if (c.stream.primary !== to.index) this.mismatches(c, c.stream.promote(to.index, c.lastSeq, now))
       this.resumeReplica(c, to)
     }
     const info: FailoverInfo = { from: old.name, to: to.name, epoch, duration_ms: Math.round((performance.now() - detectedAt) * 100) / 100, reason }
@@ -722,10 +744,7 @@ export class Front extends EventEmitter<FrontEvents> {
     c.ackSeq[r.index] = e.seq
     if (e.data) {
       c.acked[r.index] += e.data.length
-      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
-        c.inputPaused = false
-        c.socket.resume()
-      }
+      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) this.resumeInput(c)
     }
     this.input.release(c.id, this.ackedByAll(c))
     if (r.role === 'backup' && this.cfg.output_commit === 'ack') this.markDirty(c)
@@ -836,10 +855,7 @@ export class Front extends EventEmitter<FrontEvents> {
   // backpressure on replicas (a paused primary may be free now) and on clients.
   private afterProgress (): void {
     for (const c of [...this.conns.values()]) {
-      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) {
-        c.inputPaused = false
-        c.socket.resume()
-      }
+      if (c.inputPaused && this.inflight(c) <= this.cfg.limits.max_lag / 2) this.resumeInput(c)
       this.advance(c)
     }
   }
@@ -897,6 +913,12 @@ export class Front extends EventEmitter<FrontEvents> {
         this.resumeReplica(c, r)
       }
     }
+  }
+
+  // A switchover's hold keeps every client unread; it resumes them itself when it ends.
+  private resumeInput (c: Conn): void {
+    c.inputPaused = false
+    if (!this.holding) c.socket.resume()
   }
 
   private resumeReplica (c: Conn, r: Replica): void {

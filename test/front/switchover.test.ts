@@ -36,10 +36,16 @@ t.test('switchover is refused when no backup is in sync, and service goes on', a
   tt.teardown(() => b.kill('SIGCONT'))
   c.send('INCR z\n') // the stopped backup never answers this one
   await until(() => c.lines.length === 2, 'the primary to answer')
-  await tt.rejects(f.front.switchover(), { code: 'ERR_FTPROXY_NOT_IN_SYNC' })
+  const refused = f.front.switchover()
+  // A client that connects while input is held waits, and is served once it resumes.
+  const late = await Client.open(f.port)
+  late.send('PING\n')
+  await tt.rejects(refused, { code: 'ERR_FTPROXY_NOT_IN_SYNC' })
   tt.equal(f.front.status().primary, 'a')
   c.send('INCR z\n')
   tt.same(await c.waitLines(3), ['1', '2', '3'], 'input resumed after the refusal')
+  tt.same(await late.waitLines(1), ['PONG'], 'the client that came during the hold is served')
+  late.close()
   b.kill('SIGKILL')
   await until(() => f.role('b') !== 'backup', 'b out of service')
   await tt.rejects(f.front.switchover(), { code: 'ERR_FTPROXY_NOT_IN_SYNC' }, 'no backup at all')
