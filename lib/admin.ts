@@ -205,7 +205,8 @@ export class Admin {
       if (code === 'ERR_FTPROXY_NOT_IN_SYNC') throw new HttpError(409, (err as Error).message, {}, code)
       throw err
     }
-    sendJson(res, 200, { switchover: info, status: this.front.status() })
+    // DESIGN's contract: 200 with the new status; the switchover itself rides along.
+    sendJson(res, 200, { ...this.front.status(), switchover: info })
   }
 
   // Every value is read from the front when scraped: nothing is counted twice or on the data path.
