@@ -575,15 +575,9 @@ export async function startFront (opts) {
   const listening = /** @type {Promise<number>} */ (new Promise((resolve, reject) => { onListening = resolve; onFailed = reject }))
   const child = spawnChild('bash', ['-c', cmd], {
     name: `ftproxy:${opts.outputCommit ?? 'ack'}`,
-    onLine: (line) => {
-      if (!line.startsWith('{')) return
-      /** @type {Record<string, unknown>} */
-      let ev
-      try { ev = JSON.parse(line) } catch { return }
-      if (events.length < 2000) events.push(ev)
-      if (ev.event === 'listening' && typeof ev.address === 'string') onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
+    onLine: eventLines(events, onListening, (ev) => {
       if (ev.event === 'startup_failed') onFailed(new Error(`ftproxy startup_failed: ${String(ev.code)} ${String(ev.error)}`))
-    },
+    }),
   })
   try {
     const port = await withDeadline(Promise.race([listening, child.exited.then((x) => {
@@ -593,6 +587,26 @@ export async function startFront (opts) {
   } catch (err) {
     await child.stop(500)
     throw err
+  }
+}
+
+/**
+ * A child's stdout line handler for ftproxy's JSON log: keeps the events (at most 2000) and
+ * reports the port of its `listening` event.
+ * @param {Record<string, unknown>[]} events
+ * @param {(port: number) => void} onListening
+ * @param {(ev: Record<string, unknown>) => void} [onEvent]
+ * @returns {(line: string) => void}
+ */
+function eventLines (events, onListening, onEvent) {
+  return (line) => {
+    if (!line.startsWith('{')) return
+    /** @type {Record<string, unknown>} */
+    let ev
+    try { ev = JSON.parse(line) } catch { return }
+    if (events.length < 2000) events.push(ev)
+    if (ev.event === 'listening' && typeof ev.address === 'string') onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
+    onEvent?.(ev)
   }
 }
 
@@ -618,14 +632,7 @@ export async function startAgent (opts) {
     '--listen', '127.0.0.1:0', '--server', `127.0.0.1:${opts.server}`, '--state-dir', stateDir,
   ], {
     name: `agent:${opts.server}`,
-    onLine: (line) => {
-      if (!line.startsWith('{')) return
-      /** @type {Record<string, unknown>} */
-      let ev
-      try { ev = JSON.parse(line) } catch { return }
-      if (events.length < 2000) events.push(ev)
-      if (ev.event === 'listening' && typeof ev.address === 'string') onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
-    },
+    onLine: eventLines(events, onListening),
   })
   try {
     const port = await withDeadline(Promise.race([listening, child.exited.then((x) => {
