@@ -11,9 +11,12 @@ import http from 'node:http'
 import type net from 'node:net'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import { formatHostPort, type HostPort } from './config.js'
+import { formatHostPort, type HostPort } from './address.js'
 import type { Logger } from './logger.js'
-import type { FailoverInfo, Front, FrontCounters, FrontStatus, ReplicaStatus, Role } from './front/front.js'
+import type {
+  FailoverInfo, Front, FrontCounters, FrontStatus, ReplicaStatus, Role,
+} from './front/front.js'
+import { listen } from './util/listen.js'
 
 export interface AdminOptions {
   listen: HostPort
@@ -23,7 +26,7 @@ export interface AdminOptions {
 }
 
 /** Largest accepted request body (POST /failover takes `{"to": "b"}`). */
-export const MAX_BODY = 4 * 1024
+const MAX_BODY = 4 * 1024
 
 /** Slow or stuck clients are cut off after this long. */
 const REQUEST_TIMEOUT = 5000
@@ -32,14 +35,21 @@ const ROLES: Role[] = ['primary', 'backup', 'stale', 'down']
 
 /** An error answered as `{ "error": message }` (plus `code` when there is one). */
 class HttpError extends Error {
-  constructor (readonly status: number, message: string, readonly headers: Record<string, string> = {}, readonly code?: string) {
+  constructor (
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+    readonly code?: string
+  ) {
     super(message)
   }
 }
 
+type Handler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => Promise<void>
+
 interface Route {
   methods: string[]
-  handle: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => Promise<void>
+  handle: Handler
 }
 
 export class Admin {
@@ -70,7 +80,10 @@ export class Admin {
     this.routes = new Map<string, Route>([
       ['/status', { methods: ['GET', 'HEAD'], handle: (req, res) => this.getStatus(req, res) }],
       ['/metrics', { methods: ['GET', 'HEAD'], handle: (req, res) => this.getMetrics(req, res) }],
-      ['/failover', { methods: ['POST'], handle: (req, res, url) => this.postFailover(req, res, url) }],
+      ['/failover', {
+        methods: ['POST'],
+        handle: (req, res, url) => this.postFailover(req, res, url),
+      }],
     ])
     this.failoverSeconds = this.defineMetrics()
     this.commitWait = new Histogram({
@@ -92,13 +105,7 @@ export class Admin {
     server.headersTimeout = REQUEST_TIMEOUT
     server.requestTimeout = REQUEST_TIMEOUT
     this.server = server
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(this.opts.listen.port, this.opts.listen.host, () => {
-        server.off('error', reject)
-        resolve()
-      })
-    })
+    await listen(server, { port: this.opts.listen.port, host: this.opts.listen.host })
     server.on('error', (err) => this.log.error('admin_error', { error: err.message }))
     const a = server.address() as net.AddressInfo
     this.bound = { host: a.address, port: a.port }
@@ -125,35 +132,46 @@ export class Admin {
     const method = req.method ?? 'GET'
     let path = req.url ?? '/'
     try {
-      let url: URL
-      try {
-        url = new URL(req.url ?? '/', 'http://admin.invalid')
-      } catch {
-        throw new HttpError(400, 'malformed request URL')
-      }
+      const url = parseUrl(req.url ?? '/')
       path = url.pathname
       this.authorize(req)
       const route = this.routes.get(path)
       if (!route) throw new HttpError(404, `no such endpoint: ${path}`)
       if (!route.methods.includes(method)) {
-        throw new HttpError(405, `${method} is not allowed on ${path}`, { allow: route.methods.join(', ') })
+        const allow = route.methods.join(', ')
+        throw new HttpError(405, `${method} is not allowed on ${path}`, { allow })
       }
       await route.handle(req, res, url)
     } catch (err) {
-      const e = err instanceof HttpError ? err : new HttpError(500, (err as Error).message, {}, (err as { code?: string }).code)
-      if (e.status >= 500) this.log.warn('admin_error', { method, path, status: e.status, error: e.message, code: e.code })
-      else this.log.debug('admin_refused', { method, path, status: e.status, error: e.message, code: e.code, remote: req.socket.remoteAddress })
-      // An unread body (401, 413 …) would otherwise be parsed as the next request.
-      if (!req.complete) res.setHeader('connection', 'close')
-      sendJson(res, e.status, e.code !== undefined ? { error: e.message, code: e.code } : { error: e.message }, e.headers)
+      this.refuse(req, res, { method, path }, err)
     }
+  }
+
+  private refuse (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    at: { method: string, path: string },
+    err: unknown
+  ): void {
+    const e = err instanceof HttpError
+      ? err
+      : new HttpError(500, (err as Error).message, {}, (err as { code?: string }).code)
+    const fields = { ...at, status: e.status, error: e.message, code: e.code }
+    if (e.status >= 500) this.log.warn('admin_error', fields)
+    else this.log.debug('admin_refused', { ...fields, remote: req.socket.remoteAddress })
+    // An unread body (401, 413 …) would otherwise be parsed as the next request.
+    if (!req.complete) res.setHeader('connection', 'close')
+    const body = e.code !== undefined ? { error: e.message, code: e.code } : { error: e.message }
+    sendJson(res, e.status, body, e.headers)
   }
 
   private authorize (req: http.IncomingMessage): void {
     if (this.tokenDigest === undefined) return
     const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
-    if (m === null || !timingSafeEqual(digest(m[1]), this.tokenDigest)) {
-      throw new HttpError(401, m === null ? 'a bearer token is required' : 'invalid bearer token', { 'www-authenticate': 'Bearer' })
+    const token = m?.[1]
+    if (token === undefined || !timingSafeEqual(digest(token), this.tokenDigest)) {
+      const message = token === undefined ? 'a bearer token is required' : 'invalid bearer token'
+      throw new HttpError(401, message, { 'www-authenticate': 'Bearer' })
     }
   }
 
@@ -173,115 +191,196 @@ export class Admin {
     res.end(text)
   }
 
-  private async postFailover (req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<void> {
-    const body = await readBody(req)
-    let to = url.searchParams.get('to') ?? undefined
-    if (body.trim() !== '') {
-      let parsed: unknown
-      try {
-        parsed = JSON.parse(body)
-      } catch (err) {
-        throw new HttpError(400, `malformed JSON body: ${(err as Error).message}`)
-      }
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-        throw new HttpError(400, 'the body must be a JSON object, e.g. {"to": "b"}')
-      }
-      const { to: bodyTo, ...rest } = parsed as Record<string, unknown>
-      const unknown = Object.keys(rest)
-      if (unknown.length > 0) throw new HttpError(400, `unknown field(s) in body: ${unknown.join(', ')}`)
-      if (bodyTo !== undefined && bodyTo !== null) {
-        if (typeof bodyTo !== 'string' || bodyTo === '') throw new HttpError(400, '"to" must be a replica name')
-        if (to !== undefined && to !== bodyTo) throw new HttpError(400, `"to" is ${JSON.stringify(bodyTo)} in the body but ${JSON.stringify(to)} in the query`)
-        to = bodyTo
-      }
-    }
-    if (to === '') throw new HttpError(400, '"to" must be a replica name')
+  private async postFailover (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    url: URL
+  ): Promise<void> {
+    const to = failoverTarget(url, await readBody(req))
     this.log.info('admin_failover', { to: to ?? null, remote: req.socket.remoteAddress })
     let info: FailoverInfo
     try {
       info = await this.front.switchover(to)
     } catch (err) {
       const code = (err as { code?: string }).code
-      if (code === 'ERR_FTPROXY_NOT_IN_SYNC') throw new HttpError(409, (err as Error).message, {}, code)
+      if (code === 'ERR_FTPROXY_NOT_IN_SYNC') {
+        throw new HttpError(409, (err as Error).message, {}, code)
+      }
       throw err
     }
-    // DESIGN's contract: 200 with the new status; the switchover itself rides along.
+    // docs/design.md's contract: 200 with the new status; the switchover itself rides along.
     sendJson(res, 200, { ...this.front.status(), switchover: info })
   }
 
-  // Every value is read from the front when scraped: nothing is counted twice or on the data path.
+  // Every value is read from the front when scraped: nothing is counted twice or on the data
+  // path. Returns the failover histogram, fed by the 'failover' event.
   private defineMetrics (): Histogram {
-    const register = [this.registry]
-    const front = this.front
-    const status = (): FrontStatus => this.scrape ?? front.status()
     collectDefaultMetrics({ register: this.registry })
+    this.defineTrafficMetrics()
+    this.defineReplicaMetrics()
+    this.defineStateMetrics()
+    return new Histogram({
+      name: 'ftproxy_failover_duration_seconds',
+      help: 'Unplanned failovers, from the primary\'s failure detected to service resumed.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [this.registry],
+    })
+  }
 
-    const total = (name: string, help: string, key: keyof FrontCounters): void => {
-      // A Counter whose value is the front's own running total, set at scrape time.
-      new Counter({ name, help, registers: register, collect () { this.reset(); this.inc(front.counters[key]) } })
-    }
-    const gauge = (name: string, help: string, value: () => number): void => {
-      new Gauge({ name, help, registers: register, collect () { this.set(value()) } })
-    }
-    const perReplica = (name: string, help: string, value: (r: ReplicaStatus) => number): void => {
-      new Gauge({
-        name, help, labelNames: ['replica'], registers: register,
-        collect () {
-          this.reset()
-          for (const r of status().replicas) this.set({ replica: r.name }, value(r))
-        },
-      })
-    }
-
-    gauge('ftproxy_connections', 'Client connections open now.', () => status().connections)
-    total('ftproxy_connections_total', 'Client connections accepted.', 'connections_total')
-    total('ftproxy_connections_rejected_total', 'Client connections refused (limits.max_connections, not serving).', 'connections_rejected')
-    new Counter({
-      name: 'ftproxy_bytes_total', help: 'Client bytes: in = from clients (logged), out = released to clients.',
-      labelNames: ['direction'], registers: register,
+  private defineTrafficMetrics (): void {
+    const front = this.front
+    this.gauge('ftproxy_connections', 'Client connections open now.',
+      () => this.status().connections)
+    this.total('ftproxy_connections_total', 'Client connections accepted.', 'connections_total')
+    this.total('ftproxy_connections_rejected_total',
+      'Client connections refused (limits.max_connections, not serving).', 'connections_rejected')
+    this.registry.registerMetric(new Counter({
+      name: 'ftproxy_bytes_total',
+      help: 'Client bytes: in = from clients (logged), out = released to clients.',
+      labelNames: ['direction'],
+      registers: [],
       collect () {
         this.reset()
         this.inc({ direction: 'in' }, front.counters.bytes_in)
         this.inc({ direction: 'out' }, front.counters.bytes_out)
       },
-    })
-    total('ftproxy_log_entries_total', 'Entries appended to the input log.', 'log_entries')
-    gauge('ftproxy_log_entries', 'Entries held in the input log (not yet acknowledged by every serving replica).', () => status().log_entries)
-    gauge('ftproxy_log_bytes', 'Bytes held in the input log.', () => status().log_bytes)
-    perReplica('ftproxy_replica_up', '1 when the replica\'s health is up.', (r) => r.health === 'up' ? 1 : 0)
-    new Gauge({
-      name: 'ftproxy_replica_role', help: '1 for the replica\'s current role, 0 for the others.',
-      labelNames: ['replica', 'role'], registers: register,
+    }))
+    this.total('ftproxy_log_entries_total', 'Entries appended to the input log.', 'log_entries')
+    this.gauge('ftproxy_log_entries',
+      'Entries held in the input log (not yet acknowledged by every serving replica).',
+      () => this.status().log_entries)
+    this.gauge('ftproxy_log_bytes', 'Bytes held in the input log.', () => this.status().log_bytes)
+  }
+
+  private defineReplicaMetrics (): void {
+    const status = (): FrontStatus => this.status()
+    this.perReplica('ftproxy_replica_up', '1 when the replica\'s health is up.',
+      (r) => r.health === 'up' ? 1 : 0)
+    this.registry.registerMetric(new Gauge({
+      name: 'ftproxy_replica_role',
+      help: '1 for the replica\'s current role, 0 for the others.',
+      labelNames: ['replica', 'role'],
+      registers: [],
       collect () {
         this.reset()
-        for (const r of status().replicas) for (const role of ROLES) this.set({ replica: r.name, role }, r.role === role ? 1 : 0)
+        for (const r of status().replicas) {
+          for (const role of ROLES) this.set({ replica: r.name, role }, r.role === role ? 1 : 0)
+        }
       },
-    })
-    perReplica('ftproxy_replica_lag_entries', 'Log entries handed to the replica and not yet acknowledged.', (r) => r.lag_entries)
-    perReplica('ftproxy_replica_lag_bytes', 'Client bytes logged and not yet acknowledged by the replica.', (r) => r.lag_bytes)
-    gauge('ftproxy_output_held_bytes', 'Primary output held back by the output-commit rule.', () => status().output_held_bytes)
-    gauge('ftproxy_protected', '1 when at least one backup is in service.', () => status().protected ? 1 : 0)
-    gauge('ftproxy_serving', '1 while the front serves clients.', () => status().serving ? 1 : 0)
-    gauge('ftproxy_epoch', 'Current epoch (moves on every failover and switchover).', () => status().epoch)
-    total('ftproxy_failovers_total', 'Unplanned failovers (primary lost).', 'failovers')
-    total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
-    total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.', 'divergences')
-    return new Histogram({
-      name: 'ftproxy_failover_duration_seconds',
-      help: 'Unplanned failovers, from the primary\'s failure detected to service resumed.',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers: register,
-    })
+    }))
+    this.perReplica('ftproxy_replica_lag_entries',
+      'Log entries handed to the replica and not yet acknowledged.', (r) => r.lag_entries)
+    this.perReplica('ftproxy_replica_lag_bytes',
+      'Client bytes logged and not yet acknowledged by the replica.', (r) => r.lag_bytes)
   }
+
+  private defineStateMetrics (): void {
+    this.gauge('ftproxy_output_held_bytes', 'Primary output held back by the output-commit rule.',
+      () => this.status().output_held_bytes)
+    this.gauge('ftproxy_protected', '1 when at least one backup is in service.',
+      () => this.status().protected ? 1 : 0)
+    this.gauge('ftproxy_serving', '1 while the front serves clients.',
+      () => this.status().serving ? 1 : 0)
+    this.gauge('ftproxy_epoch', 'Current epoch (moves on every failover and switchover).',
+      () => this.status().epoch)
+    this.total('ftproxy_failovers_total', 'Unplanned failovers (primary lost).', 'failovers')
+    this.total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
+    this.total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.',
+      'divergences')
+  }
+
+  /** The status this scrape reads (one front.status() per scrape). */
+  private status (): FrontStatus {
+    return this.scrape ?? this.front.status()
+  }
+
+  // A Counter whose value is the front's own running total, set at scrape time.
+  private total (name: string, help: string, key: keyof FrontCounters): void {
+    const front = this.front
+    this.registry.registerMetric(new Counter({
+      name, help, registers: [], collect () { this.reset(); this.inc(front.counters[key]) },
+    }))
+  }
+
+  private gauge (name: string, help: string, value: () => number): void {
+    this.registry.registerMetric(new Gauge({
+      name, help, registers: [], collect () { this.set(value()) },
+    }))
+  }
+
+  private perReplica (name: string, help: string, value: (r: ReplicaStatus) => number): void {
+    const status = (): FrontStatus => this.status()
+    this.registry.registerMetric(new Gauge({
+      name,
+      help,
+      labelNames: ['replica'],
+      registers: [],
+      collect () {
+        this.reset()
+        for (const r of status().replicas) this.set({ replica: r.name }, value(r))
+      },
+    }))
+  }
+}
+
+function parseUrl (raw: string): URL {
+  try {
+    return new URL(raw, 'http://admin.invalid')
+  } catch {
+    throw new HttpError(400, 'malformed request URL')
+  }
+}
+
+/** The replica named by POST /failover (query `to`, or `{"to": …}` in the body), if any. */
+function failoverTarget (url: URL, body: string): string | undefined {
+  const query = url.searchParams.get('to') ?? undefined
+  const to = body.trim() !== '' ? bodyTarget(body, query) : query
+  if (to === '') throw new HttpError(400, '"to" must be a replica name')
+  return to
+}
+
+function bodyTarget (body: string, query: string | undefined): string | undefined {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(body)
+  } catch (err) {
+    throw new HttpError(400, `malformed JSON body: ${(err as Error).message}`)
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new HttpError(400, 'the body must be a JSON object, e.g. {"to": "b"}')
+  }
+  const { to, ...rest } = parsed as Record<string, unknown>
+  const unknown = Object.keys(rest)
+  if (unknown.length > 0) {
+    throw new HttpError(400, `unknown field(s) in body: ${unknown.join(', ')}`)
+  }
+  if (to === undefined || to === null) return query
+  if (typeof to !== 'string' || to === '') throw new HttpError(400, '"to" must be a replica name')
+  if (query !== undefined && query !== to) {
+    const message = `"to" is ${JSON.stringify(to)} in the body but ${JSON.stringify(query)} ` +
+      'in the query'
+    throw new HttpError(400, message)
+  }
+  return to
 }
 
 function digest (s: string): Buffer {
   return createHash('sha256').update(s).digest()
 }
 
-function sendJson (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function sendJson (
+  res: http.ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {}
+): void {
   const text = JSON.stringify(body) + '\n'
-  res.writeHead(status, { ...headers, 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
+  res.writeHead(status, {
+    ...headers,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+  })
   res.end(text)
 }
 
@@ -295,7 +394,10 @@ function readBody (req: http.IncomingMessage): Promise<string> {
     // Not `for await`: leaving it early destroys the socket before the 413 is written.
     const onData = (chunk: Buffer): void => {
       size += chunk.length
-      if (size <= MAX_BODY) return void chunks.push(chunk)
+      if (size <= MAX_BODY) {
+        chunks.push(chunk)
+        return
+      }
       req.off('data', onData)
       req.off('end', onEnd)
       reject(tooLarge())

@@ -4,7 +4,10 @@
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import yargs, { type Argv } from 'yargs'
-import { agentConfigFromFlags, formatHostPort, loadAgentConfig, loadConfig, renderConfig } from './config.js'
+import { formatHostPort } from './address.js'
+import {
+  agentConfigFromFlags, loadAgentConfig, loadConfig, renderConfig,
+} from './config/index.js'
 import { ConfigError, FtproxyError } from './errors.js'
 import { createLogger, type Logger } from './logger.js'
 import { Front, type FailoverInfo, type FrontStatus } from './front/front.js'
@@ -12,52 +15,24 @@ import { runDemoServerCli } from './demo-server.js'
 import { Agent } from './agent/agent.js'
 import { Admin } from './admin.js'
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+const pkg = JSON.parse(
+  readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+
+const USAGE = '$0 <command> [options]\n\n' +
+  'Fault-tolerant front proxy for an unmodified TCP server (primary/backup).'
+
+/** The exit code of the command run; set by its handler. */
+interface Outcome { code: number }
 
 export async function main (argv: string[]): Promise<number> {
-  let code = 0
+  const outcome: Outcome = { code: 0 }
   const cli = yargs(argv)
     .scriptName('ftproxy')
-    .usage('$0 <command> [options]\n\nFault-tolerant front proxy for an unmodified TCP server (primary/backup).')
-    .command('run', 'run the front proxy', (y) => y
-      .option('config', { alias: 'c', type: 'string', demandOption: true, describe: 'YAML config file' }),
-    async (args) => { code = await run(args.config) })
-    .command('check-config <file>', 'validate a config file and print it with defaults filled', (y) => y
-      .positional('file', { type: 'string', demandOption: true, describe: 'YAML config file' }),
-    async (args) => { code = await checkConfig(args.file) })
-    .command('agent', 'run an agent beside a server: the far end of a log channel from the front', (y) => y
-      .option('config', { alias: 'c', type: 'string', describe: 'agent YAML config file' })
-      .option('listen', { type: 'string', describe: 'host:port for the front\'s log channel (default 127.0.0.1:7201)' })
-      .option('server', { type: 'string', describe: 'host:port of the local server' })
-      .option('state-dir', { type: 'string', describe: 'where the newest epoch seen is kept (default ./agent-state)' })
-      .check((a) => a.config !== undefined || a.server !== undefined ? true : 'give --config FILE, or --server host:port'),
-    async (args) => { code = await runAgent({ config: args.config, listen: args.listen, server: args.server, stateDir: args['state-dir'] }) })
-    .command('status', 'show the running front\'s status (from its admin endpoint)', (y) => adminOptions(y)
-      .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON' }),
-    async (args) => { code = await status(args) })
-    .command('failover', 'planned switchover to a backup that is in sync (zero loss)', (y) => adminOptions(y)
-      .option('to', { type: 'string', describe: 'the backup to switch to (default: the first in sync)' }),
-    async (args) => { code = await failover(args) })
-    .command('demo-server', 'run the demo line-protocol KV server (the embedded default backend)', (y) => y
-      .option('port', { alias: 'p', type: 'number', demandOption: true, describe: 'TCP port (0: any free port)' })
-      .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to bind' })
-      .option('diverge-after', { type: 'number', describe: 'answer differently after N commands (divergence testing)' }),
-    async (args) => {
-      // Under a front's supervision stdin is a pipe from the front: when the front dies
-      // (even by SIGKILL) the pipe closes, and the demo server goes with it, not orphaned.
-      if (process.env.FTPROXY_SUPERVISED === '1') {
-        process.stdin.once('end', () => process.kill(process.pid, 'SIGTERM'))
-        process.stdin.resume()
-      }
-      try {
-        await runDemoServerCli({ host: args.host, port: args.port, divergeAfter: args['diverge-after'] })
-      } catch (err) {
-        process.stderr.write(`ftproxy demo-server: ${(err as Error).message}\n`)
-        code = 1
-      } finally {
-        process.stdin.destroy() // the watched pipe must not keep the process alive
-      }
-    })
+    .usage(USAGE)
+  addFrontCommands(cli, outcome)
+  addAgentCommand(cli, outcome)
+  addDemoServerCommand(cli, outcome)
+  cli
     .demandCommand(1, 'name a command (see --help)')
     .strict()
     .version(pkg.version)
@@ -68,27 +43,130 @@ export async function main (argv: string[]): Promise<number> {
     .fail((msg, err, y) => {
       if (err) throw err
       process.stderr.write(`${y.help()}\n\n${msg}\n`)
-      code = 2
+      outcome.code = 2
     })
   await cli.parseAsync()
-  return code
+  return outcome.code
+}
+
+function addFrontCommands (cli: Argv, outcome: Outcome): void {
+  cli
+    .command('run', 'run the front proxy', (y) => y
+      .option('config', {
+        alias: 'c', type: 'string', demandOption: true, describe: 'YAML config file',
+      }),
+    async (args) => { outcome.code = await run(args.config) })
+    .command('check-config <file>', 'validate a config file and print it with defaults filled',
+      (y) => y
+        .positional('file', { type: 'string', demandOption: true, describe: 'YAML config file' }),
+      async (args) => { outcome.code = await checkConfig(args.file) })
+    .command('status', 'show the running front\'s status (from its admin endpoint)',
+      (y) => adminOptions(y)
+        .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON' }),
+      async (args) => { outcome.code = await status(args) })
+    .command('failover', 'planned switchover to a backup that is in sync (zero loss)',
+      (y) => adminOptions(y)
+        .option('to', {
+          type: 'string', describe: 'the backup to switch to (default: the first in sync)',
+        }),
+      async (args) => { outcome.code = await failover(args) })
+}
+
+function addAgentCommand (cli: Argv, outcome: Outcome): void {
+  cli.command('agent',
+    'run an agent beside a server: the far end of a log channel from the front',
+    (y) => y
+      .option('config', { alias: 'c', type: 'string', describe: 'agent YAML config file' })
+      .option('listen', {
+        type: 'string',
+        describe: 'host:port for the front\'s log channel (default 127.0.0.1:7201)',
+      })
+      .option('server', { type: 'string', describe: 'host:port of the local server' })
+      .option('state-dir', {
+        type: 'string',
+        describe: 'where the newest epoch seen is kept (default ./agent-state)',
+      })
+      .check((a) => a.config !== undefined || a.server !== undefined
+        ? true
+        : 'give --config FILE, or --server host:port'),
+    async (args) => {
+      outcome.code = await runAgent({
+        config: args.config, listen: args.listen, server: args.server, stateDir: args['state-dir'],
+      })
+    })
+}
+
+function addDemoServerCommand (cli: Argv, outcome: Outcome): void {
+  cli.command('demo-server',
+    'run the demo line-protocol KV server (the embedded default backend)',
+    (y) => y
+      .option('port', {
+        alias: 'p', type: 'number', demandOption: true, describe: 'TCP port (0: any free port)',
+      })
+      .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to bind' })
+      .option('diverge-after', {
+        type: 'number', describe: 'answer differently after N commands (divergence testing)',
+      }),
+    async (args) => {
+      outcome.code = await demoServer({
+        host: args.host, port: args.port, divergeAfter: args['diverge-after'],
+      })
+    })
+}
+
+async function demoServer (
+  opts: { host: string, port: number, divergeAfter?: number }
+): Promise<number> {
+  // Under a front's supervision stdin is a pipe from the front: when the front dies
+  // (even by SIGKILL) the pipe closes, and the demo server goes with it, not orphaned.
+  if (process.env.FTPROXY_SUPERVISED === '1') {
+    process.stdin.once('end', () => process.kill(process.pid, 'SIGTERM'))
+    process.stdin.resume()
+  }
+  try {
+    await runDemoServerCli(opts)
+    return 0
+  } catch (err) {
+    process.stderr.write(`ftproxy demo-server: ${(err as Error).message}\n`)
+    return 1
+  } finally {
+    process.stdin.destroy() // the watched pipe must not keep the process alive
+  }
 }
 
 interface AdminArgs { admin?: string, config?: string, token?: string }
 
 function adminOptions<T> (y: Argv<T>): Argv<T & AdminArgs> {
   return y
-    .option('admin', { type: 'string', describe: 'admin host:port (default: admin.listen of --config, else 127.0.0.1:7900)' })
-    .option('config', { alias: 'c', type: 'string', describe: 'the front\'s config, to find its admin address and token' })
-    .option('token', { type: 'string', describe: 'bearer token (default: $FTPROXY_ADMIN_TOKEN, else admin.token of --config)' })
+    .option('admin', {
+      type: 'string',
+      describe: 'admin host:port (default: admin.listen of --config, else 127.0.0.1:7900)',
+    })
+    .option('config', {
+      alias: 'c',
+      type: 'string',
+      describe: 'the front\'s config, to find its admin address and token',
+    })
+    .option('token', {
+      type: 'string',
+      describe: 'bearer token (default: $FTPROXY_ADMIN_TOKEN, else admin.token of --config)',
+    })
 }
 
+type AdminReply = { status: number, json: Record<string, unknown> } | string
+
 // One request to the admin endpoint: the parsed JSON and the status, or a message for the user.
-async function adminRequest (args: AdminArgs, method: string, path: string, body?: unknown): Promise<{ status: number, json: Record<string, unknown> } | string> {
+async function adminRequest (
+  args: AdminArgs,
+  method: string,
+  path: string,
+  body?: unknown
+): Promise<AdminReply> {
   let address = args.admin ?? '127.0.0.1:7900'
   let token = args.token ?? process.env.FTPROXY_ADMIN_TOKEN
   if (args.config !== undefined) {
-    const cfg = await configOrExit(() => loadConfig(args.config as string))
+    const file = args.config
+    const cfg = await configOrExit(() => loadConfig(file))
     if (!cfg) return 'bad config'
     address = args.admin ?? formatHostPort(cfg.admin.listen)
     token ??= cfg.admin.token
@@ -96,48 +174,72 @@ async function adminRequest (args: AdminArgs, method: string, path: string, body
   try {
     const res = await fetch(`http://${address}${path}`, {
       method,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+      headers: {
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        ...(body ? { 'content-type': 'application/json' } : {}),
+      },
       body: body ? JSON.stringify(body) : undefined,
       signal: AbortSignal.timeout(30_000),
     })
     return { status: res.status, json: await res.json() as Record<string, unknown> }
   } catch (err) {
-    return `cannot reach the admin endpoint at ${address}: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`
+    const reason = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
+    return `cannot reach the admin endpoint at ${address}: ${reason}`
   }
 }
 
 async function status (args: AdminArgs & { json: boolean }): Promise<number> {
   const r = await adminRequest(args, 'GET', '/status')
   if (typeof r === 'string' || r.status !== 200) {
-    process.stderr.write(`ftproxy status: ${typeof r === 'string' ? r : String(r.json.error ?? r.status)}\n`)
+    const why = typeof r === 'string' ? r : String(r.json.error ?? r.status)
+    process.stderr.write(`ftproxy status: ${why}\n`)
     return 1
   }
   if (args.json) {
     process.stdout.write(JSON.stringify(r.json, null, 2) + '\n')
     return 0
   }
-  const s = r.json as unknown as FrontStatus
-  const rows = [['REPLICA', 'ROLE', 'HEALTH', 'LAG_ENTRIES', 'LAG_BYTES', 'PID'],
-    ...s.replicas.map((x) => [x.name, x.role, x.health, String(x.lag_entries), String(x.lag_bytes), x.pid === undefined ? '-' : String(x.pid)])]
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)))
-  const table = rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n')
-  const f = s.last_failover
-  process.stdout.write(
-    `epoch ${s.epoch}  primary ${s.primary}  ${s.protected ? 'protected' : 'UNPROTECTED'} since ${s.protected_since}\n` +
-    `connections ${s.connections}  log ${s.log_entries} entries / ${s.log_bytes} bytes  output held ${s.output_held_bytes} bytes\n\n` +
-    `${table}\n` +
-    (f ? `\nlast ${f.reason === 'switchover' ? 'switchover' : 'failover'}: ${f.from} -> ${f.to}, epoch ${f.epoch}, ${f.duration_ms} ms (${f.reason})\n` : ''))
+  process.stdout.write(formatStatus(r.json as unknown as FrontStatus))
   return 0
+}
+
+/** `ftproxy status` for a person: a summary, a table of replicas, the last failover. */
+function formatStatus (s: FrontStatus): string {
+  const f = s.last_failover
+  const protection = s.protected ? 'protected' : 'UNPROTECTED'
+  const last = f
+    ? `\nlast ${f.reason === 'switchover' ? 'switchover' : 'failover'}: ${f.from} -> ${f.to}, ` +
+      `epoch ${f.epoch}, ${f.duration_ms} ms (${f.reason})\n`
+    : ''
+  return `epoch ${s.epoch}  primary ${s.primary}  ${protection} since ${s.protected_since}\n` +
+    `connections ${s.connections}  log ${s.log_entries} entries / ${s.log_bytes} bytes  ` +
+    `output held ${s.output_held_bytes} bytes\n\n` +
+    `${formatTable(s)}\n` +
+    last
+}
+
+function formatTable (s: FrontStatus): string {
+  const header = ['REPLICA', 'ROLE', 'HEALTH', 'LAG_ENTRIES', 'LAG_BYTES', 'PID']
+  const rows = [header, ...s.replicas.map((x) => [
+    x.name, x.role, x.health, String(x.lag_entries), String(x.lag_bytes),
+    x.pid === undefined ? '-' : String(x.pid),
+  ])]
+  const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)))
+  return rows
+    .map((row) => row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd())
+    .join('\n')
 }
 
 async function failover (args: AdminArgs & { to?: string }): Promise<number> {
   const r = await adminRequest(args, 'POST', '/failover', args.to ? { to: args.to } : undefined)
   if (typeof r === 'string' || r.status !== 200) {
-    process.stderr.write(`ftproxy failover: ${typeof r === 'string' ? r : `refused (${r.status}): ${String(r.json.error)}`}\n`)
+    const why = typeof r === 'string' ? r : `refused (${r.status}): ${String(r.json.error)}`
+    process.stderr.write(`ftproxy failover: ${why}\n`)
     return 1
   }
   const info = r.json.switchover as FailoverInfo
-  process.stdout.write(`switched over: ${info.from} -> ${info.to}, epoch ${info.epoch}, ${info.duration_ms} ms\n`)
+  process.stdout.write(
+    `switched over: ${info.from} -> ${info.to}, epoch ${info.epoch}, ${info.duration_ms} ms\n`)
   return 0
 }
 
@@ -165,10 +267,12 @@ async function run (file: string): Promise<number> {
   const summary = (): string => {
     const s = front.status()
     const roles = s.replicas.map((r) => `${r.name}=${r.role}`).join(' ')
-    return `epoch ${s.epoch}, ${s.protected ? 'protected' : 'UNPROTECTED'}, ${roles}, ${s.connections} connections`
+    const protection = s.protected ? 'protected' : 'UNPROTECTED'
+    return `epoch ${s.epoch}, ${protection}, ${roles}, ${s.connections} connections`
   }
   const onHup = (): void => {
-    loadConfig(file).then((next) => front.reload(next), (err: Error) => log.error('reload_failed', { error: err.message }))
+    loadConfig(file).then((next) => front.reload(next),
+      (err: Error) => log.error('reload_failed', { error: err.message }))
   }
   return await daemon(log, {
     start: async () => {
@@ -193,10 +297,13 @@ async function run (file: string): Promise<number> {
   })
 }
 
-async function runAgent (args: { config?: string, listen?: string, server?: string, stateDir?: string }): Promise<number> {
-  const cfg = await configOrExit(async () => args.config !== undefined
-    ? await loadAgentConfig(args.config)
-    : agentConfigFromFlags({ listen: args.listen, server: args.server, stateDir: args.stateDir }))
+interface AgentArgs { config?: string, listen?: string, server?: string, stateDir?: string }
+
+async function runAgent (args: AgentArgs): Promise<number> {
+  const { config, ...flags } = args
+  const cfg = await configOrExit(async () => config !== undefined
+    ? await loadAgentConfig(config)
+    : agentConfigFromFlags(flags))
   if (!cfg) return 1
   const log = createLogger({ level: cfg.log.level, format: cfg.log.format })
   const agent = new Agent(cfg, { log })
@@ -226,15 +333,17 @@ interface Daemon {
   close: () => Promise<void>
   /** SIGHUP once running; without it, SIGHUP is logged and ignored (never the default kill). */
   reload?: () => void
-  wire?: (status: (line: string) => void, stop: (code: number, why: Record<string, unknown>) => void) => void
+  wire?: (status: (line: string) => void, stop: Stop) => void
 }
+
+type Stop = (code: number, why: Record<string, unknown>) => void
 
 // Start, tell systemd, run until SIGTERM/SIGINT (exit 0) or until the service gives up.
 async function daemon (log: Logger, d: Daemon): Promise<number> {
   // Signals are ours from the start: one that arrives while still starting stops the
   // service as soon as start() settles, instead of killing the process mid-way.
   let pending: { code: number, why: Record<string, unknown> } | null = null
-  let stop = (code: number, why: Record<string, unknown>): void => { pending = { code, why } }
+  let stop: Stop = (code, why) => { pending = { code, why } }
   const onSignal = (signal: NodeJS.Signals): void => stop(0, { signal })
   let running = false
   const onHup = (): void => {
@@ -269,10 +378,11 @@ async function daemon (log: Logger, d: Daemon): Promise<number> {
       clearInterval(watchdog)
       release()
       log.info('stopping', why)
-      d.close().finally(() => process.off('SIGHUP', onHup)).then(() => resolve(code), (err: Error) => {
-        log.error('shutdown_error', { error: err.message })
-        resolve(1)
-      })
+      d.close().finally(() => process.off('SIGHUP', onHup)).then(() => resolve(code),
+        (err: Error) => {
+          log.error('shutdown_error', { error: err.message })
+          resolve(1)
+        })
     }
     d.wire?.((line) => notifySystemd(log, null, line), stop)
     if (pending) stop(pending.code, pending.why)
@@ -295,7 +405,9 @@ function notifySystemd (log: Logger, ready: string | null, status: string | null
   if (!process.env.NOTIFY_SOCKET) return
   // --pid: the message is this process's (the main PID), even though a helper sends it.
   const pid = `--pid=${process.pid}`
-  const args = status === null ? [pid, 'WATCHDOG=1'] : ready ? [pid, '--ready', `--status=${status}`] : [pid, `--status=${status}`]
+  const args = status === null
+    ? [pid, 'WATCHDOG=1']
+    : [pid, ...(ready ? ['--ready'] : []), `--status=${status}`]
   const child = spawn('systemd-notify', args, { stdio: 'ignore' })
   child.on('error', (err) => log.warn('systemd_notify_failed', { error: err.message }))
 }

@@ -9,7 +9,9 @@
 // Bytes are handled as latin1 so keys and values round-trip byte for byte.
 
 import net from 'node:net'
+import { formatHostPort, type HostPort } from './address.js'
 import { type Logger, nullLogger } from './logger.js'
+import { listen } from './util/listen.js'
 
 /** Longest accepted line in bytes (without its terminator). */
 export const MAX_LINE = 64 * 1024
@@ -40,8 +42,7 @@ export class LineSplitter {
 
   /** The next complete line without \n or \r\n; undefined when none is buffered yet. */
   next (): Buffer | undefined | typeof LINE_TOO_LONG {
-    while (this.chunks.length > 0) {
-      const chunk = this.chunks[0]
+    for (let chunk = this.chunks[0]; chunk !== undefined; chunk = this.chunks[0]) {
       const i = chunk.indexOf(LF)
       if (i === -1) {
         this.chunks.shift()
@@ -95,8 +96,8 @@ export class DemoStore {
     const verbMatch = /^[ \t]*([^ \t]+)[ \t]*/.exec(text)
     if (verbMatch === null) return null
     this.commands++
-    const verb = verbMatch[1]
-    const args = text.slice(verbMatch[0].length)
+    const [matched, verb = ''] = verbMatch
+    const args = text.slice(matched.length)
     const reply = this.run(verb, args)
     if (this.divergeAfter !== undefined && this.commands > this.divergeAfter) {
       if (reply.incr !== undefined) return { text: `${reply.incr + 1000n}\n`, close: reply.close }
@@ -113,29 +114,33 @@ export class DemoStore {
     if (args === undefined) {
       return { text: `ERR wrong number of arguments for '${name.toLowerCase()}'`, close: false }
     }
+    // parseArgs checked the count: the verb's arguments are all there.
+    const [key = '', value = ''] = args
     switch (name) {
       case 'SET':
-        this.data.set(args[0], args[1])
+        this.data.set(key, value)
         return { text: 'OK', close: false }
       case 'GET':
-        return { text: this.data.get(args[0]) ?? '(nil)', close: false }
+        return { text: this.data.get(key) ?? '(nil)', close: false }
       case 'DEL':
-        return { text: this.data.delete(args[0]) ? '1' : '0', close: false }
-      case 'INCR': {
-        const old = this.data.get(args[0]) ?? '0'
-        if (!/^-?(0|[1-9][0-9]*)$/.test(old)) return { text: 'ERR value is not an integer', close: false }
-        const n = BigInt(old) + 1n
-        if (n > INT64_MAX || n < INT64_MIN) {
-          return { text: 'ERR increment or decrement would overflow', close: false }
-        }
-        this.data.set(args[0], String(n))
-        return { text: String(n), close: false, incr: n }
-      }
+        return { text: this.data.delete(key) ? '1' : '0', close: false }
+      case 'INCR': return this.incr(key)
       case 'PING':
         return { text: 'PONG', close: false }
       default: // QUIT
         return { text: 'OK', close: true }
     }
+  }
+
+  private incr (key: string): { text: string, close: boolean, incr?: bigint } {
+    const old = this.data.get(key) ?? '0'
+    if (!/^-?(0|[1-9][0-9]*)$/.test(old)) return { text: 'ERR value is not an integer', close: false }
+    const n = BigInt(old) + 1n
+    if (n > INT64_MAX || n < INT64_MIN) {
+      return { text: 'ERR increment or decrement would overflow', close: false }
+    }
+    this.data.set(key, String(n))
+    return { text: String(n), close: false, incr: n }
   }
 }
 
@@ -143,12 +148,10 @@ export class DemoStore {
 // 2) is the rest of the line, spaces included. undefined when the count is wrong.
 function parseArgs (rest: string, arity: number): string[] | undefined {
   if (arity === 0) return rest.length === 0 || /^[ \t]*$/.test(rest) ? [] : undefined
-  if (arity === 1) {
-    const m = /^([^ \t]+)[ \t]*$/.exec(rest)
-    return m === null ? undefined : [m[1]]
-  }
-  const m = /^([^ \t]+)[ \t]+([^ \t].*)$/s.exec(rest)
-  return m === null ? undefined : [m[1], m[2]]
+  const m = arity === 1
+    ? /^([^ \t]+)[ \t]*$/.exec(rest)
+    : /^([^ \t]+)[ \t]+([^ \t].*)$/s.exec(rest)
+  return m === null ? undefined : m.slice(1, arity + 1)
 }
 
 export interface DemoServerOptions {
@@ -161,13 +164,13 @@ export interface DemoServerOptions {
   log?: Logger
 }
 
-export interface DemoServerStats {
+interface DemoServerStats {
   commands: number
   connections: Array<{ bufferedBytes: number, waitingForDrain: boolean }>
 }
 
 export interface DemoServer {
-  address: { host: string, port: number }
+  address: HostPort
   /** Stops listening and destroys open connections. */
   close (): Promise<void>
   /** Commands run so far and, per connection, its unsent output (for tests and debugging). */
@@ -185,7 +188,7 @@ interface Connection {
   done: boolean
 }
 
-export function startDemoServer (opts: DemoServerOptions = {}): Promise<DemoServer> {
+export async function startDemoServer (opts: DemoServerOptions = {}): Promise<DemoServer> {
   const log = opts.log ?? nullLogger()
   const store = new DemoStore(opts.divergeAfter)
   const conns = new Set<Connection>()
@@ -194,48 +197,43 @@ export function startDemoServer (opts: DemoServerOptions = {}): Promise<DemoServ
     setConnection(socket, store, conns, log)
   })
 
-  return new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
-      server.off('error', reject)
-      server.on('error', (err) => { log.error('demo_server_error', { error: err.message }) })
-      const a = server.address() as net.AddressInfo
-      const address = { host: a.address, port: a.port }
-      log.info('demo_server_listening', {
-        address: formatAddress(address.host, address.port),
-        diverge_after: opts.divergeAfter,
-      })
-      let closing: Promise<void> | undefined
-      resolve({
-        address,
-        close () {
-          closing ??= new Promise<void>((resolve) => {
-            server.close(() => { resolve() })
-            for (const c of conns) c.socket.destroy()
-          })
-          return closing
-        },
-        stats () {
-          return {
-            commands: store.commands,
-            connections: [...conns].map((c) => ({
-              bufferedBytes: c.socket.writableLength,
-              waitingForDrain: c.waitingForDrain,
-            })),
-          }
-        },
-      })
-    })
+  await listen(server, { port: opts.port ?? 0, host: opts.host ?? '127.0.0.1' })
+  server.on('error', (err) => { log.error('demo_server_error', { error: err.message }) })
+  const a = server.address() as net.AddressInfo
+  const address = { host: a.address, port: a.port }
+  log.info('demo_server_listening', {
+    address: formatHostPort(address),
+    diverge_after: opts.divergeAfter,
   })
-}
-
-/** host:port, with IPv6 hosts in brackets. */
-export function formatAddress (host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+  let closing: Promise<void> | undefined
+  return {
+    address,
+    close () {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => { resolve() })
+        for (const c of conns) c.socket.destroy()
+      })
+      return closing
+    },
+    stats () {
+      return {
+        commands: store.commands,
+        connections: [...conns].map((c) => ({
+          bufferedBytes: c.socket.writableLength,
+          waitingForDrain: c.waitingForDrain,
+        })),
+      }
+    },
+  }
 }
 
 // The one place that wires a client socket.
-function setConnection (socket: net.Socket, store: DemoStore, conns: Set<Connection>, log: Logger): void {
+function setConnection (
+  socket: net.Socket,
+  store: DemoStore,
+  conns: Set<Connection>,
+  log: Logger
+): void {
   const conn: Connection = {
     socket,
     splitter: new LineSplitter(),
@@ -325,7 +323,7 @@ export async function runDemoServerCli (opts: DemoServerCliOptions = {}): Promis
   const signals = opts.signals ?? ['SIGTERM', 'SIGINT']
   stdout.write(JSON.stringify({
     event: 'listening',
-    address: formatAddress(server.address.host, server.address.port),
+    address: formatHostPort(server.address),
   }) + '\n')
   await new Promise<void>((resolve) => {
     function onSignal (signal: NodeJS.Signals): void {

@@ -37,9 +37,10 @@ export class ConfigError extends FtproxyError {
   readonly issues: ConfigIssue[]
 
   constructor (file: string, issues: ConfigIssue[]) {
-    super('ERR_FTPROXY_CONFIG', `${file}: ${issues.length} configuration error(s)\n` +
-      issues.map((i) => `  ${file}${i.line ? `:${i.line}` : ''}: ${i.path || '(root)'}: ${i.message}`).join('\n'),
-    { file })
+    const lines = issues.map((i) =>
+      `  ${file}${i.line ? `:${i.line}` : ''}: ${i.path || '(root)'}: ${i.message}`)
+    super('ERR_FTPROXY_CONFIG',
+      `${file}: ${issues.length} configuration error(s)\n` + lines.join('\n'), { file })
     this.name = 'ConfigError'
     this.issues = issues
   }

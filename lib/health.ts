@@ -4,7 +4,8 @@
 
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
-import type { HostPort } from './config.js'
+import { performance } from 'node:perf_hooks'
+import type { HostPort } from './address.js'
 
 export type Health = 'unknown' | 'up' | 'down'
 
@@ -17,12 +18,13 @@ export interface HealthOptions {
 }
 
 /** One TCP connect: resolves null on success, or the error. */
-export function probe (address: HostPort, timeout: number): Promise<Error | null> {
+function probe (address: HostPort, timeout: number): Promise<Error | null> {
   return new Promise((resolve) => {
     const socket = net.connect({ host: address.host, port: address.port })
     const timer = setTimeout(() => {
       socket.destroy()
-      resolve(Object.assign(new Error(`health check timed out after ${timeout}ms`), { code: 'ETIMEDOUT' }))
+      const err = new Error(`health check timed out after ${timeout}ms`)
+      resolve(Object.assign(err, { code: 'ETIMEDOUT' }))
     }, timeout)
     socket.once('connect', () => {
       clearTimeout(timer)
@@ -34,6 +36,27 @@ export function probe (address: HostPort, timeout: number): Promise<Error | null
       resolve(err)
     })
   })
+}
+
+export interface WaitOptions {
+  /** Timeout of each probe (ms). */
+  probeTimeout: number
+  /** A performance.now() time: a probe that fails after it ends the wait. */
+  deadline: number
+  /** Pause between probes (ms). @default 50 */
+  every?: number
+}
+
+/**
+ * Probes until one connects (null) or the deadline passes (the last probe's error): the
+ * startup wait for a server that may still be starting. At least one probe is made.
+ */
+export async function waitReachable (address: HostPort, opts: WaitOptions): Promise<Error | null> {
+  for (;;) {
+    const err = await probe(address, opts.probeTimeout)
+    if (err === null || performance.now() >= opts.deadline) return err
+    await new Promise((resolve) => setTimeout(resolve, opts.every ?? 50))
+  }
 }
 
 export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }> {
@@ -76,8 +99,12 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
         // Refused or reset: nothing listens, final. A timeout may be a busy server: it counts
         // towards `fall` like any failed check.
         const code = (err as NodeJS.ErrnoException | null)?.code
-        if (err) this.mark(false, `probe: ${code ?? err.message}`, code === 'ECONNREFUSED' || code === 'ECONNRESET')
-        else this.mark(true, '', false)
+        if (err) {
+          const final = code === 'ECONNREFUSED' || code === 'ECONNRESET'
+          this.mark(false, `probe: ${code ?? err.message}`, final)
+        } else {
+          this.mark(true, '', false)
+        }
         resolve(err === null)
       })
     }))
@@ -90,7 +117,8 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
     const err = await probe(this.opts.address, this.opts.timeout)
     this.running = false
     if (this.timer === undefined) return
-    this.mark(err === null, err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : '', false)
+    const reason = err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : ''
+    this.mark(err === null, reason, false)
   }
 
   private mark (ok: boolean, reason: string, now: boolean): void {
@@ -113,7 +141,7 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
 }
 
 /** Gap between the two probes that confirm an output end came from a live server. */
-export const END_CONFIRM_MS = 25
+const END_CONFIRM_MS = 25
 
 /**
  * Whether a server that ended a connection is still alive. A killed server's sockets close a
@@ -122,7 +150,10 @@ export const END_CONFIRM_MS = 25
  * as dead: a probe that times out is a busy server, whose end is its own. `still` says
  * whether the answer still matters.
  */
-export async function aliveAfterEnd (check: HealthCheck, still: () => boolean = () => true): Promise<boolean> {
+export async function aliveAfterEnd (
+  check: HealthCheck,
+  still: () => boolean = () => true
+): Promise<boolean> {
   await check.probeNow()
   if (check.state === 'down' || !still()) return false
   await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))

@@ -3,8 +3,8 @@
 
 import winston from 'winston'
 
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug'
-export type LogFormat = 'json' | 'text'
+type LogLevel = 'error' | 'warn' | 'info' | 'debug'
+type LogFormat = 'json' | 'text'
 
 export interface Logger {
   error (event: string, fields?: Record<string, unknown>): void
@@ -24,8 +24,8 @@ export interface LoggerOptions {
 
 const textFormat = winston.format.printf((info) => {
   const { level, message, timestamp, event: _event, ...rest } = info as Record<string, unknown>
+  // Object.entries leaves out winston's symbol keys (level, splat, message).
   const fields = Object.entries(rest)
-    .filter(([k]) => typeof k === 'string')
     .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
     .join(' ')
   return `${String(timestamp)} ${String(level)} ${String(message)}${fields ? ' ' + fields : ''}`
@@ -54,31 +54,32 @@ class EventLogger implements Logger {
   }
 }
 
+// JSON records carry `event`; the winston `message` duplicates it, so it is dropped there.
+const dropMessage = winston.format((info) => {
+  delete (info as Record<string, unknown>).message
+  return info
+})
+
 export function createLogger (opts: LoggerOptions = {}): Logger {
   const format = opts.format === 'text'
     ? winston.format.combine(winston.format.timestamp(), textFormat)
-    : winston.format.combine(winston.format.timestamp(), winston.format.json())
+    : winston.format.combine(winston.format.timestamp(), dropMessage(), winston.format.json())
   const transport = new winston.transports.Stream({ stream: opts.stream ?? process.stdout })
   const w = winston.createLogger({
     level: opts.level ?? 'info',
     format,
     transports: [transport],
   })
-  // JSON records carry `event`; the winston `message` duplicates it, so drop it there.
-  if (opts.format !== 'text') {
-    w.format = winston.format.combine(
-      winston.format.timestamp(),
-      winston.format((info) => { delete (info as Record<string, unknown>).message; return info })(),
-      winston.format.json(),
-    )
-  }
   return new EventLogger(w, w)
 }
 
 /** A logger that records nothing; for library use without logging. */
 export function nullLogger (): Logger {
   const l: Logger = {
-    error () {}, warn () {}, info () {}, debug () {},
+    error () {},
+    warn () {},
+    info () {},
+    debug () {},
     child () { return l },
     setLevel () {},
   }

@@ -62,6 +62,8 @@ export function resolveCommand (command: string[]): string[] {
 export class Supervisor extends EventEmitter<SupervisorEvents> {
   readonly name: string
   private readonly command: string[]
+  private readonly file: string
+  private readonly args: string[]
   private readonly log: Logger
   private readonly restart: Required<RestartOptions> | false
   private readonly stopTimeoutMs: number
@@ -79,9 +81,13 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
 
   constructor (opts: SupervisorOptions) {
     super()
-    if (opts.command.length === 0) throw new TypeError('Supervisor: command is empty')
+    const command = resolveCommand(opts.command)
+    const [file, ...args] = command
+    if (file === undefined) throw new TypeError('Supervisor: command is empty')
     this.name = opts.name
-    this.command = resolveCommand(opts.command)
+    this.command = command
+    this.file = file
+    this.args = args
     this.log = opts.log.child({ replica: opts.name })
     this.restart = opts.restart === false ? false : { ...defaults, ...opts.restart }
     this.stopTimeoutMs = opts.stopTimeoutMs ?? defaults.stopTimeoutMs
@@ -128,8 +134,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   }
 
   private spawnChild (): void {
-    const [file, ...args] = this.command
-    const child = spawn(file, args, {
+    const child = spawn(this.file, this.args, {
       env: { ...(this.env ?? process.env), FTPROXY_SUPERVISED: '1' },
       cwd: this.cwd,
       // stdin is a pipe we never write: it closes when this process dies, however it dies,
@@ -154,11 +159,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       if (!this.running && this.child === child) this.onExit(child, null, null)
     })
     child.on('exit', (code, signal) => { this.onExit(child, code, signal) })
+    // stdio is all pipes: both streams exist.
     readLines(child.stdout as Readable, (line, truncated) => {
-      this.log.info('replica_process_output', { stream: 'stdout', line, ...(truncated && { truncated }) })
+      const fields = { stream: 'stdout', line, ...(truncated && { truncated }) }
+      this.log.info('replica_process_output', fields)
     })
     readLines(child.stderr as Readable, (line, truncated) => {
-      this.log.warn('replica_process_output', { stream: 'stderr', line, ...(truncated && { truncated }) })
+      const fields = { stream: 'stderr', line, ...(truncated && { truncated }) }
+      this.log.warn('replica_process_output', fields)
     })
   }
 

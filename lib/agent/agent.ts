@@ -13,69 +13,26 @@ import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
+import { performance } from 'node:perf_hooks'
 import tls from 'node:tls'
-import type { AgentConfig, HostPort } from '../config.js'
-import { formatHostPort, isLoopback } from '../config.js'
+import { formatHostPort, isLoopback, type HostPort } from '../address.js'
+import type { AgentConfig } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { nullLogger } from '../logger.js'
-import { HealthCheck, aliveAfterEnd, probe } from '../health.js'
+import { HealthCheck, aliveAfterEnd, waitReachable } from '../health.js'
 import { Supervisor } from '../supervise.js'
 import { Applier } from '../replica/applier.js'
 import { Channel } from '../channel/channel.js'
-import { MAX_DATA, PROTOCOL_VERSION, type Frame } from '../channel/codec.js'
+import { PROTOCOL_VERSION, splitData, type Frame, type HelloFrame } from '../channel/codec.js'
+import { writeFileAtomicSync } from '../util/atomic-write.js'
+import { listen } from '../util/listen.js'
+import { Session, uncredited, type Output } from './session.js'
 
 const HANDSHAKE_MS = 5000
 
-interface Output {
-  /** Bytes not yet credited by the front, from offset `start`. */
-  chunks: Buffer[]
-  start: number
-  end: number
-  eof: { offset: number, reset: boolean } | null
-  /** The server's end is being confirmed; a close waits for it. */
-  ending: boolean
-  closeWaiting: boolean
-  closed: boolean
-  /** OUT_CLOSE went out on a live channel: the front's next credit of it is its last. */
-  closeSent: boolean
-  paused: boolean
-}
-
-class Session {
-  applied = 0
-  readonly acked = new Map<number, number>()
-  readonly out = new Map<number, Output>()
-
-  constructor (readonly frontId: string, readonly epoch: number, readonly applier: Applier, public window: number) {}
-
-  output (conn: number): Output {
-    let o = this.out.get(conn)
-    if (!o) this.out.set(conn, o = { chunks: [], start: 0, end: 0, eof: null, ending: false, closeWaiting: false, closed: false, closeSent: false, paused: false })
-    return o
-  }
-
-  /** The front has the output of `conn` up to `offset`: drop it here. */
-  credit (conn: number, offset: number): void {
-    const o = this.out.get(conn)
-    if (!o) return
-    while (o.chunks.length > 0 && o.start + o.chunks[0].length <= offset) o.start += (o.chunks.shift() as Buffer).length
-    if (o.chunks.length > 0 && offset > o.start) {
-      o.chunks[0] = o.chunks[0].subarray(offset - o.start)
-      o.start = offset
-    }
-    if (o.paused && o.end - o.start <= this.window) {
-      o.paused = false
-      this.applier.resume(conn)
-    }
-    if (o.closed && o.closeSent && o.start === o.end) this.forget(conn)
-  }
-
-  forget (conn: number): void {
-    this.out.delete(conn)
-    this.acked.delete(conn)
-  }
-}
+const INSECURE_NOTE = 'no tls: anyone who reaches this address can drive the server; ' +
+  'configure tls (mutual) or bind 127.0.0.1'
 
 export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private readonly log: Logger
@@ -106,8 +63,15 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     fs.mkdirSync(this.cfg.state_dir, { recursive: true, mode: 0o750 })
     this.epoch = this.readEpoch()
     if (this.cfg.command) {
-      this.supervisor = new Supervisor({ name: 'server', command: this.cfg.command, log: this.log, stopTimeoutMs: this.cfg.timeouts.linger })
-      this.supervisor.on('exit', (code, signal) => this.onServerDown(`process exited (code ${code}, signal ${signal})`))
+      this.supervisor = new Supervisor({
+        name: 'server',
+        command: this.cfg.command,
+        log: this.log,
+        stopTimeoutMs: this.cfg.timeouts.linger,
+      })
+      this.supervisor.on('exit', (code, signal) => {
+        this.onServerDown(`process exited (code ${code}, signal ${signal})`)
+      })
       this.supervisor.start()
     }
     await this.awaitServer()
@@ -119,14 +83,19 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     })
     this.health.start()
     await this.listen()
-    this.heartbeatTimer = setInterval(() => this.channel?.send({ type: 'HEARTBEAT', epoch: this.epoch }), this.cfg.health_check.interval)
+    this.heartbeatTimer = setInterval(() => {
+      this.channel?.send({ type: 'HEARTBEAT', epoch: this.epoch })
+    }, this.cfg.health_check.interval)
     this.heartbeatTimer.unref()
   }
 
   async close (): Promise<void> {
     clearInterval(this.heartbeatTimer)
     this.health.stop()
-    const closed = new Promise<void>((resolve) => this.server ? this.server.close(() => resolve()) : resolve())
+    const closed = new Promise<void>((resolve) => {
+      if (this.server) this.server.close(() => resolve())
+      else resolve()
+    })
     this.channel?.destroy()
     this.session?.applier.close()
     await closed
@@ -135,40 +104,43 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   }
 
   private async awaitServer (): Promise<void> {
-    const deadline = Date.now() + Math.max(5000, this.cfg.timeouts.connect * 3)
-    for (;;) {
-      const err = await probe(this.cfg.server, this.cfg.health_check.timeout)
-      if (!err) return this.log.info('server_up', { server: formatHostPort(this.cfg.server) })
-      if (Date.now() > deadline) {
-        this.serverDown = `unreachable at startup: ${(err as NodeJS.ErrnoException).code ?? err.message}`
-        return this.log.warn('server_down', { server: formatHostPort(this.cfg.server), reason: this.serverDown })
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
+    const server = formatHostPort(this.cfg.server)
+    const err = await waitReachable(this.cfg.server, {
+      probeTimeout: this.cfg.health_check.timeout,
+      deadline: performance.now() + Math.max(5000, this.cfg.timeouts.connect * 3),
+    })
+    if (err === null) return this.log.info('server_up', { server })
+    const code = (err as NodeJS.ErrnoException).code ?? err.message
+    this.serverDown = `unreachable at startup: ${code}`
+    this.log.warn('server_down', { server, reason: this.serverDown })
   }
 
-  private listen (): Promise<void> {
-    const { tls: t, listen } = this.cfg
+  private async listen (): Promise<void> {
+    const { tls: t, listen: at } = this.cfg
     const server = t
-      ? tls.createServer({ cert: fs.readFileSync(t.cert), key: fs.readFileSync(t.key), ca: fs.readFileSync(t.ca), requestCert: true, rejectUnauthorized: true })
+      ? tls.createServer({
+        cert: fs.readFileSync(t.cert),
+        key: fs.readFileSync(t.key),
+        ca: fs.readFileSync(t.ca),
+        requestCert: true,
+        rejectUnauthorized: true,
+      })
       : net.createServer()
     this.server = server
-    server.on(t ? 'secureConnection' : 'connection', (socket: net.Socket) => this.onConnection(socket))
+    const onConnection = (socket: net.Socket): void => this.onConnection(socket)
+    server.on(t ? 'secureConnection' : 'connection', onConnection)
     server.on('tlsClientError', (err) => this.log.warn('tls_refused', { error: err.message }))
-    return new Promise((resolve, reject) => {
-      server.once('error', reject)
-      server.listen({ host: listen.host, port: listen.port }, () => {
-        server.off('error', reject)
-        const a = server.address() as net.AddressInfo
-        this.bound = { host: a.address, port: a.port }
-        this.log.info('listening', { address: formatHostPort(this.bound), server: formatHostPort(this.cfg.server), tls: Boolean(t), epoch: this.epoch })
-        if (!t && !isLoopback(listen.host)) {
-          this.log.warn('insecure_listen', { address: formatHostPort(this.bound), note: 'no tls: anyone who reaches this address can drive the server; configure tls (mutual) or bind 127.0.0.1' })
-        }
-        this.emit('listening', this.bound)
-        resolve()
-      })
+    await listen(server, { host: at.host, port: at.port })
+    const a = server.address() as net.AddressInfo
+    const bound = this.bound = { host: a.address, port: a.port }
+    const address = formatHostPort(bound)
+    this.log.info('listening', {
+      address, server: formatHostPort(this.cfg.server), tls: Boolean(t), epoch: this.epoch,
     })
+    if (!t && !isLoopback(at.host)) {
+      this.log.warn('insecure_listen', { address, note: INSECURE_NOTE })
+    }
+    this.emit('listening', bound)
   }
 
   private onConnection (socket: net.Socket): void {
@@ -188,13 +160,14 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private onFrame (ch: Channel, f: Frame): void {
     if (f.epoch < this.epoch) {
       this.log.warn('fenced', { epoch: f.epoch, newest: this.epoch })
-      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${f.epoch} is older than ${this.epoch}` })
+      return ch.fail(fenced(this.epoch, `epoch ${f.epoch} is older than ${this.epoch}`))
     }
     if (f.epoch > this.epoch && !this.raiseEpoch(f.epoch, ch)) return
     if (this.channel !== ch) {
-      if (f.type !== 'HELLO') return ch.fail(protocolError(this.epoch, `expected HELLO, got ${f.type}`))
-      return this.hello(ch, f)
+      if (f.type === 'HELLO') return this.hello(ch, f)
+      return ch.fail(protocolError(this.epoch, `expected HELLO, got ${f.type}`))
     }
+    // The channel is set only by hello(), which sets the session first.
     const s = this.session as Session
     switch (f.type) {
       case 'OPEN': case 'DATA': case 'EOF': case 'CLOSE': {
@@ -204,12 +177,16 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
           return ch.fail(protocolError(this.epoch, `entry ${f.seq} after ${s.applied}`))
         }
         s.applied = f.seq
-        s.applier.apply(f.type === 'DATA' ? { seq: f.seq, type: 'DATA', conn: f.conn, data: f.data } : { seq: f.seq, type: f.type, conn: f.conn })
+        s.applier.apply(f.type === 'DATA'
+          ? { seq: f.seq, type: 'DATA', conn: f.conn, data: f.data }
+          : { seq: f.seq, type: f.type, conn: f.conn })
         return
       }
       case 'OUT_ACK': return s.credit(f.conn, f.offset)
       // Answered at once: the front hears from a live agent at the front's own pace.
-      case 'HEARTBEAT': return void ch.send({ type: 'HEARTBEAT', epoch: this.epoch })
+      case 'HEARTBEAT':
+        ch.send({ type: 'HEARTBEAT', epoch: this.epoch })
+        return
       case 'ERROR':
         this.log.warn('front_error', { code: f.code, error: f.message })
         this.channel = null
@@ -220,32 +197,35 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     }
   }
 
-  private hello (ch: Channel, f: Extract<Frame, { type: 'HELLO' }>): void {
-    if (f.version !== PROTOCOL_VERSION) return ch.fail(protocolError(this.epoch, `protocol version ${f.version}; this agent speaks ${PROTOCOL_VERSION}`))
-    if (this.serverDown !== null) {
-      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: this.serverDown })
+  private hello (ch: Channel, f: HelloFrame): void {
+    if (f.version !== PROTOCOL_VERSION) {
+      const message = `protocol version ${f.version}; this agent speaks ${PROTOCOL_VERSION}`
+      return ch.fail(protocolError(this.epoch, message))
     }
-    let s = this.session
-    if (s && s.frontId !== f.frontId && f.epoch <= s.epoch) {
+    if (this.serverDown !== null) {
+      return ch.fail({
+        type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: this.serverDown,
+      })
+    }
+    const held = this.session
+    if (held && held.frontId !== f.frontId && f.epoch <= held.epoch) {
       // Two fronts at one epoch: only one of them won it. Neither may take the other's session.
-      this.log.warn('fenced', { epoch: f.epoch, front: f.frontId, holder: s.frontId })
-      return ch.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${f.epoch} is held by another front` })
+      this.log.warn('fenced', { epoch: f.epoch, front: f.frontId, holder: held.frontId })
+      return ch.fail(fenced(this.epoch, `epoch ${f.epoch} is held by another front`))
     }
     if (this.channel) {
       this.log.info('channel_replaced', { front: f.frontId })
       this.channel.destroy()
     }
     this.channel = ch
-    if (!s || s.frontId !== f.frontId) {
-      // Another front process: whatever the last one had open is gone with its clients.
-      s?.applier.close()
-      s = this.session = this.newSession(f.frontId, f.epoch, f.window)
-      this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
-    } else {
-      s.window = f.window
-      this.log.info('channel_resumed', { front: f.frontId, applied: s.applied })
-    }
-    ch.send({ type: 'WELCOME', epoch: this.epoch, version: PROTOCOL_VERSION, applied: s.applied, acks: [...s.acked].map(([conn, seq]) => ({ conn, seq })) })
+    const s = this.takeSession(held, f)
+    ch.send({
+      type: 'WELCOME',
+      epoch: this.epoch,
+      version: PROTOCOL_VERSION,
+      applied: s.applied,
+      acks: [...s.acked].map(([conn, seq]) => ({ conn, seq })),
+    })
     // The front names every connection it still has open: one it no longer names got its
     // close; the others get whatever they missed again.
     const resume = new Map(f.resume.map((r) => [r.conn, r.offset]))
@@ -260,14 +240,29 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     }
   }
 
+  // The front's session: the one held when it is the same front process, else a new one.
+  private takeSession (held: Session | null, f: HelloFrame): Session {
+    if (held && held.frontId === f.frontId) {
+      held.window = f.window
+      this.log.info('channel_resumed', { front: f.frontId, applied: held.applied })
+      return held
+    }
+    // Another front process: whatever the last one had open is gone with its clients.
+    held?.applier.close()
+    const s = this.session = this.newSession(f.frontId, f.epoch, f.window)
+    this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
+    return s
+  }
+
   // Everything of `conn`'s output the front has not credited, then its end, again.
   private resend (ch: Channel, conn: number, o: Output): void {
-    let offset = o.start
-    for (const c of o.chunks) {
-      ch.send({ type: 'OUT', epoch: this.epoch, conn, offset, data: c })
-      offset += c.length
+    for (const { offset, data } of uncredited(o)) {
+      ch.send({ type: 'OUT', epoch: this.epoch, conn, offset, data })
     }
-    if (o.eof) ch.send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset: o.eof.offset, reset: o.eof.reset })
+    if (o.eof) {
+      const { offset, reset } = o.eof
+      ch.send({ type: 'OUT_EOF', epoch: this.epoch, conn, offset, reset })
+    }
     if (o.closed) {
       o.closeSent = true
       ch.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
@@ -275,7 +270,9 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   }
 
   private newSession (frontId: string, epoch: number, window: number): Session {
-    const applier = new Applier({ address: this.cfg.server, connectTimeout: this.cfg.timeouts.connect, linger: this.cfg.timeouts.linger })
+    const { server: address, timeouts } = this.cfg
+    const { connect: connectTimeout, linger } = timeouts
+    const applier = new Applier({ address, connectTimeout, linger })
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     applier.on('ack', (e) => {
@@ -284,19 +281,26 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     })
     applier.on('output', (conn, data) => {
       const o = s.output(conn)
-      for (let at = 0; at < data.length; at += MAX_DATA) {
-        const piece = data.subarray(at, at + MAX_DATA)
-        o.chunks.push(piece)
+      for (const piece of splitData(data)) {
         send({ type: 'OUT', epoch: this.epoch, conn, offset: o.end, data: piece })
-        o.end += piece.length
+        s.append(o, piece)
       }
       if (!o.paused && o.end - o.start > s.window) {
         o.paused = true
         applier.pause(conn)
       }
     })
-    // An end is reported once the server is known to be alive (a dying server's sockets
-    // end too); the close that follows it waits for that report.
+    this.reportEnds(s)
+    applier.on('failed', (err) => {
+      this.onServerDown(`connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`)
+    })
+    return s
+  }
+
+  // An end is reported once the server is known to be alive (a dying server's sockets
+  // end too); the close that follows it waits for that report.
+  private reportEnds (s: Session): void {
+    const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     const reportClose = (conn: number, o: Output): void => {
       o.closed = true
       if (this.session === s && this.channel) {
@@ -304,7 +308,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
         this.channel.send({ type: 'OUT_CLOSE', epoch: this.epoch, conn })
       }
     }
-    applier.on('output_end', (conn, err) => {
+    s.applier.on('output_end', (conn, err) => {
       const o = s.output(conn)
       const offset = o.end
       o.ending = true
@@ -316,13 +320,11 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
         if (o.closeWaiting) reportClose(conn, o)
       })
     })
-    applier.on('closed', (conn) => {
+    s.applier.on('closed', (conn) => {
       const o = s.output(conn)
       if (o.ending && !o.eof) o.closeWaiting = true
       else reportClose(conn, o)
     })
-    applier.on('failed', (err) => this.onServerDown(`connect: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
-    return s
   }
 
   private onServerDown (reason: string): void {
@@ -330,27 +332,37 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     this.serverDown = reason
     this.log.warn('server_down', { server: formatHostPort(this.cfg.server), reason })
     // The front must stop counting on this replica: say why, then close the channel.
-    this.channel?.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: reason })
+    this.channel?.fail({
+      type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: reason,
+    })
     this.channel = null
     this.session?.applier.close()
     this.session = null
   }
 
   // Fencing is only as good as the record of the newest epoch: one that cannot be written
-  // is not taken (the front gets an error and tries again).
+  // is not taken (the front gets an error and tries again). Written before anything acts on
+  // it, hence synchronously.
   private raiseEpoch (epoch: number, from: Channel): boolean {
     try {
-      writeAtomic(this.epochFile, JSON.stringify({ epoch, updated_at: new Date().toISOString() }) + '\n')
+      const record = JSON.stringify({ epoch, updated_at: new Date().toISOString() }) + '\n'
+      writeFileAtomicSync(this.epochFile, record)
     } catch (err) {
-      this.log.error('epoch_write_failed', { epoch, file: this.epochFile, error: (err as Error).message })
-      from.fail({ type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_STATE', message: `cannot record epoch ${epoch}: ${(err as Error).message}` })
+      const error = (err as Error).message
+      this.log.error('epoch_write_failed', { epoch, file: this.epochFile, error })
+      from.fail({
+        type: 'ERROR',
+        epoch: this.epoch,
+        code: 'ERR_FTPROXY_STATE',
+        message: `cannot record epoch ${epoch}: ${error}`,
+      })
       return false
     }
     this.epoch = epoch
     this.log.info('epoch', { epoch })
     if (this.channel && this.channel !== from) {
       // A front with a newer epoch is here: the one before it may not drive the server any more.
-      this.channel.fail({ type: 'ERROR', epoch, code: 'ERR_FTPROXY_FENCED', message: `epoch ${epoch} supersedes this channel` })
+      this.channel.fail(fenced(epoch, `epoch ${epoch} supersedes this channel`))
       this.channel = null
     }
     return true
@@ -359,11 +371,14 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private readEpoch (): number {
     try {
       const v = JSON.parse(fs.readFileSync(this.epochFile, 'utf8')) as { epoch?: unknown }
-      if (typeof v.epoch !== 'number' || !Number.isSafeInteger(v.epoch) || v.epoch < 0) throw new Error('no epoch')
+      if (typeof v.epoch !== 'number' || !Number.isSafeInteger(v.epoch) || v.epoch < 0) {
+        throw new Error('no epoch')
+      }
       return v.epoch
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
-      throw new FtproxyError('ERR_FTPROXY_STATE', `${this.epochFile}: unreadable or malformed: ${(err as Error).message}`, { file: this.epochFile })
+      const message = `${this.epochFile}: unreadable or malformed: ${(err as Error).message}`
+      throw new FtproxyError('ERR_FTPROXY_STATE', message, { file: this.epochFile })
     }
   }
 }
@@ -372,18 +387,6 @@ function protocolError (epoch: number, message: string): Frame {
   return { type: 'ERROR', epoch, code: 'ERR_FTPROXY_PROTOCOL', message }
 }
 
-// temp file, fsync, rename, fsync of the directory: the epoch must survive a crash, since
-// fencing depends on never going back to an older one.
-function writeAtomic (file: string, text: string): void {
-  const tmp = `${file}.${process.pid}.tmp`
-  const fd = fs.openSync(tmp, 'w', 0o640)
-  try {
-    fs.writeSync(fd, text)
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-  fs.renameSync(tmp, file)
-  const dir = fs.openSync(path.dirname(file), 'r')
-  try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
+function fenced (epoch: number, message: string): Frame {
+  return { type: 'ERROR', epoch, code: 'ERR_FTPROXY_FENCED', message }
 }

@@ -10,7 +10,10 @@ export interface ArbiterState {
 }
 
 export interface Arbiter {
-  /** Take ownership (file: the state_dir lock) and read the current state (epoch 0, primary null, stale [] when none). */
+  /**
+   * Take ownership (file: the state_dir lock) and read the current state (epoch 0, primary
+   * null, stale [] when none).
+   */
   open(): Promise<ArbiterState>
   /**
    * Test-and-set: write `next` only if the stored state's epoch still equals `expectEpoch`.

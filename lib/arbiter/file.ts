@@ -3,6 +3,7 @@
 //
 //   open()           mkdir -p ─▶ lock ─▶ drop leftover temp files ─▶ read state.json
 //   compareAndSet()  re-read ─▶ epoch == expected? ─▶ write tmp, fsync, rename, fsync dir
+//                    (util/atomic-write: the state is on disk before the front acts on it)
 //   close()          remove lock.pid ─▶ release lock
 //
 // The lock is a Linux abstract-namespace unix socket: bind is atomic, and the kernel frees the
@@ -16,6 +17,8 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { FtproxyError } from '../errors.js'
+import { writeFileAtomicSync } from '../util/atomic-write.js'
+import { listen } from '../util/listen.js'
 import { initialState } from './arbiter.js'
 import type { Arbiter, ArbiterState } from './arbiter.js'
 
@@ -32,7 +35,10 @@ const STATE_FILE = 'state.json'
 const PID_FILE = 'lock.pid'
 const TEMP_RE = /^state\.json\..+\.tmp$/
 
-/** The abstract socket name that locks `dir` (which must exist). Same dir, same name, any process. */
+/**
+ * The abstract socket name that locks `dir` (which must exist). Same dir, same name, any
+ * process.
+ */
 export function lockName (dir: string): string {
   const hash = createHash('sha256').update(realpathSync(dir)).digest('hex')
   return '\0ftproxy-lock-' + hash.slice(0, 32)
@@ -53,7 +59,8 @@ export class FileArbiter implements Arbiter {
   #lockKind: 'socket' | 'pidfile'
   #lock: Lock | null = null
   #opening: Promise<ArbiterState> | null = null
-  // CAS is read-then-write across awaits: serialize it, or two calls in this process could both win.
+  // CAS is read-then-write across awaits: serialize it, or two calls in this process could
+  // both win.
   #queue: Promise<unknown> = Promise.resolve()
 
   constructor (opts: FileArbiterOptions) {
@@ -72,7 +79,9 @@ export class FileArbiter implements Arbiter {
   async #open (): Promise<ArbiterState> {
     if (this.#lock) return await readState(this.file)
     await fs.mkdir(this.dir, { recursive: true, mode: 0o750 })
-    const lock = this.#lockKind === 'socket' ? await lockSocket(this.dir) : await lockPidFile(this.dir)
+    const lock = this.#lockKind === 'socket'
+      ? await lockSocket(this.dir)
+      : await lockPidFile(this.dir)
     try {
       await removeTemps(this.dir)
       const state = await readState(this.file)
@@ -93,7 +102,8 @@ export class FileArbiter implements Arbiter {
 
   async #compareAndSet (expectEpoch: number, next: ArbiterState): Promise<boolean> {
     if (!this.#lock) {
-      throw new FtproxyError('ERR_FTPROXY_STATE', `${this.file}: arbiter is not open`, { file: this.file })
+      const message = `${this.file}: arbiter is not open`
+      throw new FtproxyError('ERR_FTPROXY_STATE', message, { file: this.file })
     }
     // Two writers that both keep epoch N cannot be told apart, so every write moves the epoch on.
     if (!(next.epoch > expectEpoch)) {
@@ -107,10 +117,11 @@ export class FileArbiter implements Arbiter {
     if (current.epoch !== expectEpoch) return false
     const text = JSON.stringify({ ...record, updated_at: new Date().toISOString() }, null, 2) + '\n'
     try {
-      await writeAtomic(this.dir, STATE_FILE, text)
+      writeFileAtomicSync(this.file, text)
     } catch (err) {
-      throw new FtproxyError('ERR_FTPROXY_STATE', `${this.file}: cannot write: ${(err as Error).message}`,
-        { file: this.file, cause: (err as NodeJS.ErrnoException).code })
+      const message = `${this.file}: cannot write: ${(err as Error).message}`
+      const cause = (err as NodeJS.ErrnoException).code
+      throw new FtproxyError('ERR_FTPROXY_STATE', message, { file: this.file, cause })
     }
     return true
   }
@@ -133,63 +144,42 @@ async function readState (file: string): Promise<ArbiterState> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT') return initialState()
-    throw new FtproxyError('ERR_FTPROXY_STATE', `${file}: cannot read: ${(err as Error).message}`, { file, cause: code })
+    const message = `${file}: cannot read: ${(err as Error).message}`
+    throw new FtproxyError('ERR_FTPROXY_STATE', message, { file, cause: code })
   }
   let value: unknown
   try {
     value = JSON.parse(text)
   } catch (err) {
     // Never reset a broken file: it may hold the only record of who is primary.
-    throw new FtproxyError('ERR_FTPROXY_STATE', `${file}: not valid JSON: ${(err as Error).message}`, { file })
+    const message = `${file}: not valid JSON: ${(err as Error).message}`
+    throw new FtproxyError('ERR_FTPROXY_STATE', message, { file })
   }
   return toState(value, file, 'state file')
 }
 
 function toState (value: unknown, file: string, what: string): ArbiterState {
   const bad = (reason: string): never => {
-    throw new FtproxyError('ERR_FTPROXY_STATE', `${file}: malformed ${what}: ${reason}`, { file, reason })
+    const message = `${file}: malformed ${what}: ${reason}`
+    throw new FtproxyError('ERR_FTPROXY_STATE', message, { file, reason })
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return bad('not an object')
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return bad('not an object')
+  }
   const v = value as Record<string, unknown>
-  if (typeof v.epoch !== 'number' || !Number.isSafeInteger(v.epoch) || v.epoch < 0) bad('epoch must be an integer >= 0')
+  if (typeof v.epoch !== 'number' || !Number.isSafeInteger(v.epoch) || v.epoch < 0) {
+    bad('epoch must be an integer >= 0')
+  }
   if (v.primary !== null && typeof v.primary !== 'string') bad('primary must be a string or null')
-  if (!Array.isArray(v.stale) || !v.stale.every((s) => typeof s === 'string')) bad('stale must be a list of strings')
+  if (!Array.isArray(v.stale) || !v.stale.every((s) => typeof s === 'string')) {
+    bad('stale must be a list of strings')
+  }
   if (typeof v.owner !== 'string') bad('owner must be a string')
   return {
     epoch: v.epoch as number,
     primary: v.primary as string | null,
     stale: [...(v.stale as string[])],
     owner: v.owner as string
-  }
-}
-
-// Temp file in the same dir (rename is atomic only within one filesystem), fsync it, rename it
-// over the target, fsync the dir so the rename itself survives a power cut.
-async function writeAtomic (dir: string, name: string, data: string): Promise<void> {
-  const tmp = path.join(dir, `${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
-  try {
-    const fh = await fs.open(tmp, 'wx', 0o640)
-    try {
-      await fh.writeFile(data)
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await fs.rename(tmp, path.join(dir, name))
-  } catch (err) {
-    await fs.rm(tmp, { force: true })
-    throw err
-  }
-  await syncDir(dir)
-}
-
-async function syncDir (dir: string): Promise<void> {
-  if (process.platform === 'win32') return // directories cannot be opened for fsync there
-  const fh = await fs.open(dir, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
   }
 }
 
@@ -221,13 +211,7 @@ async function lockSocket (dir: string): Promise<Lock> {
   // Any local process may connect to an abstract name: drop such sockets at once.
   const server = net.createServer((socket) => socket.destroy())
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen({ path: lockName(dir) }, () => {
-        server.off('error', reject)
-        resolve()
-      })
-    })
+    await listen(server, { path: lockName(dir) })
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') throw await lockedError(dir)
     throw err

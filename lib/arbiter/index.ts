@@ -6,7 +6,6 @@ import { FileArbiter } from './file.js'
 export type { Arbiter, ArbiterState } from './arbiter.js'
 export { initialState } from './arbiter.js'
 export { FileArbiter, lockName } from './file.js'
-export type { FileArbiterOptions } from './file.js'
 
 /** The `arbiter:` config section (grows `tas` and `etcd` variants). */
 export type ArbiterConfig = { kind: 'file' }

@@ -11,7 +11,6 @@ export interface ChannelEvents {
   /** A decoding error or a socket error; the channel is closed after it. */
   error: [err: Error]
   close: []
-  drain: []
 }
 
 export class Channel extends EventEmitter<ChannelEvents> {
@@ -24,7 +23,6 @@ export class Channel extends EventEmitter<ChannelEvents> {
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => this.onData(chunk))
     socket.on('error', (err) => this.emit('error', err))
-    socket.on('drain', () => this.emit('drain'))
     socket.on('close', () => {
       this.closed = true
       this.emit('close')
@@ -33,7 +31,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
   }
 
   /**
-   * Write one frame; false when the socket wants 'drain' before more. A frame that cannot be
+   * Write one frame; false when the socket's buffer is full. A frame that cannot be
    * encoded (a bug, or a list grown past the frame limit) fails the channel, not the process.
    */
   send (frame: Frame): boolean {
@@ -54,7 +52,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
   /** Send a last frame (an ERROR), then close; nothing more is read from it. */
   fail (frame: Frame): void {
     if (this.closed) return
-    if (frame.type === 'ERROR' && Buffer.byteLength(frame.message) > 1000) frame = { ...frame, message: frame.message.slice(0, 900) + '…' }
+    if (frame.type === 'ERROR' && Buffer.byteLength(frame.message) > 1000) {
+      frame = { ...frame, message: frame.message.slice(0, 900) + '…' }
+    }
     this.send(frame)
     this.closed = true
     this.socket.end()

@@ -1,94 +1,28 @@
 // The log channel codec: bytes ⇄ frames between the front and an agent. Pure: no sockets,
 // no timers. The caller writes what encode() returns and feeds what it reads to
-// FrameDecoder#push().
-//
-//   +---------+--------+---------+------------------+
-//   | len u32 | type u8| epoch   | body ...         |   len = 1 + 4 + body (bytes after len)
-//   |         |        |  u32    |                  |   5 <= len <= maxFrame
-//   +---------+--------+---------+------------------+
-//
-// Integers are big-endian; u64 values must fit a JS number (<= 2^53 - 1). A string is
-// u16 length + UTF-8 (at most 1024 bytes). Bodies by type:
-//
-//    1 HELLO      'FTPX' | version u16 | frontId str | window u32 | n u32 | n × (conn u32, offset u64)
-//    2 WELCOME    version u16 | applied u64 | n u32 | n × (conn u32, seq u64)
-//    3 OPEN       seq u64 | conn u32
-//    4 DATA       seq u64 | conn u32 | data (rest of the frame, non-empty)
-//    5 EOF        seq u64 | conn u32
-//    6 CLOSE      seq u64 | conn u32
-//    7 ACK        seq u64
-//    8 OUT        conn u32 | offset u64 | data (rest of the frame, non-empty)
-//    9 OUT_EOF    conn u32 | offset u64 | reset u8 (0 | 1)
-//   10 OUT_CLOSE  conn u32
-//   11 OUT_ACK    conn u32 | offset u64
-//   12 HEARTBEAT  (empty)
-//   13 ERROR      code str | message str
-//
-// Every field is read exactly: a short body, bytes after the last field, an unknown type or a
-// value out of range is an ERR_FTPROXY_FRAME, and one such error fails the decoder for good
-// (the stream position is lost, so the caller closes the channel).
+// FrameDecoder#push(). The frame layout is in frames.ts.
 
 import { isUtf8 } from 'node:buffer'
 import { FtproxyError } from '../errors.js'
+import {
+  type ConnAck,
+  DEFAULT_MAX_FRAME,
+  type Frame,
+  type FrameName,
+  FrameType,
+  MAGIC,
+  MAX_DATA,
+  MAX_STRING,
+  type ResumePoint,
+} from './frames.js'
 
-export const PROTOCOL_VERSION = 1
-export const MAGIC = 'FTPX'
-/** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
-export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
-/** Largest payload an encoder puts in one DATA or OUT frame; see splitData(). */
-export const MAX_DATA = 1024 * 1024
-/** Largest UTF-8 length of a string field. */
-export const MAX_STRING = 1024
-
-export const FrameType = {
-  HELLO: 1,
-  WELCOME: 2,
-  OPEN: 3,
-  DATA: 4,
-  EOF: 5,
-  CLOSE: 6,
-  ACK: 7,
-  OUT: 8,
-  OUT_EOF: 9,
-  OUT_CLOSE: 10,
-  OUT_ACK: 11,
-  HEARTBEAT: 12,
-  ERROR: 13
-} as const
-
-export type FrameName = keyof typeof FrameType
-
-export interface ResumePoint { conn: number, offset: number }
-export interface ConnAck { conn: number, seq: number }
-
-export interface HelloFrame {
-  type: 'HELLO'
-  epoch: number
-  version: number
-  frontId: string
-  /** Output bytes the agent may send ahead per connection. */
-  window: number
-  resume: ResumePoint[]
-}
-export interface WelcomeFrame { type: 'WELCOME', epoch: number, version: number, applied: number, acks: ConnAck[] }
-export interface OpenFrame { type: 'OPEN', epoch: number, seq: number, conn: number }
-export interface DataFrame { type: 'DATA', epoch: number, seq: number, conn: number, data: Buffer }
-export interface EofFrame { type: 'EOF', epoch: number, seq: number, conn: number }
-export interface CloseFrame { type: 'CLOSE', epoch: number, seq: number, conn: number }
-export interface AckFrame { type: 'ACK', epoch: number, seq: number }
-export interface OutFrame { type: 'OUT', epoch: number, conn: number, offset: number, data: Buffer }
-export interface OutEofFrame { type: 'OUT_EOF', epoch: number, conn: number, offset: number, reset: boolean }
-export interface OutCloseFrame { type: 'OUT_CLOSE', epoch: number, conn: number }
-export interface OutAckFrame { type: 'OUT_ACK', epoch: number, conn: number, offset: number }
-export interface HeartbeatFrame { type: 'HEARTBEAT', epoch: number }
-export interface ErrorFrame { type: 'ERROR', epoch: number, code: string, message: string }
-
-export type Frame =
-  | HelloFrame | WelcomeFrame | OpenFrame | DataFrame | EofFrame | CloseFrame | AckFrame
-  | OutFrame | OutEofFrame | OutCloseFrame | OutAckFrame | HeartbeatFrame | ErrorFrame
+export {
+  PROTOCOL_VERSION, MAGIC, DEFAULT_MAX_FRAME, MAX_DATA, MAX_STRING, FrameType,
+} from './frames.js'
+export type { FrameName, HelloFrame, WelcomeFrame, OutFrame, Frame } from './frames.js'
 
 /** details.reason of an ERR_FTPROXY_FRAME error: stable, unlike the message. */
-export type FrameErrorReason =
+type FrameErrorReason =
   | 'length'     // len < 5 or > maxFrame; on encode, the frame would exceed DEFAULT_MAX_FRAME
   | 'type'       // unknown frame type
   | 'truncated'  // the body ends before its last field
@@ -98,7 +32,7 @@ export type FrameErrorReason =
   | 'empty'      // DATA or OUT without data
   | 'string'     // a string longer than MAX_STRING bytes or not well-formed UTF-8 / UTF-16
   | 'reset'      // OUT_EOF reset other than 0 or 1
-  | 'number'     // encode: a field that is not an integer in its range, or a list that is not an array
+  | 'number'     // encode: a field not an integer in its range, or a list not an array
   | 'data'       // encode: data that is not a Buffer or longer than MAX_DATA
 
 function frameError (reason: FrameErrorReason, message: string): FtproxyError {
@@ -163,13 +97,17 @@ class Writer {
 
 function checkInt (v: number, max: number, field: string): void {
   // Checked before writing: Buffer's writers would throw RangeError or silently wrap.
-  if (!Number.isInteger(v) || v < 0 || v > max) throw frameError('number', `${field} must be an integer in 0..${max}, got ${v}`)
+  if (!Number.isInteger(v) || v < 0 || v > max) {
+    throw frameError('number', `${field} must be an integer in 0..${max}, got ${v}`)
+  }
 }
 
 function utf8 (s: string, field: string): Buffer {
   if (typeof s !== 'string') throw frameError('string', `${field} must be a string`)
   const b = Buffer.from(s, 'utf8')
-  if (b.length > MAX_STRING) throw frameError('string', `${field} is ${b.length} bytes (max ${MAX_STRING})`)
+  if (b.length > MAX_STRING) {
+    throw frameError('string', `${field} is ${b.length} bytes (max ${MAX_STRING})`)
+  }
   // A lone surrogate would be sent as U+FFFD and come back as a different string.
   if (b.toString('utf8') !== s) throw frameError('string', `${field} is not well-formed UTF-16`)
   return b
@@ -178,14 +116,20 @@ function utf8 (s: string, field: string): Buffer {
 function payload (data: Buffer): Buffer {
   if (!Buffer.isBuffer(data)) throw frameError('data', 'data must be a Buffer')
   if (data.length === 0) throw frameError('empty', 'data is empty')
-  if (data.length > MAX_DATA) throw frameError('data', `data is ${data.length} bytes (max ${MAX_DATA}; use splitData)`)
+  if (data.length > MAX_DATA) {
+    throw frameError('data', `data is ${data.length} bytes (max ${MAX_DATA}; use splitData)`)
+  }
   return data
 }
 
 /** A writer holding the frame head, sized for `size` body bytes of `total` (the rest is data). */
 function head (type: FrameName, epoch: number, total: number, size = total): Writer {
-  if (HEAD - 4 + total > DEFAULT_MAX_FRAME) throw frameError('length', `${type} frame of ${total} body bytes is larger than ${DEFAULT_MAX_FRAME}`)
-  return new Writer(HEAD + size).u32(HEAD - 4 + total, 'len').u8(FrameType[type]).u32(epoch, 'epoch')
+  const len = HEAD - 4 + total
+  if (len > DEFAULT_MAX_FRAME) {
+    const message = `${type} frame of ${total} body bytes is larger than ${DEFAULT_MAX_FRAME}`
+    throw frameError('length', message)
+  }
+  return new Writer(HEAD + size).u32(len, 'len').u8(FrameType[type]).u32(epoch, 'epoch')
 }
 
 function list<T> (items: T[], field: string): T[] {
@@ -203,7 +147,8 @@ export function encode (frame: Frame): Buffer[] {
       const id = utf8(frame.frontId, 'frontId')
       const resume = list(frame.resume, 'resume')
       const w = head('HELLO', frame.epoch, 4 + 2 + 2 + id.length + 4 + 4 + 12 * resume.length)
-      w.bytes(Buffer.from(MAGIC, 'latin1')).u16(frame.version, 'version').str(id).u32(frame.window, 'window')
+      w.bytes(Buffer.from(MAGIC, 'latin1')).u16(frame.version, 'version')
+      w.str(id).u32(frame.window, 'window')
       w.u32(resume.length, 'resume.length')
       for (const r of resume) w.u32(r.conn, 'resume.conn').u64(r.offset, 'resume.offset')
       return [w.buf]
@@ -221,26 +166,33 @@ export function encode (frame: Frame): Buffer[] {
       return [head(frame.type, frame.epoch, 12).u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf]
     case 'DATA': {
       const data = payload(frame.data)
-      return [head('DATA', frame.epoch, 12 + data.length, 12).u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf, data]
+      const w = head('DATA', frame.epoch, 12 + data.length, 12)
+      return [w.u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf, data]
     }
     case 'ACK':
       return [head('ACK', frame.epoch, 8).u64(frame.seq, 'seq').buf]
     case 'OUT': {
       const data = payload(frame.data)
-      return [head('OUT', frame.epoch, 12 + data.length, 12).u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf, data]
+      const w = head('OUT', frame.epoch, 12 + data.length, 12)
+      return [w.u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf, data]
     }
-    case 'OUT_EOF':
-      return [head('OUT_EOF', frame.epoch, 13).u32(frame.conn, 'conn').u64(frame.offset, 'offset').u8(frame.reset ? 1 : 0).buf]
+    case 'OUT_EOF': {
+      const w = head('OUT_EOF', frame.epoch, 13)
+      return [w.u32(frame.conn, 'conn').u64(frame.offset, 'offset').u8(frame.reset ? 1 : 0).buf]
+    }
     case 'OUT_CLOSE':
       return [head('OUT_CLOSE', frame.epoch, 4).u32(frame.conn, 'conn').buf]
-    case 'OUT_ACK':
-      return [head('OUT_ACK', frame.epoch, 12).u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf]
+    case 'OUT_ACK': {
+      const w = head('OUT_ACK', frame.epoch, 12)
+      return [w.u32(frame.conn, 'conn').u64(frame.offset, 'offset').buf]
+    }
     case 'HEARTBEAT':
       return [head('HEARTBEAT', frame.epoch, 0).buf]
     case 'ERROR': {
       const code = utf8(frame.code, 'code')
       const message = utf8(frame.message, 'message')
-      return [head('ERROR', frame.epoch, 2 + code.length + 2 + message.length).str(code).str(message).buf]
+      const w = head('ERROR', frame.epoch, 2 + code.length + 2 + message.length)
+      return [w.str(code).str(message).buf]
     }
     default:
       throw frameError('type', `unknown frame type ${String((frame as { type: unknown }).type)}`)
@@ -294,10 +246,12 @@ class Reader {
 
   magic (): void {
     const at = this.take(4)
-    if (this.buf.toString('latin1', at, at + 4) !== MAGIC) throw frameError('magic', `HELLO without ${MAGIC} magic`)
+    if (this.buf.toString('latin1', at, at + 4) !== MAGIC) {
+      throw frameError('magic', `HELLO without ${MAGIC} magic`)
+    }
   }
 
-  /** A count of `size`-byte entries; checked against the bytes left before anything is allocated. */
+  /** A count of `size`-byte entries; checked against the bytes left before any allocation. */
   count (size: number): number {
     const n = this.u32()
     if (n * size > this.left) throw frameError('truncated', `${n} entries do not fit the frame`)
@@ -311,7 +265,10 @@ class Reader {
   }
 
   done<F extends Frame> (frame: F): F {
-    if (this.pos !== this.end) throw frameError('trailing', `${this.end - this.pos} bytes after the last field of ${frame.type}`)
+    if (this.pos !== this.end) {
+      const message = `${this.end - this.pos} bytes after the last field of ${frame.type}`
+      throw frameError('trailing', message)
+    }
     return frame
   }
 }
@@ -371,7 +328,10 @@ function decodeFrame (buf: Buffer, start: number, end: number): Frame {
 }
 
 export interface FrameDecoderOptions {
-  /** Largest `len` accepted; a longer frame fails the decoder before it is buffered. @default DEFAULT_MAX_FRAME */
+  /**
+   * Largest `len` accepted; a longer frame fails the decoder before it is buffered.
+   * @default DEFAULT_MAX_FRAME
+   */
   maxFrame?: number
 }
 
@@ -392,7 +352,8 @@ export class FrameDecoder {
   constructor (opts: FrameDecoderOptions = {}) {
     const maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME
     if (!Number.isInteger(maxFrame) || maxFrame < HEAD - 4 || maxFrame > 0xffffffff) {
-      throw new RangeError(`maxFrame must be an integer in ${HEAD - 4}..${0xffffffff}, got ${maxFrame}`)
+      const range = `${HEAD - 4}..${0xffffffff}`
+      throw new RangeError(`maxFrame must be an integer in ${range}, got ${maxFrame}`)
     }
     this.maxFrame = maxFrame
   }
@@ -450,8 +411,12 @@ export class FrameDecoder {
       this.add(chunk.subarray(0, pos))
       if (this.held < 4) return pos
       // The length is checked the moment it is complete, before any body is held.
-      if (this.parts.length > 1) this.parts = [Buffer.concat(this.parts, 4)]
-      this.need = 4 + this.checkLen(this.parts[0].readUInt32BE(0))
+      const [only] = this.parts
+      const lenField = this.parts.length === 1 && only !== undefined
+        ? only
+        : Buffer.concat(this.parts, 4)
+      this.parts = [lenField]
+      this.need = 4 + this.checkLen(lenField.readUInt32BE(0))
     }
     const n = Math.min(this.need - this.held, chunk.length - pos)
     this.add(chunk.subarray(pos, pos + n))
@@ -465,7 +430,9 @@ export class FrameDecoder {
   }
 
   private checkLen (len: number): number {
-    if (len < HEAD - 4 || len > this.maxFrame) throw frameError('length', `frame length ${len} outside ${HEAD - 4}..${this.maxFrame}`)
+    if (len < HEAD - 4 || len > this.maxFrame) {
+      throw frameError('length', `frame length ${len} outside ${HEAD - 4}..${this.maxFrame}`)
+    }
     return len
   }
 }

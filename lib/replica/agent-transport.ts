@@ -15,12 +15,15 @@ import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import tls from 'node:tls'
 import { performance } from 'node:perf_hooks'
-import type { HostPort, TlsConfig } from '../config.js'
+import type { HostPort } from '../address.js'
+import type { TlsConfig } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { Entry } from '../front/log.js'
 import { Channel } from '../channel/channel.js'
-import { PROTOCOL_VERSION, type Frame } from '../channel/codec.js'
+import {
+  PROTOCOL_VERSION, type Frame, type OutFrame, type WelcomeFrame,
+} from '../channel/codec.js'
 import type { Transport, TransportEvents } from './transport.js'
 
 export interface AgentTransportOptions {
@@ -68,7 +71,8 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
     let tlsError: Error | null = null
     if (opts.tls) {
       try {
-        this.tlsOptions = { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ca: readFileSync(opts.tls.ca) }
+        const { cert, key, ca } = opts.tls
+        this.tlsOptions = { cert: readFileSync(cert), key: readFileSync(key), ca: readFileSync(ca) }
       } catch (err) {
         tlsError = err as Error
       }
@@ -79,8 +83,12 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
     this.ticker = setInterval(() => this.tick(), this.period)
     this.ticker.unref()
     // Certificates that cannot be read: fail (never fall back to plaintext).
-    if (tlsError) setImmediate(() => this.fail(new FtproxyError('ERR_FTPROXY_CONFIG', `tls: ${tlsError.message}`)))
-    else this.connect()
+    if (tlsError) {
+      const err = new FtproxyError('ERR_FTPROXY_CONFIG', `tls: ${tlsError.message}`)
+      setImmediate(() => this.fail(err))
+    } else {
+      this.connect()
+    }
   }
 
   get unacked (): number {
@@ -117,7 +125,9 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
     if (this.stopped) return
     const { host, port } = this.opts.address
     const socket = this.tlsOptions
-      ? tls.connect({ host, port, ...this.tlsOptions, servername: net.isIP(host) ? undefined : host })
+      ? tls.connect({
+        host, port, ...this.tlsOptions, servername: net.isIP(host) ? undefined : host,
+      })
       : net.connect({ host, port })
     const ch = new Channel(socket)
     this.channel = ch
@@ -134,7 +144,10 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       })
     })
     ch.on('frame', (f) => this.onFrame(ch, f))
-    ch.on('error', (err) => this.opts.log.debug('channel_error', { error: err.message, code: (err as NodeJS.ErrnoException).code }))
+    ch.on('error', (err) => {
+      const code = (err as NodeJS.ErrnoException).code
+      this.opts.log.debug('channel_error', { error: err.message, code })
+    })
     ch.on('close', () => {
       clearTimeout(timer)
       if (this.channel !== ch) return
@@ -148,58 +161,69 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
   private onFrame (ch: Channel, f: Frame): void {
     this.lastHeard = performance.now()
     switch (f.type) {
-      case 'WELCOME': {
-        if (this.live) return this.protocolError(ch, 'second WELCOME')
-        // Entries the agent wrote before the channel dropped, whose ACKs were lost with it.
-        const acked = new Map(f.acks.map((a) => [a.conn, a.seq]))
-        for (const e of [...this.held.values()]) {
-          const upTo = acked.get(e.conn)
-          if (upTo !== undefined && e.seq <= upTo) this.ack(e.seq)
-        }
-        this.live = true
-        this.opts.log.info('channel_up', { applied: f.applied, resend: [...this.held.keys()].filter((s) => s > f.applied).length })
-        for (const e of this.held.values()) if (e.seq > f.applied) this.sendEntry(e)
-        return
-      }
+      case 'WELCOME': return this.onWelcome(ch, f)
       case 'ACK': return this.ack(f.seq)
-      case 'OUT': {
-        const have = this.received.get(f.conn)
-        if (have === undefined || this.ended.has(f.conn)) return // closed already: a replay
-        if (f.offset > have) return this.protocolError(ch, `output gap on conn ${f.conn}: ${f.offset} > ${have}`)
-        if (f.offset + f.data.length <= have) return // resent after a reconnect: already here
-        const data = f.data.subarray(have - f.offset)
-        this.received.set(f.conn, have + data.length)
-        if (!this.paused.has(f.conn)) this.owe(f.conn)
-        this.emit('output', f.conn, data)
-        return
-      }
+      case 'OUT': return this.onOut(ch, f)
       case 'OUT_EOF': {
         if (!this.received.has(f.conn) || this.ended.has(f.conn)) return
         this.ended.add(f.conn)
-        this.emit('output_end', f.conn, f.reset ? Object.assign(new Error('server reset the connection'), { code: 'ECONNRESET' }) : null)
+        const err = f.reset
+          ? Object.assign(new Error('server reset the connection'), { code: 'ECONNRESET' })
+          : null
+        this.emit('output_end', f.conn, err)
         return
       }
-      case 'OUT_CLOSE': {
-        const offset = this.received.get(f.conn)
-        if (offset === undefined) return
-        // The last credit, paused or not: the agent forgets the connection on it.
-        ch.send({ type: 'OUT_ACK', epoch: this.opts.epoch(), conn: f.conn, offset })
-        this.received.delete(f.conn)
-        this.ended.delete(f.conn)
-        this.paused.delete(f.conn)
-        this.owed.delete(f.conn)
-        this.emit('closed', f.conn)
-        return
-      }
+      case 'OUT_CLOSE': return this.onOutClose(ch, f.conn)
       case 'HEARTBEAT': return
       case 'ERROR': {
-        const code = f.code === 'ERR_FTPROXY_FENCED' || f.code === 'ERR_FTPROXY_SERVER_DOWN' ? f.code : 'ERR_FTPROXY_PROTOCOL'
+        const code = f.code === 'ERR_FTPROXY_FENCED' || f.code === 'ERR_FTPROXY_SERVER_DOWN'
+          ? f.code
+          : 'ERR_FTPROXY_PROTOCOL'
         this.opts.log.warn('agent_error', { code: f.code, error: f.message })
         this.fail(new FtproxyError(code, `${f.code}: ${f.message}`, { agent_code: f.code }))
         return
       }
       default: return this.protocolError(ch, `unexpected ${f.type}`)
     }
+  }
+
+  private onWelcome (ch: Channel, f: WelcomeFrame): void {
+    if (this.live) return this.protocolError(ch, 'second WELCOME')
+    // Entries the agent wrote before the channel dropped, whose ACKs were lost with it.
+    const acked = new Map(f.acks.map((a) => [a.conn, a.seq]))
+    for (const e of [...this.held.values()]) {
+      const upTo = acked.get(e.conn)
+      if (upTo !== undefined && e.seq <= upTo) this.ack(e.seq)
+    }
+    this.live = true
+    const resend = [...this.held.keys()].filter((s) => s > f.applied).length
+    this.opts.log.info('channel_up', { applied: f.applied, resend })
+    for (const e of this.held.values()) if (e.seq > f.applied) this.sendEntry(e)
+  }
+
+  private onOut (ch: Channel, f: OutFrame): void {
+    const have = this.received.get(f.conn)
+    if (have === undefined || this.ended.has(f.conn)) return // closed already: a replay
+    if (f.offset > have) {
+      return this.protocolError(ch, `output gap on conn ${f.conn}: ${f.offset} > ${have}`)
+    }
+    if (f.offset + f.data.length <= have) return // resent after a reconnect: already here
+    const data = f.data.subarray(have - f.offset)
+    this.received.set(f.conn, have + data.length)
+    if (!this.paused.has(f.conn)) this.owe(f.conn)
+    this.emit('output', f.conn, data)
+  }
+
+  private onOutClose (ch: Channel, conn: number): void {
+    const offset = this.received.get(conn)
+    if (offset === undefined) return
+    // The last credit, paused or not: the agent forgets the connection on it.
+    ch.send({ type: 'OUT_ACK', epoch: this.opts.epoch(), conn, offset })
+    this.received.delete(conn)
+    this.ended.delete(conn)
+    this.paused.delete(conn)
+    this.owed.delete(conn)
+    this.emit('closed', conn)
   }
 
   private ack (seq: number): void {
@@ -211,9 +235,12 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
 
   private sendEntry (e: Entry): void {
     const epoch = this.opts.epoch()
+    // Called only while live, that is with a channel.
     const ch = this.channel as Channel
-    if (e.type === 'DATA') ch.send({ type: 'DATA', epoch, seq: e.seq, conn: e.conn, data: e.data as Buffer })
-    else ch.send({ type: e.type, epoch, seq: e.seq, conn: e.conn })
+    const { seq, conn } = e
+    // A DATA entry always carries its data (see InputLog.append).
+    if (e.type === 'DATA') ch.send({ type: 'DATA', epoch, seq, conn, data: e.data as Buffer })
+    else ch.send({ type: e.type, epoch, seq, conn })
   }
 
   // Credit the agent for output taken, once per turn per connection.
@@ -226,7 +253,8 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       const epoch = this.opts.epoch()
       for (const conn of this.owed) {
         const offset = this.received.get(conn)
-        if (offset !== undefined && this.live) this.channel?.send({ type: 'OUT_ACK', epoch, conn, offset })
+        if (offset === undefined || !this.live) continue
+        this.channel?.send({ type: 'OUT_ACK', epoch, conn, offset })
       }
       this.owed.clear()
     })
@@ -237,10 +265,13 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
     const now = performance.now()
     // This process stalled (GC, a blocking call): frames may be waiting unread in the socket,
     // so the silence proves nothing yet; look again next tick.
-    if (now - this.lastTick > 2 * this.period) this.lastHeard = Math.max(this.lastHeard, now - this.period)
+    if (now - this.lastTick > 2 * this.period) {
+      this.lastHeard = Math.max(this.lastHeard, now - this.period)
+    }
     this.lastTick = now
     if (now - this.lastHeard > this.opts.heartbeat) {
-      return this.fail(new FtproxyError('ERR_FTPROXY_HEARTBEAT', `nothing heard from the agent for ${this.opts.heartbeat}ms`))
+      const message = `nothing heard from the agent for ${this.opts.heartbeat}ms`
+      return this.fail(new FtproxyError('ERR_FTPROXY_HEARTBEAT', message))
     }
     if (this.live) this.channel?.send({ type: 'HEARTBEAT', epoch: this.opts.epoch() })
   }

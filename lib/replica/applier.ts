@@ -12,8 +12,9 @@
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import type { Entry } from '../front/log.js'
-import type { HostPort } from '../config.js'
+import type { HostPort } from '../address.js'
 import { FtproxyError } from '../errors.js'
+import { Queue } from '../util/queue.js'
 import type { Transport, TransportEvents } from './transport.js'
 
 export interface ApplierOptions {
@@ -29,8 +30,7 @@ interface AppConn {
   id: number
   socket: net.Socket
   /** entries handed to this socket and not yet acknowledged, in order */
-  pending: Entry[]
-  head: number
+  pending: Queue<Entry>
   /** of those, the ones whose write completed (acked once every earlier one is) */
   done: Set<Entry>
   connectTimer?: NodeJS.Timeout
@@ -47,8 +47,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   /** Entries handed to apply() and not yet acknowledged. */
   unacked = 0
   private readonly conns = new Map<number, AppConn>()
-  private readonly queue: Entry[] = []
-  private qhead = 0
+  /** Entries waiting for a connect in progress, in seq order. */
+  private readonly queue = new Queue<Entry>()
   private connecting = false
   private stopped = false
 
@@ -61,7 +61,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     if (this.stopped) return
     this.sent = entry.seq
     this.unacked++
-    if (this.connecting || this.qhead < this.queue.length) {
+    if (this.connecting || this.queue.length > 0) {
       this.queue.push(entry)
       return
     }
@@ -87,7 +87,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       c.socket.destroy()
     }
     this.conns.clear()
-    this.queue.length = 0
+    this.queue.clear()
   }
 
   get connections (): number {
@@ -104,22 +104,29 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   }
 
   private drain (): void {
-    while (!this.connecting && !this.stopped && this.qhead < this.queue.length) {
-      this.run(this.queue[this.qhead++])
-    }
-    if (this.qhead === this.queue.length) {
-      this.queue.length = 0
-      this.qhead = 0
+    while (!this.connecting && !this.stopped) {
+      const entry = this.queue.shift()
+      if (entry === undefined) return
+      this.run(entry)
     }
   }
 
   private open (entry: Entry): void {
-    const socket = net.connect({ host: this.opts.address.host, port: this.opts.address.port, allowHalfOpen: true, noDelay: true })
-    const c: AppConn = { id: entry.conn, socket, pending: [], head: 0, done: new Set(), outputEnded: false, closed: false }
+    const { host, port } = this.opts.address
+    const socket = net.connect({ host, port, allowHalfOpen: true, noDelay: true })
+    const c: AppConn = {
+      id: entry.conn,
+      socket,
+      pending: new Queue(),
+      done: new Set(),
+      outputEnded: false,
+      closed: false,
+    }
     this.conns.set(entry.conn, c)
     this.connecting = true
     c.connectTimer = setTimeout(() => {
-      socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', `connect to ${this.opts.address.host}:${this.opts.address.port} timed out`))
+      const message = `connect to ${host}:${port} timed out`
+      socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', message))
     }, this.opts.connectTimeout)
     const onConnectError = (err: Error): void => {
       clearTimeout(c.connectTimer)
@@ -131,7 +138,10 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     socket.once('connect', () => {
       clearTimeout(c.connectTimer)
       socket.off('error', onConnectError)
-      if (this.stopped) return void socket.destroy()
+      if (this.stopped) {
+        socket.destroy()
+        return
+      }
       this.wire(c)
       this.connecting = false
       this.confirm(entry)
@@ -149,7 +159,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       c.closed = true
       clearTimeout(c.lingerTimer)
       // Whatever was still queued on a dead socket will never be written: do not hold the log.
-      for (let i = c.head; i < c.pending.length; i++) c.done.add(c.pending[i])
+      for (const e of c.pending) c.done.add(e)
       this.settle(c, null)
       this.outputEnd(c, null)
       this.conns.delete(c.id)
@@ -195,23 +205,16 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   // Acks leave in the connection's order even when an entry settles early (nothing to write).
   // The usual case, the oldest pending entry settling, takes the fast path.
   private settle (c: AppConn, entry: Entry | null): void {
-    if (entry !== null && c.pending[c.head] === entry && c.done.size === 0) {
-      c.head++
+    if (entry !== null && c.pending.peek() === entry && c.done.size === 0) {
+      c.pending.shift()
       this.confirm(entry)
-    } else {
-      if (entry) c.done.add(entry)
-      while (c.head < c.pending.length && c.done.has(c.pending[c.head])) {
-        const e = c.pending[c.head++]
-        c.done.delete(e)
-        this.confirm(e)
-      }
+      return
     }
-    if (c.head === c.pending.length) {
-      c.pending.length = 0
-      c.head = 0
-    } else if (c.head > 1024) {
-      c.pending = c.pending.slice(c.head)
-      c.head = 0
+    if (entry) c.done.add(entry)
+    for (let e = c.pending.peek(); e !== undefined && c.done.has(e); e = c.pending.peek()) {
+      c.pending.shift()
+      c.done.delete(e)
+      this.confirm(e)
     }
   }
 

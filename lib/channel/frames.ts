@@ -1,0 +1,97 @@
+// The log channel's frames: their layout, limits and types. codec.ts encodes and decodes
+// them; nothing here touches bytes.
+//
+//   +---------+--------+---------+------------------+
+//   | len u32 | type u8| epoch   | body ...         |   len = 1 + 4 + body (bytes after len)
+//   |         |        |  u32    |                  |   5 <= len <= maxFrame
+//   +---------+--------+---------+------------------+
+//
+// Integers are big-endian; u64 values must fit a JS number (<= 2^53 - 1). A string is
+// u16 length + UTF-8 (at most 1024 bytes). Bodies by type:
+//
+//    1 HELLO      'FTPX' | version u16 | frontId str | window u32 |
+//                 n u32 | n × (conn u32, offset u64)
+//    2 WELCOME    version u16 | applied u64 | n u32 | n × (conn u32, seq u64)
+//    3 OPEN       seq u64 | conn u32
+//    4 DATA       seq u64 | conn u32 | data (rest of the frame, non-empty)
+//    5 EOF        seq u64 | conn u32
+//    6 CLOSE      seq u64 | conn u32
+//    7 ACK        seq u64
+//    8 OUT        conn u32 | offset u64 | data (rest of the frame, non-empty)
+//    9 OUT_EOF    conn u32 | offset u64 | reset u8 (0 | 1)
+//   10 OUT_CLOSE  conn u32
+//   11 OUT_ACK    conn u32 | offset u64
+//   12 HEARTBEAT  (empty)
+//   13 ERROR      code str | message str
+//
+// Every field is read exactly: a short body, bytes after the last field, an unknown type or a
+// value out of range is an ERR_FTPROXY_FRAME, and one such error fails the decoder for good
+// (the stream position is lost, so the caller closes the channel).
+
+export const PROTOCOL_VERSION = 1
+export const MAGIC = 'FTPX'
+/** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
+export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
+/** Largest payload an encoder puts in one DATA or OUT frame; see splitData(). */
+export const MAX_DATA = 1024 * 1024
+/** Largest UTF-8 length of a string field. */
+export const MAX_STRING = 1024
+
+export const FrameType = {
+  HELLO: 1,
+  WELCOME: 2,
+  OPEN: 3,
+  DATA: 4,
+  EOF: 5,
+  CLOSE: 6,
+  ACK: 7,
+  OUT: 8,
+  OUT_EOF: 9,
+  OUT_CLOSE: 10,
+  OUT_ACK: 11,
+  HEARTBEAT: 12,
+  ERROR: 13
+} as const
+
+export type FrameName = keyof typeof FrameType
+
+export interface ResumePoint { conn: number, offset: number }
+export interface ConnAck { conn: number, seq: number }
+
+export interface HelloFrame {
+  type: 'HELLO'
+  epoch: number
+  version: number
+  frontId: string
+  /** Output bytes the agent may send ahead per connection. */
+  window: number
+  resume: ResumePoint[]
+}
+export interface WelcomeFrame {
+  type: 'WELCOME'
+  epoch: number
+  version: number
+  applied: number
+  acks: ConnAck[]
+}
+interface OpenFrame { type: 'OPEN', epoch: number, seq: number, conn: number }
+interface DataFrame { type: 'DATA', epoch: number, seq: number, conn: number, data: Buffer }
+interface EofFrame { type: 'EOF', epoch: number, seq: number, conn: number }
+interface CloseFrame { type: 'CLOSE', epoch: number, seq: number, conn: number }
+interface AckFrame { type: 'ACK', epoch: number, seq: number }
+export interface OutFrame { type: 'OUT', epoch: number, conn: number, offset: number, data: Buffer }
+interface OutEofFrame {
+  type: 'OUT_EOF'
+  epoch: number
+  conn: number
+  offset: number
+  reset: boolean
+}
+interface OutCloseFrame { type: 'OUT_CLOSE', epoch: number, conn: number }
+interface OutAckFrame { type: 'OUT_ACK', epoch: number, conn: number, offset: number }
+interface HeartbeatFrame { type: 'HEARTBEAT', epoch: number }
+interface ErrorFrame { type: 'ERROR', epoch: number, code: string, message: string }
+
+export type Frame =
+  | HelloFrame | WelcomeFrame | OpenFrame | DataFrame | EofFrame | CloseFrame | AckFrame
+  | OutFrame | OutEofFrame | OutCloseFrame | OutAckFrame | HeartbeatFrame | ErrorFrame

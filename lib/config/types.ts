@@ -1,0 +1,77 @@
+// The shapes a parsed config takes: what the rest of ftproxy reads. Durations are in
+// milliseconds and sizes in bytes by the time anything sees them.
+
+import type { HostPort } from '../address.js'
+
+/** Mutual TLS: absolute paths (relative ones are resolved against the working directory). */
+export interface TlsConfig {
+  /** This side's certificate (PEM). */
+  cert: string
+  /** This side's private key (PEM). */
+  key: string
+  /** The CA that signed the peer's certificate (PEM). */
+  ca: string
+}
+
+/** Exactly one of `address` (direct) and `agent` (through an agent) is set. */
+export interface ReplicaConfig {
+  /** Unique name, [A-Za-z0-9_.-]+ */
+  name: string
+  /** direct replica: the server's address */
+  address?: HostPort
+  /** agent replica: the agent's log-channel address */
+  agent?: HostPort
+  /**
+   * agent replica: mutual TLS to the agent (client certificate, key, and the CA that signed
+   * the agent's)
+   */
+  tls?: TlsConfig
+  /** direct replica: a command to supervise: argv; argv[0] 'ftproxy' means this binary. */
+  command?: string[]
+}
+
+type OutputCommit = 'ack' | 'match' | 'none'
+type OnBackupLoss = 'continue' | 'block'
+
+export interface Config {
+  /** Absolute path of the file this came from ('<embedded>' when none). */
+  file: string
+  listen: HostPort
+  /** Resolved against the process working directory. */
+  state_dir: string
+  output_commit: OutputCommit
+  on_backup_loss: OnBackupLoss
+  replicas: ReplicaConfig[]
+  /** Durations in milliseconds. */
+  health_check: { interval: number, timeout: number, fall: number, rise: number }
+  /** Durations in milliseconds. */
+  timeouts: { connect: number, stall: number, linger: number, heartbeat: number }
+  /** max_lag in bytes. */
+  limits: { max_connections: number, max_lag: number }
+  arbiter: { kind: 'file' }
+  log: { level: 'error' | 'warn' | 'info' | 'debug', format: 'json' | 'text' }
+  admin: { listen: HostPort, token?: string }
+}
+
+export interface AgentConfig {
+  /** Absolute path of the file this came from ('<flags>' when built from flags). */
+  file: string
+  /** Where the front's log channel connects. */
+  listen: HostPort
+  /** The local legacy server. */
+  server: HostPort
+  /** The newest epoch seen (fencing). Resolved against the process working directory. */
+  state_dir: string
+  /** Optional command to supervise the server: argv; argv[0] 'ftproxy' means this binary. */
+  command?: string[]
+  /**
+   * Optional mutual TLS on the log channel (this agent's certificate, key, and the CA that
+   * signed the front's).
+   */
+  tls?: TlsConfig
+  /** Probes of the local server. Durations in milliseconds. */
+  health_check: { interval: number, timeout: number, fall: number, rise: number }
+  /** Durations in milliseconds. */
+  timeouts: { connect: number, linger: number }
+  log: { level: 'error' | 'warn' | 'info' | 'debug', format: 'json' | 'text' }
+}
