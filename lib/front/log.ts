@@ -4,8 +4,10 @@
 //
 // A replica acknowledges a connection's entries in that connection's order (one socket, one
 // stream), but connections complete independently: a server that stops reading one client
-// must not pin every other client's entries. So entries are held per connection, and the
-// whole log in seq order is the merge of those queues (since()).
+// must not pin every other client's entries. So entries are held per connection; the whole
+// log in seq order is the merge of those queues.
+
+import { Queue } from '../util/queue.js'
 
 export type EntryType = 'OPEN' | 'DATA' | 'EOF' | 'CLOSE'
 
@@ -16,11 +18,6 @@ export interface Entry {
   readonly data?: Buffer
 }
 
-interface Queue {
-  entries: Entry[]
-  head: number
-}
-
 export class InputLog {
   /** seq of the newest entry (0: none yet). */
   lastSeq = 0
@@ -28,13 +25,14 @@ export class InputLog {
   length = 0
   /** Bytes of DATA held. */
   bytes = 0
-  private readonly queues = new Map<number, Queue>()
+  private readonly queues = new Map<number, Queue<Entry>>()
 
   append (type: EntryType, conn: number, data?: Buffer): Entry {
-    const entry: Entry = data ? { seq: ++this.lastSeq, type, conn, data } : { seq: ++this.lastSeq, type, conn }
+    const seq = ++this.lastSeq
+    const entry: Entry = data ? { seq, type, conn, data } : { seq, type, conn }
     let q = this.queues.get(conn)
-    if (!q) this.queues.set(conn, q = { entries: [], head: 0 })
-    q.entries.push(entry)
+    if (!q) this.queues.set(conn, q = new Queue())
+    q.push(entry)
     this.length++
     if (data) this.bytes += data.length
     return entry
@@ -44,37 +42,21 @@ export class InputLog {
   release (conn: number, upTo: number): void {
     const q = this.queues.get(conn)
     if (!q) return
-    while (q.head < q.entries.length && q.entries[q.head].seq <= upTo) this.drop(q.entries[q.head++])
-    if (q.head === q.entries.length) {
-      q.entries = []
-      q.head = 0
-    } else if (q.head > 64 && q.head * 2 > q.entries.length) {
-      q.entries = q.entries.slice(q.head)
-      q.head = 0
-    }
+    for (let e = q.peek(); e && e.seq <= upTo; e = q.peek()) this.drop(q.shift() as Entry)
   }
 
   /** The connection is finished: drop whatever of it is left. */
   forget (conn: number): void {
     const q = this.queues.get(conn)
     if (!q) return
-    for (let i = q.head; i < q.entries.length; i++) this.drop(q.entries[i])
+    for (const e of q) this.drop(e)
     this.queues.delete(conn)
   }
 
   /** Entries held for `conn`, oldest first. */
   held (conn: number): Entry[] {
     const q = this.queues.get(conn)
-    return q ? q.entries.slice(q.head) : []
-  }
-
-  /** Every held entry with seq > `after`, in seq order (to replay to a replica). */
-  since (after: number): Entry[] {
-    const out: Entry[] = []
-    for (const q of this.queues.values()) {
-      for (let i = q.head; i < q.entries.length; i++) if (q.entries[i].seq > after) out.push(q.entries[i])
-    }
-    return out.sort((a, b) => a.seq - b.seq)
+    return q ? [...q] : []
   }
 
   private drop (e: Entry): void {

@@ -2,7 +2,7 @@
 //
 //            base          written      committed        end
 //   ref:      |==============|============|================|     primary's bytes (chunks)
-//   backup b: ------------------->produced[b]                   compared against ref
+//   backup b: ------------------->produced(b)                   compared against ref
 //   backup c: --------------------------------------------------->|~~ahead~~|  waits for ref
 //
 // The reference is the primary's output. A backup's bytes below `end` are compared with it
@@ -10,6 +10,8 @@
 // are released to the client (`written`) only up to `committed`, which the front moves by
 // the output-commit rule. The reference is kept from `base`: the lowest offset that the
 // client or some live backup still needs. Pure bookkeeping: no sockets, no timers.
+
+import { Queue } from '../util/queue.js'
 
 export interface Mismatch {
   /** Replica whose bytes differ from the reference (the primary itself after a promotion). */
@@ -28,39 +30,55 @@ interface Chunk {
   at: number
 }
 
+/** What one replica has produced on this connection. */
+interface Side {
+  live: boolean
+  produced: number
+  /** Bytes produced beyond the reference's end, waiting for the primary to catch up. */
+  ahead: Buffer[]
+  aheadBytes: number
+  // Stall detection: it owes bytes up to oweTarget since oweSince (-1: owes none).
+  oweTarget: number
+  oweSince: number
+  /** The front paused reading its output: its stall clock stops. */
+  suspended: boolean
+}
+
 const DUMP = 16
 
 export class OutputStream {
-  private chunks: Chunk[] = []
-  private head = 0
+  private readonly chunks = new Queue<Chunk>()
   end = 0
   written = 0
   committed = 0
   primary: number
-  readonly live: boolean[]
-  readonly produced: number[]
-  readonly aheadBytes: number[]
-  private readonly ahead: Buffer[][]
-  // Stall detection: replica r owes bytes up to oweTarget[r] since oweSince[r] (-1: owes none).
-  private readonly oweTarget: number[]
-  private readonly oweSince: number[]
-  private readonly suspended: boolean[]
+  private readonly sides: Side[]
 
   constructor (live: boolean[], primary: number) {
-    const n = live.length
-    this.live = live.slice()
     this.primary = primary
-    this.produced = new Array<number>(n).fill(0)
-    this.aheadBytes = new Array<number>(n).fill(0)
-    this.ahead = Array.from({ length: n }, () => [])
-    this.oweTarget = new Array<number>(n).fill(-1)
-    this.oweSince = new Array<number>(n).fill(0)
-    this.suspended = new Array<boolean>(n).fill(false)
+    this.sides = live.map((l) => ({
+      live: l, produced: 0, ahead: [], aheadBytes: 0, oweTarget: -1, oweSince: 0, suspended: false,
+    }))
+  }
+
+  /** Whether replica r still takes part in this connection. */
+  isLive (r: number): boolean {
+    return this.side(r).live
+  }
+
+  /** Bytes replica r has produced on this connection. */
+  producedBy (r: number): number {
+    return this.side(r).produced
+  }
+
+  /** Bytes replica r produced beyond the reference, not yet compared. */
+  aheadOf (r: number): number {
+    return this.side(r).aheadBytes
   }
 
   /** Lowest offset still held. */
   get base (): number {
-    return this.head < this.chunks.length ? this.chunks[this.head].off : this.end
+    return this.chunks.peek()?.off ?? this.end
   }
 
   /**
@@ -71,8 +89,8 @@ export class OutputStream {
    */
   get held (): number {
     if (!this.replaying()) return this.end - this.base
-    const i = this.find(this.keepFrom())
-    return this.end - Math.max(this.base, i < this.chunks.length ? this.chunks[i].off : this.end)
+    const c = this.chunks.at(this.find(this.keepFrom()))
+    return this.end - Math.max(this.base, c?.off ?? this.end)
   }
 
   /**
@@ -81,31 +99,32 @@ export class OutputStream {
    * differ from what the primary has now produced.
    */
   push (r: number, buf: Buffer, dep: number, now: number): Mismatch[] {
-    const found: Mismatch[] = []
+    const side = this.side(r)
     let data = buf
-    const off = this.produced[r]
+    const off = side.produced
     if (off < this.end) {
       const n = Math.min(data.length, this.end - off)
       const bad = this.compare(off, data.subarray(0, n))
       if (bad >= 0) {
-        found.push({ replica: r, offset: bad, expected: this.slice(bad, DUMP), actual: data.subarray(bad - off, bad - off + DUMP) })
-        return found
+        const actual = data.subarray(bad - off, bad - off + DUMP)
+        return [{ replica: r, offset: bad, expected: this.slice(bad, DUMP), actual }]
       }
-      this.produced[r] = off + n
+      side.produced = off + n
       data = data.subarray(n)
     }
+    const found: Mismatch[] = []
     if (data.length > 0) {
       if (r === this.primary) {
         this.chunks.push({ off: this.end, buf: data, dep, at: now })
         this.end += data.length
-        this.produced[r] = this.end
-        for (let o = 0; o < this.live.length; o++) {
-          if (o !== r && this.live[o] && this.aheadBytes[o] > 0) found.push(...this.refeed(o, now))
-        }
+        side.produced = this.end
+        this.sides.forEach((o, i) => {
+          if (i !== r && o.live && o.aheadBytes > 0) found.push(...this.refeed(i, now))
+        })
       } else {
-        this.ahead[r].push(data)
-        this.aheadBytes[r] += data.length
-        this.produced[r] += data.length
+        side.ahead.push(data)
+        side.aheadBytes += data.length
+        side.produced += data.length
       }
     }
     this.noteProgress(now)
@@ -115,15 +134,14 @@ export class OutputStream {
   /** Move committed forward over chunks whose inputs every backup has acknowledged. */
   commitAcked (seq: number): void {
     let i = this.find(this.committed)
-    while (i < this.chunks.length && this.chunks[i].dep <= seq) {
-      this.committed = this.chunks[i].off + this.chunks[i].buf.length
-      i++
+    for (let c = this.chunks.at(i); c !== undefined && c.dep <= seq; c = this.chunks.at(++i)) {
+      this.committed = c.off + c.buf.length
     }
   }
 
   /** When the oldest uncommitted byte was produced (undefined: everything is committed). */
   get uncommittedSince (): number | undefined {
-    return this.committed < this.end ? this.chunks[this.find(this.committed)]?.at : undefined
+    return this.committed < this.end ? this.chunks.at(this.find(this.committed))?.at : undefined
   }
 
   /** Move committed forward to `offset` (capped at end). */
@@ -135,9 +153,9 @@ export class OutputStream {
   /** The lowest offset every live backup has produced and matched (end if none). */
   matchedByBackups (): number {
     let m = this.end
-    for (let r = 0; r < this.live.length; r++) {
-      if (r !== this.primary && this.live[r]) m = Math.min(m, this.produced[r])
-    }
+    this.sides.forEach((s, r) => {
+      if (r !== this.primary && s.live) m = Math.min(m, s.produced)
+    })
     return m
   }
 
@@ -145,13 +163,11 @@ export class OutputStream {
   take (): Buffer[] {
     const out: Buffer[] = []
     let i = this.find(this.written)
-    while (this.written < this.committed && i < this.chunks.length) {
-      const c = this.chunks[i]
+    for (let c = this.chunks.at(i); this.written < this.committed && c; c = this.chunks.at(++i)) {
       const from = this.written - c.off
       const to = Math.min(c.buf.length, this.committed - c.off)
       out.push(from === 0 && to === c.buf.length ? c.buf : c.buf.subarray(from, to))
       this.written = c.off + to
-      i++
     }
     this.trim()
     return out
@@ -163,24 +179,21 @@ export class OutputStream {
    */
   trim (): void {
     let keepFrom = this.keepFrom()
-    if (this.replaying()) keepFrom = Math.min(keepFrom, this.produced[this.primary])
-    while (this.head < this.chunks.length) {
-      const c = this.chunks[this.head]
-      if (c.off + c.buf.length > keepFrom) break
-      this.head++
-    }
-    if (this.head > 64 && this.head * 2 > this.chunks.length) {
-      this.chunks = this.chunks.slice(this.head)
-      this.head = 0
+    if (this.replaying()) keepFrom = Math.min(keepFrom, this.side(this.primary).produced)
+    let c = this.chunks.peek()
+    while (c && c.off + c.buf.length <= keepFrom) {
+      this.chunks.shift()
+      c = this.chunks.peek()
     }
   }
 
   /** Replica r is gone (down, stale, diverged): it no longer holds anything back. */
   drop (r: number): void {
-    this.live[r] = false
-    this.ahead[r] = []
-    this.aheadBytes[r] = 0
-    this.oweTarget[r] = -1
+    const side = this.side(r)
+    side.live = false
+    side.ahead = []
+    side.aheadBytes = 0
+    side.oweTarget = -1
     this.trim()
   }
 
@@ -192,23 +205,21 @@ export class OutputStream {
   promote (to: number, dep: number, now: number): Mismatch[] {
     this.drop(this.primary)
     let keep = this.written
-    for (let r = 0; r < this.live.length; r++) {
-      if (this.live[r]) keep = Math.max(keep, Math.min(this.produced[r], this.end))
-    }
+    for (const s of this.sides) if (s.live) keep = Math.max(keep, Math.min(s.produced, this.end))
     this.truncate(Math.min(keep, this.end))
     this.primary = to
+    const side = this.side(to)
     const found: Mismatch[] = []
-    if (this.aheadBytes[to] > 0) {
+    if (side.aheadBytes > 0) {
       // Its ahead bytes start at `end` (it produced past the old reference): they become
       // the reference, and other backups' ahead bytes are compared with them.
-      const pieces = this.ahead[to]
-      this.produced[to] -= this.aheadBytes[to]
-      this.ahead[to] = []
-      this.aheadBytes[to] = 0
+      const pieces = side.ahead
+      side.produced -= side.aheadBytes
+      side.ahead = []
+      side.aheadBytes = 0
       for (const p of pieces) found.push(...this.push(to, p, dep, now))
     }
-    for (let r = 0; r < this.live.length; r++) this.oweTarget[r] = -1
-    this.noteProgress(now)
+    this.clearDebts(now)
     return found
   }
 
@@ -217,35 +228,44 @@ export class OutputStream {
    * ahead), so it simply becomes the primary and the old primary stays a live backup.
    */
   swap (to: number, now: number): boolean {
-    if (!this.live[to] || this.produced[to] !== this.end || this.aheadBytes[to] !== 0) return false
+    const side = this.side(to)
+    if (!side.live || side.produced !== this.end || side.aheadBytes !== 0) return false
     this.primary = to
-    for (let r = 0; r < this.live.length; r++) this.oweTarget[r] = -1
-    this.noteProgress(now)
+    this.clearDebts(now)
     return true
   }
 
   /** Whether every live replica has produced exactly the reference. */
   get inSync (): boolean {
-    for (let r = 0; r < this.live.length; r++) {
-      if (this.live[r] && (this.produced[r] !== this.end || this.aheadBytes[r] !== 0)) return false
-    }
-    return true
+    return this.sides.every((s) => !s.live || (s.produced === this.end && s.aheadBytes === 0))
   }
 
   /** Stop (suspend) or restart the stall clock of r: the front paused its reads. */
   suspend (r: number, on: boolean, now: number): void {
-    this.suspended[r] = on
-    this.oweTarget[r] = -1
+    const side = this.side(r)
+    side.suspended = on
+    side.oweTarget = -1
     if (!on) this.noteProgress(now)
   }
 
   /** Replicas that have owed output others produced for longer than `stallMs`. */
   stalled (now: number, stallMs: number): number[] {
     const out: number[] = []
-    for (let r = 0; r < this.live.length; r++) {
-      if (this.live[r] && this.oweTarget[r] >= 0 && !this.suspended[r] && now - this.oweSince[r] > stallMs) out.push(r)
-    }
+    this.sides.forEach((s, r) => {
+      if (s.live && s.oweTarget >= 0 && !s.suspended && now - s.oweSince > stallMs) out.push(r)
+    })
     return out
+  }
+
+  private side (r: number): Side {
+    const s = this.sides[r]
+    if (!s) throw new RangeError(`no replica ${r} on this output stream`)
+    return s
+  }
+
+  private clearDebts (now: number): void {
+    for (const s of this.sides) s.oweTarget = -1
+    this.noteProgress(now)
   }
 
   // A replica that fell behind the furthest producer owes those bytes from now on; the debt
@@ -253,13 +273,13 @@ export class OutputStream {
   // a replica that keeps up with a steady lag is never taken for stalled.
   private noteProgress (now: number): void {
     let max = this.end
-    for (let r = 0; r < this.live.length; r++) if (this.live[r]) max = Math.max(max, this.produced[r])
-    for (let r = 0; r < this.live.length; r++) {
-      if (!this.live[r] || this.suspended[r]) continue
-      if (this.oweTarget[r] >= 0 && this.produced[r] >= this.oweTarget[r]) this.oweTarget[r] = -1
-      if (this.oweTarget[r] < 0 && this.produced[r] < max) {
-        this.oweTarget[r] = max
-        this.oweSince[r] = now
+    for (const s of this.sides) if (s.live) max = Math.max(max, s.produced)
+    for (const s of this.sides) {
+      if (!s.live || s.suspended) continue
+      if (s.oweTarget >= 0 && s.produced >= s.oweTarget) s.oweTarget = -1
+      if (s.oweTarget < 0 && s.produced < max) {
+        s.oweTarget = max
+        s.oweSince = now
       }
     }
   }
@@ -272,49 +292,50 @@ export class OutputStream {
 
   // A promoted primary that has not yet reproduced the whole reference (see promote()).
   private replaying (): boolean {
-    return this.live[this.primary] && this.produced[this.primary] < this.end
+    const p = this.side(this.primary)
+    return p.live && p.produced < this.end
   }
 
   // Compare r's backed-up ahead bytes with the reference that now covers them.
   private refeed (r: number, now: number): Mismatch[] {
-    const pieces = this.ahead[r]
-    this.produced[r] -= this.aheadBytes[r]
-    this.ahead[r] = []
-    this.aheadBytes[r] = 0
-    for (let i = 0; i < pieces.length; i++) {
-      if (this.produced[r] >= this.end) {
+    const side = this.side(r)
+    const pieces = side.ahead
+    side.produced -= side.aheadBytes
+    side.ahead = []
+    side.aheadBytes = 0
+    for (const [i, piece] of pieces.entries()) {
+      if (side.produced >= this.end) {
         for (const p of pieces.slice(i)) {
-          this.ahead[r].push(p)
-          this.aheadBytes[r] += p.length
-          this.produced[r] += p.length
+          side.ahead.push(p)
+          side.aheadBytes += p.length
+          side.produced += p.length
         }
         break
       }
-      const m = this.push(r, pieces[i], 0, now)
+      const m = this.push(r, piece, 0, now)
       if (m.length > 0) return m
     }
     return []
   }
 
   private truncate (to: number): void {
-    while (this.chunks.length > this.head) {
-      const c = this.chunks[this.chunks.length - 1]
+    for (let c = this.chunks.last(); c; c = this.chunks.last()) {
       if (c.off >= to) { this.chunks.pop(); continue }
       if (c.off + c.buf.length > to) c.buf = c.buf.subarray(0, to - c.off)
       break
     }
     this.end = to
     if (this.committed > to) this.committed = to
-    for (let r = 0; r < this.live.length; r++) if (this.produced[r] > to && this.aheadBytes[r] === 0) this.produced[r] = to
+    for (const s of this.sides) if (s.produced > to && s.aheadBytes === 0) s.produced = to
   }
 
-  // Index of the chunk holding `offset` (chunks.length if past the end).
+  // Index (in the chunk queue) of the chunk holding `offset` (length if past the end).
   private find (offset: number): number {
-    let lo = this.head
+    let lo = 0
     let hi = this.chunks.length
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
-      const c = this.chunks[mid]
+      const c = this.chunks.at(mid) as Chunk
       if (c.off + c.buf.length <= offset) lo = mid + 1
       else hi = mid
     }
@@ -326,7 +347,8 @@ export class OutputStream {
     let i = this.find(off)
     let pos = 0
     while (pos < data.length) {
-      const c = this.chunks[i++]
+      const c = this.chunks.at(i++)
+      if (!c) return off + pos // cannot happen: callers compare below `end` only
       const from = off + pos - c.off
       const n = Math.min(c.buf.length - from, data.length - pos)
       const a = c.buf.subarray(from, from + n)
@@ -343,8 +365,7 @@ export class OutputStream {
     const parts: Buffer[] = []
     let i = this.find(offset)
     let at = offset
-    while (len > 0 && i < this.chunks.length) {
-      const c = this.chunks[i++]
+    for (let c = this.chunks.at(i); len > 0 && c; c = this.chunks.at(++i)) {
       const p = c.buf.subarray(at - c.off, at - c.off + len)
       parts.push(p)
       len -= p.length

@@ -2,19 +2,27 @@
 // every byte each client received checked.
 
 import t from 'tap'
-import { Client, TestFront, demoPair, demoServer, driveIncr, expectCounts, frontYaml, type Server } from '../helpers/cluster.js'
+import {
+  Client, TestFront, demoPair, demoServer, driveIncr, expectCounts, frontYaml,
+} from '../helpers/cluster.js'
 
 for (const mode of ['ack', 'match', 'none'] as const) {
   t.test(`SIGKILL of the primary mid-stream (${mode})`, async (tt) => {
     const a = await demoServer(tt)
     const b = await demoServer(tt)
-    const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], `output_commit: ${mode}`))
+    const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+    const f = await new TestFront().start(tt, frontYaml(tt, replicas, `output_commit: ${mode}`))
     const clients = await Promise.all(Array.from({ length: 16 }, () => Client.open(f.port)))
     const keys = clients.map((_, i) => `k${i}`)
     let killed = false
-    await driveIncr(clients, { keys, count: 400, burst: 8, onProgress: (done) => {
-      if (!killed && done > 16 * 100) { killed = true; a.kill('SIGKILL') }
-    } })
+    await driveIncr(clients, {
+      keys,
+      count: 400,
+      burst: 8,
+      onProgress: (done) => {
+        if (!killed && done > 16 * 100) { killed = true; a.kill('SIGKILL') }
+      }
+    })
     tt.ok(killed, 'the primary was killed mid-stream')
     expectCounts(tt, clients, 400)
     const ev = await f.waitEvent('failover')
@@ -29,15 +37,24 @@ for (const mode of ['ack', 'match', 'none'] as const) {
 }
 
 t.test('three replicas survive two kills in a row', async (tt) => {
-  const servers: Server[] = [await demoServer(tt), await demoServer(tt), await demoServer(tt)]
-  const f = await new TestFront().start(tt, frontYaml(tt, servers.map((s, i) => ({ name: 'abc'[i], port: s.port }))))
+  const servers = { a: await demoServer(tt), b: await demoServer(tt), c: await demoServer(tt) }
+  const replicas = Object.entries(servers).map(([name, s]) => ({ name, port: s.port }))
+  const f = await new TestFront().start(tt, frontYaml(tt, replicas))
   const clients = await Promise.all(Array.from({ length: 8 }, () => Client.open(f.port)))
   const keys = clients.map((_, i) => `k${i}`)
   let kills = 0
-  await driveIncr(clients, { keys, count: 600, burst: 4, onProgress: (done) => {
-    if (kills === 0 && done > 8 * 150) { kills++; servers[0].kill('SIGKILL') }
-    if (kills === 1 && done > 8 * 350 && f.front.status().primary === 'b') { kills++; servers[1].kill('SIGKILL') }
-  } })
+  await driveIncr(clients, {
+    keys,
+    count: 600,
+    burst: 4,
+    onProgress: (done) => {
+      if (kills === 0 && done > 8 * 150) { kills++; servers.a.kill('SIGKILL') }
+      if (kills === 1 && done > 8 * 350 && f.front.status().primary === 'b') {
+        kills++
+        servers.b.kill('SIGKILL')
+      }
+    }
+  })
   tt.equal(kills, 2, 'two primaries killed')
   expectCounts(tt, clients, 600)
   const fos = f.all('failover')
@@ -50,9 +67,14 @@ t.test('SIGSTOP of the primary: stall detection fails over', async (tt) => {
   const { a, f } = await demoPair(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
-  await driveIncr(clients, { keys: clients.map((_, i) => `s${i}`), count: 300, burst: 4, onProgress: (done) => {
-    if (!stopped && done > 4 * 80) { stopped = true; a.kill('SIGSTOP') }
-  } })
+  await driveIncr(clients, {
+    keys: clients.map((_, i) => `s${i}`),
+    count: 300,
+    burst: 4,
+    onProgress: (done) => {
+      if (!stopped && done > 4 * 80) { stopped = true; a.kill('SIGSTOP') }
+    }
+  })
   tt.teardown(() => a.kill('SIGCONT'))
   expectCounts(tt, clients, 300)
   const ev = await f.waitEvent('failover')
@@ -65,9 +87,14 @@ t.test('SIGSTOP of the backup: it is dropped and service goes on', async (tt) =>
   const { b, f } = await demoPair(tt, 'output_commit: match')
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let stopped = false
-  await driveIncr(clients, { keys: clients.map((_, i) => `s${i}`), count: 300, burst: 4, onProgress: (done) => {
-    if (!stopped && done > 4 * 80) { stopped = true; b.kill('SIGSTOP') }
-  } })
+  await driveIncr(clients, {
+    keys: clients.map((_, i) => `s${i}`),
+    count: 300,
+    burst: 4,
+    onProgress: (done) => {
+      if (!stopped && done > 4 * 80) { stopped = true; b.kill('SIGSTOP') }
+    }
+  })
   tt.teardown(() => b.kill('SIGCONT'))
   expectCounts(tt, clients, 300)
   const down = await f.waitEvent('replica_down', (e) => e.replica === 'b')

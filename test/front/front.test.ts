@@ -4,7 +4,8 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import net from 'node:net'
-import { Client, TestFront, demoPair, demoServer, frontYaml, until } from '../helpers/cluster.js'
+import { Client, TestFront, demoPair, demoServer, frontYaml } from '../helpers/cluster.js'
+import { until } from '../helpers/until.js'
 
 t.test('backup loss with on_backup_loss: continue', async (tt) => {
   const { b, f } = await demoPair(tt, 'on_backup_loss: continue')
@@ -41,7 +42,8 @@ t.test('divergence in match mode: the client gets the primary, the backup is sta
   const { f } = await demoPair(tt, 'output_commit: match', { divergeAfterB: 5 })
   const c = await Client.open(f.port)
   for (let i = 0; i < 10; i++) c.send('INCR d\n')
-  tt.same(await c.waitLines(10), ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10'], "the primary's answers")
+  const oneToTen = Array.from({ length: 10 }, (_, i) => String(i + 1))
+  tt.same(await c.waitLines(10), oneToTen, "the primary's answers")
   const ev = await f.waitEvent('divergence')
   tt.match(ev, { replica: 'b', conn: 1, offset: 10 })
   tt.type(ev.primary_hex, 'string')
@@ -61,7 +63,7 @@ t.test('divergence is detected in ack mode too', async (tt) => {
   c.close()
 })
 
-t.test('a restarted front serves from the promoted replica and never uses the stale one', async (tt) => {
+t.test('a restarted front serves from the promoted replica, never the stale one', async (tt) => {
   const a = await demoServer(tt)
   const b = await demoServer(tt)
   const yaml = frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }])
@@ -106,7 +108,8 @@ t.test('a client that never reads: the front holds at most about max_lag', async
   const a = await demoServer(tt)
   const b = await demoServer(tt)
   const maxLag = 256 * 1024
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'limits: { max_lag: 256KiB }'))
+  const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+  const f = await new TestFront().start(tt, frontYaml(tt, replicas, 'limits: { max_lag: 256KiB }'))
   const c = await Client.open(f.port)
   c.socket.pause()
   const value = 'v'.repeat(60000)
@@ -116,24 +119,24 @@ t.test('a client that never reads: the front holds at most about max_lag', async
   const gets = Buffer.from(`GET big\nSET pad ${'p'.repeat(30000)}\n`.repeat(100))
   let sent = 0
   let peak = { held: 0, log: 0 }
+  // Records the most output and input the front held so far; returns the output held now.
+  const sample = (): number => {
+    const s = f.front.status()
+    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
+    return s.output_held_bytes
+  }
   const deadline = Date.now() + 20000
   while (sent < 40 && Date.now() < deadline) {
     if (c.send(gets)) sent++
-    else await Promise.race([new Promise((resolve) => c.socket.once('drain', resolve)), until(() => false, 'drain', 1500).catch(() => {})])
-    const s = f.front.status()
-    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
-    if (c.socket.writableLength > 0 && s.output_held_bytes >= maxLag) break
+    else await drainedOrWaited(c, 1500)
+    const held = sample()
+    if (c.socket.writableLength > 0 && held >= maxLag) break
   }
   // Let it settle at the bound, sampling as it goes.
-  await until(() => {
-    const s = f.front.status()
-    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
-    return s.output_held_bytes >= maxLag
-  }, 'the output window to fill')
+  await until(() => sample() >= maxLag, 'the output window to fill')
   for (let i = 0; i < 50; i++) {
     await new Promise((resolve) => setImmediate(resolve))
-    const s = f.front.status()
-    peak = { held: Math.max(peak.held, s.output_held_bytes), log: Math.max(peak.log, s.log_bytes) }
+    sample()
   }
   tt.ok(peak.held <= maxLag + 256 * 1024, `output held stays near max_lag (peak ${peak.held})`)
   tt.ok(peak.log <= 2 * maxLag, `input held stays under 2 × max_lag (peak ${peak.log})`)
@@ -141,15 +144,28 @@ t.test('a client that never reads: the front holds at most about max_lag', async
   c.close()
 })
 
+// The client's socket drained, or ms passed without it (the front may hold it off for long).
+function drainedOrWaited (c: Client, ms: number): Promise<unknown> {
+  const drained = new Promise((resolve) => c.socket.once('drain', resolve))
+  const waited = until(() => false, 'drain', ms).catch(() => {})
+  return Promise.race([drained, waited])
+}
+
 // A server that never reads its first client connection and answers PING on the others: the
 // same on every replica, so the replicas stay in step while writes to that connection pile
 // up. (Connection 0 is the front's startup probe; periodic checks are off in this test.)
 async function neverReadsFirst (tt: Test): Promise<number> {
   let n = 0
   const server = net.createServer({ pauseOnConnect: true }, (socket) => {
-    if (n++ === 1) return void socket.on('error', () => {})
+    if (n++ === 1) {
+      socket.on('error', () => {})
+      return
+    }
     socket.resume()
-    socket.on('data', (d) => { for (const _ of d.toString().matchAll(/PING\n/g)) socket.write('PONG\n') })
+    socket.on('data', (d) => {
+      const pings = d.toString().match(/PING\n/g)?.length ?? 0
+      for (let i = 0; i < pings; i++) socket.write('PONG\n')
+    })
     socket.on('error', () => {})
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -157,14 +173,22 @@ async function neverReadsFirst (tt: Test): Promise<number> {
   return (server.address() as net.AddressInfo).port
 }
 
-t.test('ack mode: input a server does not read on one connection does not hold back others', async (tt) => {
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: await neverReadsFirst(tt) }, { name: 'b', port: await neverReadsFirst(tt) }], 'output_commit: ack\nlimits: { max_lag: 1MiB }').replace('interval: 200ms', 'interval: 10m'))
+t.test('ack mode: input left unread on one connection does not hold back others', async (tt) => {
+  const a = await neverReadsFirst(tt)
+  const b = await neverReadsFirst(tt)
+  const replicas = [{ name: 'a', port: a }, { name: 'b', port: b }]
+  const yaml = frontYaml(tt, replicas, 'output_commit: ack\nlimits: { max_lag: 1MiB }')
+    .replace('interval: 200ms', 'interval: 10m')
+  const f = await new TestFront().start(tt, yaml)
   const stuck = await Client.open(f.port)
   const block = Buffer.alloc(256 * 1024, 'x')
   let sent = 0
   // Until writes to both servers' first connection are stuck in the front, past the kernel.
   await until(() => {
-    while (sent < 200 && stuck.socket.writableLength < 4 * block.length) { stuck.send(block); sent++ }
+    while (sent < 200 && stuck.socket.writableLength < 4 * block.length) {
+      stuck.send(block)
+      sent++
+    }
     const st = f.front.status()
     return st.log_bytes >= 1024 * 1024 && st.replicas.every((r) => r.lag_entries > 0)
   }, 'input to back up', 20000)
@@ -204,7 +228,7 @@ t.test('a client that leaves mid-stream does not make the backup look diverged',
     await until(() => c.text.length > 0, 'the stream to start')
     c.close()
   }
-  await until(() => f.front.status().connections === 1, 'the front to forget the closed connections')
+  await until(() => f.front.status().connections === 1, 'the front to forget closed connections')
   tt.notOk(f.find('divergence'), 'no divergence')
   tt.equal(f.role('b'), 'backup')
   setup.close()

@@ -6,7 +6,10 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { Client, TestFront, agentInProcess, freePort, frontYaml, haveRedis, redisServer, until, type Server } from '../helpers/cluster.js'
+import {
+  Client, TestFront, agentInProcess, freePort, frontYaml, haveRedis, redisServer,
+} from '../helpers/cluster.js'
+import { until } from '../helpers/until.js'
 
 const skip = haveRedis() ? false : 'redis-server not installed'
 
@@ -15,6 +18,7 @@ const KEYS = 5 // per connection, used round-robin
 const COUNT = 500 // INCRs per connection
 const BURST = 10 // commands per write
 const WINDOW = 40 // unanswered commands per connection at most
+const KILL_AFTER = CONNS * COUNT / 5 // replies in all before the kill
 
 type Reply = number | string | null | Error
 
@@ -73,7 +77,9 @@ class Resp {
   async call (args: string[][], ms = 10000): Promise<Reply[]> {
     const from = this.replies.length
     this.send(args.map((a) => command(...a)).join(''))
-    await until(() => this.parse() >= from + args.length || this.client.closed || this.junk !== null, `${args.length} replies from redis`, ms)
+    const done = (): boolean =>
+      this.parse() >= from + args.length || this.client.closed || this.junk !== null
+    await until(done, `${args.length} replies from redis`, ms)
     return this.replies.slice(from, from + args.length)
   }
 
@@ -100,37 +106,38 @@ interface Load {
 // data event, as soon as `killAfter` replies arrived in all.
 async function load (port: number, killAfter: number, kill: () => void): Promise<Load> {
   const conns = await Promise.all(Array.from({ length: CONNS }, () => Resp.open(port)))
-  const sent = conns.map(() => 0)
+  // Each connection (i: its index) and how many INCRs it sent.
+  const drives = conns.map((r, i) => ({ r, i, sent: 0 }))
   let total = 0
   let killedAt = 0
   let inflightAtKill = 0
-  const pump = (i: number): void => {
-    const r = conns[i]
-    while (sent[i] < COUNT && sent[i] - r.replies.length < WINDOW) {
-      const n = Math.min(BURST, COUNT - sent[i])
+  const pump = (d: { r: Resp, i: number, sent: number }): void => {
+    while (d.sent < COUNT && d.sent - d.r.replies.length < WINDOW) {
+      const n = Math.min(BURST, COUNT - d.sent)
       let out = ''
-      for (let k = sent[i]; k < sent[i] + n; k++) out += command('INCR', keyOf(i, k))
-      r.send(out)
-      sent[i] += n
+      for (let k = d.sent; k < d.sent + n; k++) out += command('INCR', keyOf(d.i, k))
+      d.r.send(out)
+      d.sent += n
     }
   }
   const started = Date.now()
-  conns.forEach((r, i) => {
-    r.client.socket.on('data', () => {
-      const before = r.replies.length
-      total += r.parse() - before
+  for (const d of drives) {
+    d.r.client.socket.on('data', () => {
+      const before = d.r.replies.length
+      total += d.r.parse() - before
       if (killedAt === 0 && total >= killAfter) {
         killedAt = total
-        inflightAtKill = sent.reduce((x, y) => x + y, 0) - total
+        inflightAtKill = drives.reduce((x, y) => x + y.sent, 0) - total
         kill()
       }
-      pump(i)
+      pump(d)
     })
-    pump(i)
-  })
+    pump(d)
+  }
   let timedOut: string | null = null
+  const broken = (r: Resp): boolean => r.client.closed || r.client.error !== null || r.junk !== null
   // On a timeout, go on to the checks: they say which connection is missing what.
-  await until(() => total >= CONNS * COUNT || conns.some((r) => r.client.closed || r.client.error || r.junk !== null), 'every reply', 60000)
+  await until(() => total >= CONNS * COUNT || conns.some(broken), 'every reply', 60000)
     .catch((err: Error) => { timedOut = err.message })
   return { conns, killedAt, inflightAtKill, timedOut, ms: Date.now() - started }
 }
@@ -155,12 +162,13 @@ function checkReplies (tt: Test, conns: Resp[]): Map<string, number> {
 
 // Ask the surviving redis itself, not through the front: every acknowledged INCR is there,
 // none twice, and there is nothing else.
-async function checkServer (tt: Test, server: Server, acked: Map<string, number>): Promise<void> {
-  const direct = await Resp.open(server.port)
+async function checkServer (tt: Test, port: number, acked: Map<string, number>): Promise<void> {
+  const direct = await Resp.open(port)
   const keys = [...acked.keys()]
   const got = await direct.call(keys.map((k) => ['GET', k]))
   const bad = keys.filter((k, i) => got[i] !== String(acked.get(k)))
-  tt.same(bad.map((k) => `${k}=${String(got[keys.indexOf(k)])}`), [], `redis holds exactly the acknowledged count for each of ${keys.length} keys`)
+  const wrong = bad.map((k) => `${k}=${String(got[keys.indexOf(k)])}`)
+  tt.same(wrong, [], `redis holds exactly the acknowledged count for each of ${keys.length} keys`)
   tt.same(await direct.call([['DBSIZE']]), [CONNS * KEYS], 'and no other key')
   direct.close()
 }
@@ -169,9 +177,12 @@ for (const mode of ['ack', 'match'] as const) {
   t.test(`SIGKILL of the primary redis under pipelined load (${mode})`, { skip }, async (tt) => {
     const a = await redisServer(tt)
     const b = await redisServer(tt)
-    const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], `output_commit: ${mode}`))
-    const { conns, killedAt, inflightAtKill, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => a.kill('SIGKILL'))
-    tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; primary killed after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
+    const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+    const f = await new TestFront().start(tt, frontYaml(tt, replicas, `output_commit: ${mode}`))
+    const run = await load(f.port, KILL_AFTER, () => a.kill('SIGKILL'))
+    const { conns, killedAt, inflightAtKill, timedOut, ms } = run
+    tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; primary killed ` +
+      `after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
     tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'the primary was killed mid-load')
     tt.ok(inflightAtKill > 0, 'with INCRs in flight')
     tt.equal(timedOut, null, 'the load finished within its deadline')
@@ -185,7 +196,7 @@ for (const mode of ['ack', 'match'] as const) {
     tt.ok(f.find('unprotected'), 'says it runs unprotected')
     tt.notOk(f.find('divergence'), 'no divergence')
     tt.notOk(f.find('splice_failed'), 'every connection spliced')
-    await checkServer(tt, b, acked)
+    await checkServer(tt, b.port, acked)
     for (const r of conns) r.close()
   })
 }
@@ -193,9 +204,12 @@ for (const mode of ['ack', 'match'] as const) {
 t.test('SIGKILL of the backup redis under pipelined load', { skip }, async (tt) => {
   const a = await redisServer(tt)
   const b = await redisServer(tt)
-  const f = await new TestFront().start(tt, frontYaml(tt, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], 'output_commit: ack'))
-  const { conns, killedAt, inflightAtKill, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => b.kill('SIGKILL'))
-  tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; backup killed after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
+  const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+  const f = await new TestFront().start(tt, frontYaml(tt, replicas, 'output_commit: ack'))
+  const run = await load(f.port, KILL_AFTER, () => b.kill('SIGKILL'))
+  const { conns, killedAt, inflightAtKill, timedOut, ms } = run
+  tt.comment(`${CONNS * COUNT} INCRs on ${CONNS} connections in ${ms}ms; backup killed ` +
+    `after ${killedAt} replies, ${inflightAtKill} INCRs in flight`)
   tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'the backup was killed mid-load')
   tt.ok(inflightAtKill > 0, 'with INCRs in flight')
   tt.equal(timedOut, null, 'the load finished within its deadline')
@@ -209,25 +223,34 @@ t.test('SIGKILL of the backup redis under pipelined load', { skip }, async (tt) 
   tt.equal(f.role('b'), 'stale')
   tt.equal(f.front.status().primary, 'a')
   tt.equal(f.front.status().protected, false)
-  await checkServer(tt, a, acked)
+  await checkServer(tt, a.port, acked)
   for (const r of conns) r.close()
 })
 
-t.test('through agents: SIGKILL of the primary redis (supervised by its agent) under pipelined load', { skip }, async (tt) => {
+t.test('via agents: SIGKILL of the primary redis under pipelined load', { skip }, async (tt) => {
   // Each agent starts and supervises its own redis, as in production.
-  const ports = [await freePort(), await freePort()]
-  const agents = await Promise.all(ports.map((p) => agentInProcess(tt, p,
-    `command: [redis-server, --port, "${p}", --bind, 127.0.0.1, --save, "", --appendonly, "no"]`)))
+  const [portA, portB] = [await freePort(), await freePort()]
+  const redisCommand = (p: number): string =>
+    `command: [redis-server, --port, "${p}", --bind, 127.0.0.1, --save, "", --appendonly, "no"]`
+  const [agentA, agentB] = await Promise.all([
+    agentInProcess(tt, portA, redisCommand(portA)),
+    agentInProcess(tt, portB, redisCommand(portB)),
+  ])
   const dir = tt.testdir({})
-  const f = await new TestFront().start(tt, `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
+  const yaml = `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
     'timeouts: { heartbeat: 1s }\nhealth_check: { interval: 200ms, timeout: 200ms }\n' +
-    `replicas:\n  - name: a\n    agent: 127.0.0.1:${agents[0].port}\n  - name: b\n    agent: 127.0.0.1:${agents[1].port}\n`)
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${agentA.port}\n` +
+    `  - name: b\n    agent: 127.0.0.1:${agentB.port}\n`
+  const f = await new TestFront().start(tt, yaml)
   await f.waitEvent('channel_up', (e) => e.replica === 'a')
   await f.waitEvent('channel_up', (e) => e.replica === 'b')
-  const pid = agents[0].events.find((e) => e.event === 'replica_process_started')?.pid as number
+  const pid = agentA.events.find((e) => e.event === 'replica_process_started')?.pid
   tt.type(pid, 'number', 'the primary agent started redis')
-  const { conns, killedAt, timedOut, ms } = await load(f.port, CONNS * COUNT / 5, () => process.kill(pid, 'SIGKILL'))
-  tt.comment(`${CONNS * COUNT} INCRs through agents in ${ms}ms; primary redis killed after ${killedAt} replies`)
+  if (typeof pid !== 'number') return
+  const run = await load(f.port, KILL_AFTER, () => process.kill(pid, 'SIGKILL'))
+  const { conns, killedAt, timedOut, ms } = run
+  tt.comment(`${CONNS * COUNT} INCRs through agents in ${ms}ms; ` +
+    `primary redis killed after ${killedAt} replies`)
   tt.ok(killedAt > 0 && killedAt < CONNS * COUNT, 'killed mid-load')
   tt.equal(timedOut, null, 'the load finished within its deadline')
   const acked = checkReplies(tt, conns)
@@ -235,6 +258,6 @@ t.test('through agents: SIGKILL of the primary redis (supervised by its agent) u
   tt.match(ev, { from: 'a', to: 'b', epoch: 2 })
   tt.comment(`failover took ${String(ev.duration_ms)}ms (${String(ev.reason)})`)
   tt.notOk(f.find('divergence'), 'no divergence')
-  await checkServer(tt, { name: 'redis', port: ports[1], pid: 0, proc: undefined as never, kill () {} }, acked)
+  await checkServer(tt, portB, acked)
   for (const r of conns) r.close()
 })

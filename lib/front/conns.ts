@@ -1,0 +1,148 @@
+// The table of client connections: routes each replica's transport events to the connection
+// they concern, and applies what concerns them all (a replica leaving, a promotion, a swap,
+// stall detection, commit after acks) to every one of them.
+
+import type { Entry } from './log.js'
+import { aliveAfterEnd } from '../health.js'
+import type { Replica } from './replica.js'
+import { Conn, type ClientSocket, type ConnEnv } from './conn.js'
+
+export class ConnTable {
+  private readonly conns = new Map<number, Conn>()
+  private nextId = 1
+  /** Connections whose commit rule may have moved (acks came in): advanced once per turn. */
+  private readonly dirty = new Set<Conn>()
+  private flushScheduled = false
+
+  constructor (private readonly env: ConnEnv) {}
+
+  get size (): number {
+    return this.conns.size
+  }
+
+  [Symbol.iterator] (): IterableIterator<Conn> {
+    return this.conns.values()
+  }
+
+  /** A new client connection (its OPEN is the caller's to log). */
+  open (socket: ClientSocket): Conn {
+    const c = new Conn(this.nextId++, socket, this.env)
+    this.conns.set(c.id, c)
+    return c
+  }
+
+  forget (c: Conn): void {
+    this.conns.delete(c.id)
+    this.dirty.delete(c)
+    this.env.input.forget(c.id)
+  }
+
+  // ---- transport events -------------------------------------------------------------------
+
+  onAck (r: Replica, e: Entry): void {
+    const c = this.conns.get(e.conn)
+    if (!c) return
+    c.onAck(r, e)
+    if (r.role === 'backup' && this.env.config.output_commit === 'ack') this.markDirty(c)
+  }
+
+  onOutput (r: Replica, conn: number, data: Buffer): void {
+    this.conns.get(conn)?.onOutput(r, data)
+  }
+
+  onOutputEnd (r: Replica, conn: number, err: Error | null): void {
+    const c = this.conns.get(conn)
+    if (!c || !r.serving || c.gone) return
+    if (c.onOutputEnd(r, err)) return
+    // A dying server's sockets end too: believe an end only once the server still answers.
+    void aliveAfterEnd(r.health, () => r.serving).then((ok) => {
+      if (ok && r.serving) c.confirmEnd(r)
+    })
+  }
+
+  onClosed (r: Replica, conn: number): void {
+    this.conns.get(conn)?.onClosed(r)
+  }
+
+  // ---- all connections --------------------------------------------------------------------
+
+  /** Replica r left service. */
+  dropReplica (r: Replica): void {
+    for (const c of this.conns.values()) c.dropReplica(r)
+  }
+
+  /** Failover to `to`: every connection is spliced at what its client already has. */
+  promote (to: Replica, now: number): void {
+    for (const c of [...this.conns.values()]) c.promote(to, now)
+  }
+
+  /** Planned switchover from `from` to `to`. */
+  swap (from: Replica, to: Replica, now: number): void {
+    for (const c of this.conns.values()) c.swap(from, to, now)
+  }
+
+  inSync (): boolean {
+    for (const c of this.conns.values()) if (!c.inSync()) return false
+    return true
+  }
+
+  /** Indices of replicas that owe output another produced more than `stallMs` ago. */
+  stalled (now: number, stallMs: number): Set<number> {
+    const out = new Set<number>()
+    for (const c of this.conns.values()) for (const r of c.stream.stalled(now, stallMs)) out.add(r)
+    return out
+  }
+
+  // Everything that may have moved after a replica left or a primary changed: commit,
+  // backpressure on replicas (a paused primary may be free now) and on clients.
+  afterProgress (): void {
+    for (const c of [...this.conns.values()]) {
+      c.resumeIfDrained()
+      c.advance()
+    }
+  }
+
+  /** Some released output has not reached a client socket's kernel buffer yet. */
+  undrained (): boolean {
+    for (const c of this.conns.values()) if (c.undrained) return true
+    return false
+  }
+
+  destroyAll (): void {
+    for (const c of this.conns.values()) c.socket.destroy()
+  }
+
+  /** A switchover holds input: stop reading every client. */
+  pauseAll (): void {
+    for (const c of this.conns.values()) c.socket.pause()
+  }
+
+  /** ... and resumes those that backpressure does not hold. */
+  resumeAll (): void {
+    for (const c of this.conns.values()) if (!c.inputPaused) c.socket.resume()
+  }
+
+  /** Bytes of output held, and per replica the client input it has not acknowledged. */
+  totals (): { held: number, lag: Map<Replica, number> } {
+    let held = 0
+    const lag = new Map<Replica, number>()
+    for (const c of this.conns.values()) {
+      held += c.stream.held
+      for (const r of this.env.replicas) if (r.transport) lag.set(r, (lag.get(r) ?? 0) + c.lagOf(r))
+    }
+    return { held, lag }
+  }
+
+  // Acks arrive one entry at a time: advance each touched connection once per turn.
+  private markDirty (c: Conn): void {
+    this.dirty.add(c)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      const cs = [...this.dirty]
+      this.dirty.clear()
+      for (const c of cs) c.advance()
+    })
+  }
+}

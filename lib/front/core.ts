@@ -1,0 +1,70 @@
+// The deciding parts of the front wired together, with no listener, timers or processes:
+// the input log, the connections and the roles. Front adds the listener, supervision,
+// health checks and timers; unit tests drive the core with a fake arbiter and fake
+// transports.
+
+import type { EventEmitter } from 'node:events'
+import type { Arbiter } from '../arbiter/index.js'
+import type { Config } from '../config/index.js'
+import type { Logger } from '../logger.js'
+import type { ConnEnv, FrontCounters } from './conn.js'
+import { ConnTable } from './conns.js'
+import { Lifecycle } from './lifecycle.js'
+import { InputLog } from './log.js'
+import type { Replica, TransportFactory } from './replica.js'
+import { Roles, type FrontEvents, type RoleHooks } from './roles.js'
+
+export interface CoreOptions {
+  config: () => Config
+  log: Logger
+  arbiter: Arbiter
+  replicas: readonly Replica[]
+  transport: TransportFactory
+  hooks: RoleHooks
+  events: EventEmitter<FrontEvents>
+  counters: FrontCounters
+  /** The metrics hook for commit waits, read at each release. */
+  onCommitWait?: () => ((seconds: number) => void) | undefined
+}
+
+export interface Core {
+  lifecycle: Lifecycle
+  input: InputLog
+  conns: ConnTable
+  roles: Roles
+}
+
+export function createCore (o: CoreOptions): Core {
+  const lifecycle = new Lifecycle(o.log)
+  const input = new InputLog()
+  const env: ConnEnv = {
+    get config () { return o.config() },
+    log: o.log,
+    input,
+    replicas: o.replicas,
+    counters: o.counters,
+    get primary () { return roles.primary },
+    get protected () { return roles.isProtected === true },
+    get holding () { return lifecycle.is('switching') },
+    get onCommitWait () { return o.onCommitWait?.() },
+    diverged: (...args) => roles.diverged(...args),
+    forget: (c) => conns.forget(c),
+  }
+  const conns = new ConnTable(env)
+  const roles: Roles = new Roles({ ...o, conns, input, lifecycle })
+  return { lifecycle, input, conns, roles }
+}
+
+/** Counters start at zero. */
+export function newCounters (): FrontCounters {
+  return {
+    bytes_in: 0,
+    bytes_out: 0,
+    log_entries: 0,
+    connections_total: 0,
+    connections_rejected: 0,
+    failovers: 0,
+    switchovers: 0,
+    divergences: 0,
+  }
+}

@@ -1,0 +1,446 @@
+// Who serves: the primary, the backups, the stale and the down; failover, planned
+// switchover, and every test-and-set on the arbiter that moves them.
+//
+//   replica fails ─▶ fail() ─┬─ a backup ──▶ retire(): stale (missed input) or down
+//                            └─ the primary ─▶ failover(): CAS epoch+1 naming a backup
+//                                        ├─ won  ─▶ promote it, splice every connection
+//                                        └─ lost ─▶ stopServing()  (split brain averted)
+//
+// No sockets here: replicas are reached through their transports (a factory the front
+// passes in), connections through the ConnTable, the arbiter through its interface, so the
+// decisions can be driven in unit tests with fakes.
+
+import type { EventEmitter } from 'node:events'
+import { performance } from 'node:perf_hooks'
+import type { Arbiter, ArbiterState } from '../arbiter/index.js'
+import type { Config } from '../config/index.js'
+import { FtproxyError } from '../errors.js'
+import type { Logger } from '../logger.js'
+import type { ConnTable } from './conns.js'
+import type { FrontCounters } from './conn.js'
+import type { Lifecycle } from './lifecycle.js'
+import type { InputLog } from './log.js'
+import type { Replica, Role, TransportFactory } from './replica.js'
+
+export interface FailoverInfo {
+  from: string
+  to: string
+  epoch: number
+  duration_ms: number
+  reason: string
+}
+
+export interface FrontEvents {
+  listening: [address: { host: string, port: number }]
+  failover: [info: FailoverInfo]
+  /** The front can no longer serve (arbiter lost, no replica left); it closed its listener. */
+  stopped: [reason: string]
+  /** A role changed (a replica left or joined service, a failover, a switchover). */
+  roles: []
+}
+
+/** What the roles need the rest of the front to do. */
+export interface RoleHooks {
+  /** A switchover holds every client's input (new clients wait) ... */
+  hold (): void
+  /** ... and lets it go. */
+  release (): void
+  /** Serving stopped: close the listener, drop every client, stop checks and transports. */
+  stop (): void
+}
+
+export interface RolesOptions {
+  replicas: readonly Replica[]
+  arbiter: Arbiter
+  conns: ConnTable
+  input: InputLog
+  lifecycle: Lifecycle
+  log: Logger
+  events: EventEmitter<FrontEvents>
+  counters: FrontCounters
+  config: () => Config
+  transport: TransportFactory
+  hooks: RoleHooks
+}
+
+const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
+
+const notInSync = (msg: string): FtproxyError => new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', msg)
+
+export class Roles {
+  primary!: Replica
+  /** The arbiter's record as last written or read. */
+  state!: ArbiterState
+  /** Some backup is in service (null before the first report). */
+  isProtected: boolean | null = null
+  protectedSince = new Date()
+  lastFailover: FailoverInfo | null = null
+  /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
+  private arbiterPrimary = ''
+  private arbiterQueue: Promise<unknown> = Promise.resolve()
+  private readonly o: RolesOptions
+
+  constructor (opts: RolesOptions) {
+    this.o = opts
+  }
+
+  get replicas (): readonly Replica[] {
+    return this.o.replicas
+  }
+
+  // ---- startup ----------------------------------------------------------------------------
+
+  /** Roles from the arbiter's record: stale stays stale, the recorded primary is primary. */
+  load (state: ArbiterState): void {
+    this.state = state
+    const byName = new Map(this.replicas.map((r) => [r.name, r]))
+    for (const name of [state.primary, ...state.stale]) {
+      if (name !== null && !byName.has(name)) {
+        const msg = `state names replica '${name}', which is not in the config`
+        throw new FtproxyError('ERR_FTPROXY_STATE', msg, { replica: name })
+      }
+    }
+    for (const r of this.replicas) r.role = state.stale.includes(r.name) ? 'stale' : 'backup'
+    const primary = state.primary === null
+      ? this.replicas.find((r) => r.role !== 'stale')
+      : byName.get(state.primary)
+    if (!primary || primary.role === 'stale') {
+      throw new FtproxyError('ERR_FTPROXY_NO_REPLICA',
+        'every replica is stale: nothing can serve without losing data; re-seed a replica, ' +
+        `or remove ${this.o.config().state_dir}/state.json to start over from the config`)
+    }
+    primary.role = 'primary'
+    this.primary = primary
+    const { epoch, stale } = state
+    this.o.log.info('state_loaded', { epoch, primary: primary.name, stale })
+  }
+
+  /** After the startup probes: serve from a reachable replica, in an epoch of our own. */
+  async takeEpoch (): Promise<void> {
+    if (this.primary.role !== 'primary') {
+      const primary = this.replicas.find((r) => r.role === 'backup')
+      if (!primary) throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', 'no replica is reachable')
+      this.primary = primary
+      this.setRole(primary, 'primary', 'startup: configured primary unreachable')
+    }
+    // Every front process serves in an epoch of its own: its log starts at seq 1, and agents
+    // let a new front take over only with an epoch newer than the last one's.
+    this.arbiterPrimary = this.primary.name
+    const { epoch, stale } = this.state
+    const next = { epoch: epoch + 1, primary: this.primary.name, stale, owner: '' }
+    if (!await this.cas(next)) {
+      const msg = 'lost the test-and-set for the first epoch'
+      throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', msg)
+    }
+  }
+
+  // ---- role changes -----------------------------------------------------------------------
+
+  /** The one place a role changes. */
+  setRole (r: Replica, role: Role, reason: string): void {
+    if (r.role === role) return
+    this.o.log.info('replica_role', { replica: r.name, from: r.role, to: role, reason })
+    r.role = role
+    this.o.events.emit('roles')
+  }
+
+  /** Give a serving replica its transport, its events routed to the connections. */
+  attach (r: Replica): void {
+    const t = this.o.transport(r)
+    const conns = this.o.conns
+    r.transport = t
+    t.on('ack', (entry) => conns.onAck(r, entry))
+    t.on('output', (conn, data) => conns.onOutput(r, conn, data))
+    t.on('output_end', (conn, err) => conns.onOutputEnd(r, conn, err))
+    t.on('closed', (conn) => conns.onClosed(r, conn))
+    t.on('failed', (err) => {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ERR_FTPROXY_FENCED') {
+        this.o.log.error('fenced', { replica: r.name, error: err.message })
+      }
+      if (r.viaAgent) r.health.state = 'down'
+      this.fail(r, r.viaAgent ? `agent: ${err.message}` : `connect: ${code ?? err.message}`)
+    })
+  }
+
+  /** Health says r answers again. */
+  onHealthUp (r: Replica): void {
+    this.o.log.info('replica_up', { replica: r.name })
+    // A replica that was down before any input was logged missed nothing: it may back up.
+    if (r.role === 'down' && this.o.input.lastSeq === 0 && this.o.lifecycle.active) {
+      this.setRole(r, 'backup', 'reachable before any input')
+      this.attach(r)
+      this.reportProtection('backup joined')
+    }
+  }
+
+  /** r's supervised process exited. */
+  onExit (r: Replica, why: string): void {
+    if (this.o.lifecycle.is('closing')) return
+    this.fail(r, why)
+    if (r.role === 'stale') {
+      const note = 'restarted server lost its state; it will not serve until re-seeded'
+      r.log.warn('replica_stale_restart', { note })
+    }
+  }
+
+  /** A replica failed: the primary is replaced, a backup is retired. */
+  fail (r: Replica, reason: string): void {
+    if (!r.serving || !this.o.lifecycle.active) return
+    this.o.log.warn('replica_down', { replica: r.name, reason, role: r.role })
+    if (r === this.primary) void this.failover(reason, performance.now())
+    else this.retire(r, 'stale', reason)
+  }
+
+  /** A backup's output differs from the primary's: it is stale from now on. */
+  diverged (r: Replica, conn: number, offset: number, primary: Buffer, backup: Buffer,
+    what: string): void {
+    if (!r.serving) return
+    this.o.counters.divergences++
+    this.o.log.error('divergence', {
+      replica: r.name,
+      conn,
+      offset,
+      what,
+      primary_hex: primary.toString('hex'),
+      backup_hex: backup.toString('hex'),
+    })
+    this.retire(r, 'stale', `divergence on conn ${conn} at offset ${offset}`)
+  }
+
+  /** Replicas that owe output others produced longer than timeouts.stall ago have failed. */
+  checkStalls (): void {
+    const stall = this.o.config().timeouts.stall
+    for (const i of this.o.conns.stalled(performance.now(), stall)) {
+      const r = this.replicas[i]
+      if (!r) continue
+      const why = `stall: owes output that another replica produced more than ${stall}ms ago`
+      this.fail(r, why)
+    }
+  }
+
+  /** Take a backup out of service: it missed (or will miss) inputs, so it is stale. */
+  private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
+    r.detach()
+    // Before any input was logged nothing was missed: the replica is only down.
+    this.setRole(r, role === 'stale' && this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
+    this.o.conns.dropReplica(r)
+    if (r.role === 'stale') void this.persistStale()
+    this.reportProtection(`${r.name}: ${reason}`)
+    this.o.conns.afterProgress()
+  }
+
+  // ---- failover ---------------------------------------------------------------------------
+
+  /**
+   * The primary failed: win the test-and-set for epoch+1 naming a backup, promote it and
+   * splice every connection. No backup, or a lost test-and-set: stop serving.
+   */
+  async failover (reason: string, detectedAt: number): Promise<void> {
+    const life = this.o.lifecycle
+    if (life.is('failing_over')) return
+    const after = life.state === 'switching' ? 'switching' : 'serving'
+    life.set('failing_over', reason)
+    let old = this.primary
+    let why = reason
+    this.leave(old, why)
+    let to = this.pickBackup()
+    let epoch: number
+    for (;;) {
+      if (!to) {
+        await this.persistStale()
+        const why = `primary ${old.name} failed (${reason}) and no backup can take over`
+        return this.stopServing(why)
+      }
+      epoch = this.state.epoch + 1
+      this.arbiterPrimary = to.name
+      if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
+        return this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch}`)
+      }
+      this.primary = to
+      if (to.serving) break
+      // It failed while the test-and-set was in flight: go on to the next backup.
+      why = `${why}; then ${to.name} failed`
+      old = to
+      this.leave(old, why)
+      to = this.pickBackup()
+    }
+    this.promote(old, to, { epoch, reason: why, detectedAt })
+    if (life.is('failing_over')) life.set(after, `failover to ${to.name}`)
+    this.o.events.emit('failover', this.lastFailover as FailoverInfo)
+    this.reportProtection(`failover from ${old.name}`)
+    this.o.conns.afterProgress()
+  }
+
+  private pickBackup (): Replica | undefined {
+    return this.replicas.find((r) =>
+      r.role === 'backup' && r.health.state !== 'down' && r.transport !== null)
+  }
+
+  // The failed primary leaves service: it missed input (stale) unless none was logged yet.
+  private leave (old: Replica, reason: string): void {
+    old.detach()
+    this.setRole(old, this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
+  }
+
+  private promote (old: Replica, to: Replica,
+    f: { epoch: number, reason: string, detectedAt: number }): void {
+    this.setRole(to, 'primary', `failover from ${old.name}`)
+    this.o.conns.promote(to, performance.now())
+    const { epoch, reason } = f
+    const info: FailoverInfo = {
+      from: old.name, to: to.name, epoch, duration_ms: ms(f.detectedAt), reason,
+    }
+    this.lastFailover = info
+    this.o.counters.failovers++
+    this.o.log.warn('failover', { ...info })
+  }
+
+  /** The front cannot serve safely any more: it stops taking clients and drops them. */
+  stopServing (reason: string): void {
+    if (!this.o.lifecycle.active) return
+    this.o.lifecycle.set('stopped', reason)
+    this.o.log.error('serving_stopped', { reason })
+    this.o.hooks.stop()
+    this.o.events.emit('stopped', reason)
+  }
+
+  // ---- switchover -------------------------------------------------------------------------
+
+  /**
+   * Planned switchover with zero loss: hold new input, wait until backup `target` (default:
+   * the first backup) has every entry and has produced exactly the primary's output on every
+   * connection, move the epoch through the arbiter, swap roles (the old primary stays in
+   * sync, as a backup), resume. Refused with ERR_FTPROXY_NOT_IN_SYNC when no backup gets in
+   * sync within timeouts.stall; input resumes either way.
+   */
+  async switchover (target?: string): Promise<FailoverInfo> {
+    const to = this.replicas.find((r) =>
+      target === undefined ? r.role === 'backup' : r.name === target)
+    const life = this.o.lifecycle
+    if (!life.is('serving')) {
+      throw notInSync('a failover or switchover is already under way')
+    }
+    if (!to || to.role !== 'backup') {
+      const why = target === undefined
+        ? 'no backup to switch to'
+        : `${target} is not a backup in service`
+      throw notInSync(why)
+    }
+    const t0 = performance.now()
+    const from = this.primary
+    life.set('switching', `switchover to ${to.name}`)
+    this.o.hooks.hold()
+    try {
+      return await this.switchTo(from, to, t0)
+    } finally {
+      if (life.is('switching')) life.set('serving', 'switchover over')
+      this.o.hooks.release()
+      this.o.conns.afterProgress()
+    }
+  }
+
+  private async switchTo (from: Replica, to: Replica, t0: number): Promise<FailoverInfo> {
+    const stall = this.o.config().timeouts.stall
+    const intervened = (): boolean =>
+      !this.o.lifecycle.is('switching') || to.role !== 'backup' || this.primary !== from
+    while (!this.inSync()) {
+      if (performance.now() > t0 + stall || intervened()) {
+        throw notInSync(`${to.name} did not get in sync within ${stall}ms`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+    const epoch = this.state.epoch + 1
+    this.arbiterPrimary = to.name
+    if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
+      this.arbiterPrimary = from.name
+      this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch} (switchover)`)
+      throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', `lost the test-and-set for epoch ${epoch}`)
+    }
+    if (intervened()) {
+      // A failure came in during the test-and-set: the failover in flight (or the next
+      // one) decides. Put back the primary the arbiter should name if nothing else will.
+      if (!this.o.lifecycle.is('failing_over') && this.primary === from) {
+        this.arbiterPrimary = from.name
+        void this.cas({ epoch: this.state.epoch + 1, primary: null, stale: [], owner: '' })
+      }
+      throw notInSync(`a failure during the switchover to ${to.name}; the failover rules apply`)
+    }
+    this.o.conns.swap(from, to, performance.now())
+    this.primary = to
+    this.setRole(to, 'primary', `switchover from ${from.name}`)
+    this.setRole(from, 'backup', `switchover to ${to.name}`)
+    const info: FailoverInfo = {
+      from: from.name, to: to.name, epoch, duration_ms: ms(t0), reason: 'switchover',
+    }
+    this.lastFailover = info
+    this.o.counters.switchovers++
+    this.o.log.warn('switchover', { ...info })
+    this.o.events.emit('failover', info)
+    return info
+  }
+
+  // Every entry acknowledged by every serving replica, every output produced by all alike.
+  private inSync (): boolean {
+    return this.o.input.length === 0 && this.o.conns.inSync()
+  }
+
+  // ---- arbiter ----------------------------------------------------------------------------
+
+  private staleNames (): string[] {
+    return this.replicas.filter((r) => r.role === 'stale').map((r) => r.name)
+  }
+
+  private persistStale (): Promise<void> {
+    const stale = this.staleNames()
+    const known = this.state.stale
+    if (stale.length === known.length && stale.every((n) => known.includes(n))) {
+      return Promise.resolve()
+    }
+    const next = { epoch: this.state.epoch + 1, primary: null, stale, owner: '' }
+    return this.cas(next).then((won) => {
+      if (!won) this.stopServing('lost the arbiter\'s test-and-set while recording stale replicas')
+    })
+  }
+
+  // Test-and-set through the arbiter, one at a time. Epoch and stale set are computed when it
+  // runs; so is the primary when `next.primary` is null (a queued record of stale replicas
+  // must not name a primary that a failover moved meanwhile).
+  private cas (next: ArbiterState): Promise<boolean> {
+    const run = async (): Promise<boolean> => {
+      const expect = this.state.epoch
+      const primary = next.primary ?? this.arbiterPrimary
+      const epoch = Math.max(next.epoch, expect + 1)
+      const want = { ...next, primary, epoch, stale: this.staleNames() }
+      try {
+        const won = await this.o.arbiter.compareAndSet(expect, want)
+        if (won) this.state = want
+        else this.o.log.error('arbiter_lost', { epoch: want.epoch })
+        return won
+      } catch (err) {
+        const { message, code } = err as FtproxyError
+        this.o.log.error('arbiter_error', { error: message, code })
+        return false
+      }
+    }
+    const p = this.arbiterQueue.then(run, run)
+    this.arbiterQueue = p
+    return p
+  }
+
+  /** Wait for the test-and-sets in flight (close). */
+  async settled (): Promise<void> {
+    await this.arbiterQueue.catch(() => {})
+  }
+
+  /** Log `protected` / `unprotected` when it changes. */
+  reportProtection (reason: string): void {
+    const backups = this.replicas.filter((r) => r.role === 'backup').map((r) => r.name)
+    const now = backups.length > 0
+    if (now === this.isProtected) return
+    this.isProtected = now
+    this.protectedSince = new Date()
+    if (now) this.o.log.info('protected', { backups })
+    else this.o.log.warn('unprotected', { reason, on_backup_loss: this.o.config().on_backup_loss })
+  }
+}
