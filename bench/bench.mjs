@@ -50,7 +50,14 @@ import {
  * @property {number} idleBatch
  *
  * @typedef {Record<string, number>} Figures   metric key ─▶ value of one repetition
- * @typedef {{ target: TargetName, rep: number, figures: Figures, errors: string[], events: Record<string, unknown>[], extra: Record<string, unknown> }} RepResult
+ *
+ * @typedef {object} RepResult
+ * @property {TargetName} target
+ * @property {number} rep
+ * @property {Figures} figures
+ * @property {string[]} errors
+ * @property {Record<string, unknown>[]} events
+ * @property {Record<string, unknown>} extra
  *
  * @typedef {object} Metric
  * @property {string} key
@@ -60,11 +67,19 @@ import {
  * @property {TargetName[]} targets    where it is measured
  */
 
-const ALL_TARGETS = /** @type {TargetName[]} */ (['direct', 'haproxy', 'none', 'ack', 'match', 'agent'])
+/** @type {TargetName[]} */
+const ALL_TARGETS = ['direct', 'haproxy', 'none', 'ack', 'match', 'agent']
 const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'match', 'agent'])
 const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'match', 'agent'])
 /** @type {Record<TargetName, string>} */
-const TITLE = { direct: 'direct', haproxy: 'haproxy', none: 'ftproxy none', ack: 'ftproxy ack', match: 'ftproxy match', agent: 'ack via agents' }
+const TITLE = {
+  direct: 'direct',
+  haproxy: 'haproxy',
+  none: 'ftproxy none',
+  ack: 'ftproxy ack',
+  match: 'ftproxy match',
+  agent: 'ack via agents',
+}
 
 const { values: flags } = parseArgs({
   options: {
@@ -82,20 +97,40 @@ const idleFit = Math.floor((fdHard - 512) / 3)
 /** @type {Params} */
 const P = quick
   ? {
-      reps: 1, p1Requests: 50000, p16Requests: 200000, clients: 50,
-      tputConns: 8, tputBytes: 4 << 20, tputChunk: 64 << 10,
-      latConns: 50, latCount: 500, latWarmup: 20, latSize: 64,
-      idleConns: Math.min(2000, idleFit), idleBatch: 250,
+      reps: 1,
+      p1Requests: 50000,
+      p16Requests: 200000,
+      clients: 50,
+      tputConns: 8,
+      tputBytes: 4 << 20,
+      tputChunk: 64 << 10,
+      latConns: 50,
+      latCount: 500,
+      latWarmup: 20,
+      latSize: 64,
+      idleConns: Math.min(2000, idleFit),
+      idleBatch: 250,
     }
   : {
-      reps: 3, p1Requests: 100000, p16Requests: 400000, clients: 50,
-      tputConns: 8, tputBytes: 16 << 20, tputChunk: 64 << 10,
-      latConns: 50, latCount: 2000, latWarmup: 50, latSize: 64,
-      idleConns: Math.min(10000, idleFit), idleBatch: 500,
+      reps: 3,
+      p1Requests: 100000,
+      p16Requests: 400000,
+      clients: 50,
+      tputConns: 8,
+      tputBytes: 16 << 20,
+      tputChunk: 64 << 10,
+      latConns: 50,
+      latCount: 2000,
+      latWarmup: 50,
+      latSize: 64,
+      idleConns: Math.min(10000, idleFit),
+      idleBatch: 500,
     }
 if (flags.reps !== undefined) {
   P.reps = Number(flags.reps)
-  if (!Number.isInteger(P.reps) || P.reps < 1 || P.reps > 20) throw new Error('--reps: an integer 1..20')
+  if (!Number.isInteger(P.reps) || P.reps < 1 || P.reps > 20) {
+    throw new Error('--reps: an integer 1..20')
+  }
 }
 const targets = flags.targets === undefined
   ? ALL_TARGETS
@@ -107,27 +142,42 @@ const RESULTS = path.join(ROOT, 'bench', 'results')
 
 // ---- metrics --------------------------------------------------------------------------------
 
-const kilo = (/** @type {number} */ x) => x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0)
+/** @param {number} x */
+function kilo (x) {
+  if (x >= 1e6) return `${(x / 1e6).toFixed(2)}M`
+  return x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0)
+}
 const fixed = (/** @type {number} */ d) => (/** @type {number} */ x) => x.toFixed(d)
 
+/**
+ * @param {string} key
+ * @param {string} label
+ * @param {(x: number) => string} fmt
+ * @param {'higher' | 'lower'} better
+ * @param {TargetName[]} where
+ * @returns {Metric}
+ */
+const metric = (key, label, fmt, better, where) => ({ key, label, fmt, better, targets: where })
+
+const idleLabel = `memory per idle conn, KiB (${P.idleConns} conns)`
 /** @type {Metric[]} */
 const METRICS = [
-  { key: 'set_p1', label: 'SET req/s, P1', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
-  { key: 'get_p1', label: 'GET req/s, P1', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
-  { key: 'set_p16', label: 'SET req/s, P16', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
-  { key: 'get_p16', label: 'GET req/s, P16', fmt: kilo, better: 'higher', targets: ALL_TARGETS },
-  { key: 'tput_mbps', label: 'echo throughput, MB/s', fmt: fixed(0), better: 'higher', targets: ALL_TARGETS },
-  { key: 'lat_p50_us', label: 'echo latency p50, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
-  { key: 'lat_p99_us', label: 'echo latency p99, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
-  { key: 'lat_p999_us', label: 'echo latency p99.9, µs', fmt: fixed(0), better: 'lower', targets: ALL_TARGETS },
-  { key: 'cpu_p1_s', label: 'proxy CPU s, redis P1', fmt: fixed(2), better: 'lower', targets: PROXIES },
-  { key: 'cpu_p16_s', label: 'proxy CPU s, redis P16', fmt: fixed(2), better: 'lower', targets: PROXIES },
-  { key: 'cpu_tput_s', label: 'proxy CPU s, throughput', fmt: fixed(2), better: 'lower', targets: PROXIES },
-  { key: 'cpu_lat_s', label: 'proxy CPU s, latency', fmt: fixed(2), better: 'lower', targets: PROXIES },
-  { key: 'srv_cpu_p1_s', label: 'servers CPU s, redis P1 (all copies)', fmt: fixed(2), better: 'lower', targets: ALL_TARGETS },
-  { key: 'agents_cpu_p1_s', label: 'agents CPU s, redis P1 (both)', fmt: fixed(2), better: 'lower', targets: ['agent'] },
-  { key: 'rss_peak_mib', label: 'proxy peak RSS, MiB', fmt: fixed(1), better: 'lower', targets: PROXIES },
-  { key: 'idle_kib_per_conn', label: `memory per idle conn, KiB (${P.idleConns} conns)`, fmt: fixed(1), better: 'lower', targets: ['haproxy', 'ack'] },
+  metric('set_p1', 'SET req/s, P1', kilo, 'higher', ALL_TARGETS),
+  metric('get_p1', 'GET req/s, P1', kilo, 'higher', ALL_TARGETS),
+  metric('set_p16', 'SET req/s, P16', kilo, 'higher', ALL_TARGETS),
+  metric('get_p16', 'GET req/s, P16', kilo, 'higher', ALL_TARGETS),
+  metric('tput_mbps', 'echo throughput, MB/s', fixed(0), 'higher', ALL_TARGETS),
+  metric('lat_p50_us', 'echo latency p50, µs', fixed(0), 'lower', ALL_TARGETS),
+  metric('lat_p99_us', 'echo latency p99, µs', fixed(0), 'lower', ALL_TARGETS),
+  metric('lat_p999_us', 'echo latency p99.9, µs', fixed(0), 'lower', ALL_TARGETS),
+  metric('cpu_p1_s', 'proxy CPU s, redis P1', fixed(2), 'lower', PROXIES),
+  metric('cpu_p16_s', 'proxy CPU s, redis P16', fixed(2), 'lower', PROXIES),
+  metric('cpu_tput_s', 'proxy CPU s, throughput', fixed(2), 'lower', PROXIES),
+  metric('cpu_lat_s', 'proxy CPU s, latency', fixed(2), 'lower', PROXIES),
+  metric('srv_cpu_p1_s', 'servers CPU s, redis P1 (all copies)', fixed(2), 'lower', ALL_TARGETS),
+  metric('agents_cpu_p1_s', 'agents CPU s, redis P1 (both)', fixed(2), 'lower', ['agent']),
+  metric('rss_peak_mib', 'proxy peak RSS, MiB', fixed(1), 'lower', PROXIES),
+  metric('idle_kib_per_conn', idleLabel, fixed(1), 'lower', ['haproxy', 'ack']),
 ]
 
 // ---- loads ----------------------------------------------------------------------------------
@@ -154,7 +204,8 @@ async function redisBenchmark (port, pipeline, requests) {
     const rows = {}
     for (const line of out) {
       const cells = line.split(',').map((c) => c.replace(/^"|"$/g, ''))
-      rows[cells[0]] = cells
+      const [test] = cells
+      if (test !== undefined) rows[test] = cells
     }
     if (!rows.SET || !rows.GET) {
       const tail = child.tail().split('\n').filter((l) => l.trim() !== '')
@@ -266,7 +317,7 @@ async function latency (port) {
       s.write(msg)
     }))), deadline, 'latency')
     all.sort()
-    return { p50: percentile(all, 50), p99: percentile(all, 99), p999: percentile(all, 99.9), max: all[all.length - 1], samples: all.length }
+    return { p50: percentile(all, 50), p99: percentile(all, 99), p999: percentile(all, 99.9), max: all[all.length - 1] ?? NaN, samples: all.length }
   } finally {
     for (const s of sockets) s.destroy()
   }
@@ -282,7 +333,8 @@ async function latency (port) {
  * @returns {Promise<{ kibPerConn: number, rssBeforeKiB: number, rssAfterKiB: number }>}
  */
 async function idleMemory (pid, port, upstreams) {
-  const base = upstreams.map((p) => establishedTo(p))
+  const baseline = upstreams.map((port) => ({ port, base: establishedTo(port) }))
+  const added = () => baseline.map((u) => establishedTo(u.port) - u.base)
   await sleep(300)
   const before = memKiB(pid).rss
   /** @type {net.Socket[]} */
@@ -296,8 +348,8 @@ async function idleMemory (pid, port, upstreams) {
       }
       // Every upstream connection in place (bounded: the phase deadline).
       for (let i = 0; i < 600; i++) {
-        if (upstreams.every((p, k) => establishedTo(p) - base[k] >= P.idleConns)) break
-        if (i === 599) throw new Error(`idle: upstream connections ${upstreams.map((p, k) => establishedTo(p) - base[k]).join('/')} of ${P.idleConns}`)
+        if (added().every((n) => n >= P.idleConns)) break
+        if (i === 599) throw new Error(`idle: upstream connections ${added().join('/')} of ${P.idleConns}`)
         await sleep(100)
       }
       const closed = sockets.filter((s) => s.destroyed).length
@@ -322,9 +374,11 @@ async function idleMemory (pid, port, upstreams) {
  * @returns {Promise<{ port: number, pid: number | null, agentPids: number[], stop: () => Promise<unknown>, events: Record<string, unknown>[], agentEvents: Record<string, unknown>[] }>}
  */
 async function startTarget (target, ports, dir) {
-  if (target === 'direct') return { port: ports[0], pid: null, agentPids: [], stop: async () => {}, events: [], agentEvents: [] }
-  if (target === 'haproxy') {
-    const h = await startHaproxy({ backends: [ports[0]], dir })
+  if (target === 'direct' || target === 'haproxy') {
+    const [first] = ports
+    if (first === undefined) throw new Error(`${target}: no server to stand in front of`)
+    if (target === 'direct') return { port: first, pid: null, agentPids: [], stop: async () => {}, events: [], agentEvents: [] }
+    const h = await startHaproxy({ backends: [first], dir })
     return { port: h.port, pid: h.pid, agentPids: [], stop: () => h.stop(), events: [], agentEvents: [] }
   }
   // agent: one `ftproxy agent` per server, the front reaches each replica through its agent.
@@ -336,9 +390,12 @@ async function startTarget (target, ports, dir) {
       for (const p of ports) agents.push(await startAgent({ server: p, dir }))
     }
     const f = await startFront({
-      replicas: ports.map((p, i) => target === 'agent'
-        ? { name: 'ab'[i], agent: `127.0.0.1:${agents[i].port}` }
-        : { name: 'ab'[i], address: `127.0.0.1:${p}` }),
+      replicas: ports.map((p, i) => {
+        const agent = agents[i] // one per server for the agent target, none otherwise
+        return agent !== undefined
+          ? { name: 'ab'.charAt(i), agent: `127.0.0.1:${agent.port}` }
+          : { name: 'ab'.charAt(i), address: `127.0.0.1:${p}` }
+      }),
       outputCommit: target === 'agent' ? 'ack' : target,
       dir,
       maxConnections: 20000,
@@ -425,9 +482,9 @@ async function phase (label, r, fn) {
 async function cpuOf (pid, fn, ...others) {
   const sum = (/** @type {CpuGroup} */ g) => g.pids.length ? g.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
   const before = pid === null ? NaN : cpuSeconds(pid)
-  const gBefore = others.map(sum)
+  const gBefore = others.map((g) => ({ g, start: sum(g) }))
   await fn()
-  others.forEach((g, i) => { g.total = sum(g) - gBefore[i] })
+  for (const { g, start } of gBefore) g.total = sum(g) - start
   return pid === null ? NaN : cpuSeconds(pid) - before
 }
 
@@ -528,13 +585,15 @@ function summarizeAll (raw) {
   /** @type {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} */
   const out = {}
   for (const m of METRICS) {
-    out[m.key] = {}
+    /** @type {Partial<Record<TargetName, Summary & { failed: number }>>} */
+    const byTarget = {}
+    out[m.key] = byTarget
     for (const t of targets) {
       if (!m.targets.includes(t)) continue
       const reps = raw.filter((r) => r.target === t)
       const xs = reps.map((r) => r.figures[m.key] ?? NaN)
       const s = summarize(xs)
-      out[m.key][t] = { ...s, failed: reps.length - s.n }
+      byTarget[t] = { ...s, failed: reps.length - s.n }
     }
   }
   return out
@@ -549,7 +608,7 @@ function table (sum) {
   for (const m of METRICS) {
     const row = [m.label]
     for (const t of targets) {
-      const s = sum[m.key][t]
+      const s = sum[m.key]?.[t]
       if (!s) { row.push('—'); continue }
       if (s.n === 0) { row.push('**failed**'); continue }
       let cell = m.fmt(s.median)
@@ -559,7 +618,7 @@ function table (sum) {
       // The agent column is also compared with ftproxy ack (direct replicas): ×A.
       const refs = /** @type {Array<[TargetName, string]>} */ ([['haproxy', 'H'], ['direct', 'D'], ...(t === 'agent' ? [['ack', 'A']] : [])])
       for (const [ref, tag] of refs) {
-        const r = sum[m.key][ref]
+        const r = sum[m.key]?.[ref]
         if (ref !== t && r && r.n > 0 && r.median > 0) ratios.push(`${(s.median / r.median).toFixed(2)}×${tag}`)
       }
       if (ratios.length) cell += ` ${ratios.join(' ')}`
@@ -593,7 +652,7 @@ function chart (sum) {
   panels.forEach(([title, keys], pi) => {
     const x0 = 60 + pi * (panelW + 20)
     let max = 0
-    for (const k of keys) for (const t of targets) max = Math.max(max, sum[k][t]?.max ?? 0)
+    for (const k of keys) for (const t of targets) max = Math.max(max, sum[k]?.[t]?.max ?? 0)
     if (!(max > 0)) max = 1
     const step = niceStep(max / 4)
     const top2 = Math.ceil(max / step) * step
@@ -608,7 +667,7 @@ function chart (sum) {
     keys.forEach((k, gi) => {
       const gx = x0 + 10 + gi * groupW
       targets.forEach((t, ti) => {
-        const s = sum[k][t]
+        const s = sum[k]?.[t]
         const bx = gx + ti * barW
         if (!s || s.n === 0) {
           out.push(`<text x="${bx + barW / 2}" y="${top + plotH - 4}" text-anchor="middle" fill="#c00">✗</text>`)
@@ -648,11 +707,13 @@ function niceStep (x) {
  */
 function cpuAccount () {
   try {
-    const m = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    const [cpu = ''] = readFileSync('/proc/stat', 'utf8').split('\n')
+    const [user = NaN, nice = NaN, system = NaN] = cpu.trim().split(/\s+/).slice(1).map(Number)
     const stat = readFileSync('/proc/self/stat', 'utf8')
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number)
+    // utime, stime, cutime, cstime: fields 14-17, counted after the ') '
+    const [ut = NaN, st = NaN, cut = NaN, cst = NaN] = stat.slice(stat.lastIndexOf(')') + 2).split(' ').slice(11, 15).map(Number)
     const tck = 100 // USER_HZ: /proc/stat and /proc/<pid>/stat count in the same unit
-    return { machine: (m[0] + m[1] + m[2]) / tck, ours: (f[11] + f[12] + f[13] + f[14]) / tck }
+    return { machine: (user + nice + system) / tck, ours: (ut + st + cut + cst) / tck }
   } catch {
     return { machine: NaN, ours: NaN }
   }
@@ -677,7 +738,10 @@ function distHash () {
 
 /** @param {string} cmd @param {string[]} args */
 function versionOf (cmd, args) {
-  try { return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0].trim() } catch { return 'unknown' }
+  try {
+    const [first = ''] = execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')
+    return first.trim()
+  } catch { return 'unknown' }
 }
 
 // ---- main -----------------------------------------------------------------------------------
@@ -713,7 +777,8 @@ async function main () {
   const raw = []
   for (let rep = 0; rep < P.reps; rep++) {
     // Rotate the order so no target always runs first (or last) in a repetition.
-    const order = targets.map((_t, i) => targets[(i + rep) % targets.length])
+    const k = rep % targets.length
+    const order = [...targets.slice(k), ...targets.slice(0, k)]
     for (const t of order) {
       const t0 = Date.now()
       const r = await withDeadline(runTarget(t, rep + 1), 600000, `${t} repetition ${rep + 1}`).catch((err) => {

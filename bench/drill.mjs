@@ -129,6 +129,15 @@ function signal (pid, sig) {
   try { process.kill(pid, sig) } catch {}
 }
 
+/**
+ * counts[i] += 1, for a counter index (in range).
+ * @param {Int32Array} counts
+ * @param {number} i
+ */
+function bump (counts, i) {
+  counts[i] = (counts[i] ?? 0) + 1
+}
+
 /** @param {number} x */
 const ms1 = (x) => Math.round(x * 10) / 10
 
@@ -304,7 +313,7 @@ async function runLoad (round, port, killAfter, kill) {
     const from = cl.sent
     const to = Math.min(PER_CONN, cl.received + WINDOW)
     if (to <= from || cl.closed) return
-    for (let k = from + (from % 2); k < to; k += 2) c.sentIncr[(k / 2) % KEYS]++
+    for (let k = from + (from % 2); k < to; k += 2) bump(c.sentIncr, (k / 2) % KEYS)
     cl.sendRaw(commands(round, c.id, from, to), to - from)
   }
   const started = performance.now()
@@ -321,7 +330,7 @@ async function runLoad (round, port, killAfter, kill) {
         const got = replies[i]
         const want = expected(k)
         if (k % 2 === 0) {
-          if (typeof got === 'number') c.ackIncr[(k / 2) % KEYS]++
+          if (typeof got === 'number') bump(c.ackIncr, (k / 2) % KEYS)
         } else if (got === 'OK') {
           c.ackSet[(k - 1) / 2] = 1
         }
@@ -362,15 +371,17 @@ function gapOf (c, started, killedAt) {
   let span = /** @type {number | null} */ (null)
   let before = 0
   const n = c.client.received < PER_CONN ? c.client.received : PER_CONN
+  let prev = started
   for (let k = 0; k < n; k++) {
-    const prev = k === 0 ? started : c.times[k - 1]
-    const d = c.times[k] - prev
-    if (c.times[k] <= killedAt) {
+    const at = c.times[k] ?? NaN // k < PER_CONN, the length of times
+    const d = at - prev
+    if (at <= killedAt) {
       if (k > 0 && d > before) before = d
     } else if (prev <= killedAt + GAP_WINDOW_MS) {
       if (gap === null || d > gap) gap = d
       if (prev <= killedAt && span === null) span = d
     }
+    prev = at
   }
   return { gap, span, before }
 }
@@ -399,8 +410,8 @@ async function checkServer (round, port, conns) {
       for (let j = 0; j < KEYS; j++, i++) {
         const raw = values[i]
         const v = raw === null ? 0 : Number(raw)
-        const acked = c.ackIncr[j]
-        const sent = c.sentIncr[j]
+        const acked = c.ackIncr[j] ?? 0 // j < KEYS, the length of both
+        const sent = c.sentIncr[j] ?? 0
         checked += acked
         if (!Number.isInteger(v)) {
           lost += acked

@@ -13,10 +13,11 @@
 //   median / percentile / summarize / withDeadline / freePort / makeTempDir
 //
 // Stable exports (drill.mjs imports them): installCleanup, killAll, spawnChild, freePort,
-// makeTempDir, waitForPort, startRedis, startEcho, startHaproxy, startFront, startAgent, frontConfigYaml,
-// nofileHardLimit, cpuSeconds, memKiB, establishedTo, machineBusy, median, percentile,
-// summarize, withDeadline, sleep, ROOT. Every start* resolves to a Server ({ port, pid, child, stop }) or rejects within its
-// deadline (the half-started child is killed first).
+// makeTempDir, waitForPort, startRedis, startEcho, startHaproxy, startFront, startAgent,
+// frontConfigYaml, nofileHardLimit, cpuSeconds, memKiB, establishedTo, machineBusy, median,
+// percentile, summarize, withDeadline, sleep, ROOT. Every start* resolves to a Server
+// ({ port, pid, child, stop }) or rejects within its deadline (the half-started child is
+// killed first).
 
 import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -38,7 +39,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  * @property {Promise<ExitInfo>} exited   settles when the process is gone
  * @property {() => boolean} alive
  * @property {() => string} tail          its last output lines (stdout and stderr), for errors
- * @property {(graceMs?: number) => Promise<ExitInfo>} stop  SIGTERM its group, SIGKILL after graceMs
+ * @property {(graceMs?: number) => Promise<ExitInfo>} stop
+ *   SIGTERM its group, SIGKILL after graceMs
  *
  * @typedef {object} SpawnOptions
  * @property {string} [name]
@@ -55,17 +57,21 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  *
  * @typedef {object} FrontReplica
  * @property {string} name
- * @property {string} [address]          "127.0.0.1:PORT": the server, straight (one of address / agent)
- * @property {string} [agent]            "127.0.0.1:PORT": an agent beside the server, instead of address
+ * @property {string} [address]
+ *   "127.0.0.1:PORT": the server, straight (one of address / agent)
+ * @property {string} [agent]
+ *   "127.0.0.1:PORT": an agent beside the server, instead of address
  *
  * @typedef {object} FrontOptions
  * @property {FrontReplica[]} replicas
  * @property {'ack' | 'match' | 'none'} [outputCommit]   default ack
  * @property {string} [dir]               temp dir for the config and state_dir (default: a new one)
  * @property {number} [maxConnections]    limits.max_connections (default 20000)
- * @property {'error' | 'warn' | 'info' | 'debug'} [logLevel]  default info: `listening` is an info event
+ * @property {'error' | 'warn' | 'info' | 'debug'} [logLevel]
+ *   default info: `listening` is an info event
  * @property {string} [extraYaml]         appended to the config verbatim (top-level keys)
- * @property {number} [nofile]            `ulimit -n` for the front (default: the hard limit, at most 65536)
+ * @property {number} [nofile]
+ *   `ulimit -n` for the front (default: the hard limit, at most 65536)
  * @property {string[]} [nodeArgs]        e.g. ['--cpu-prof', '--cpu-prof-dir=DIR']
  * @property {number} [timeoutMs]         deadline for `listening` (default 15000)
  *
@@ -88,7 +94,8 @@ const children = new Set()
  */
 function childError (what, child) {
   const lines = child.tail().split('\n').filter((l) => l.trim() !== '')
-  const gist = [...lines].reverse().find((l) => /error|alert|fatal/i.test(l)) ?? lines.at(-1) ?? '(no output)'
+  const alarming = [...lines].reverse().find((l) => /error|alert|fatal/i.test(l))
+  const gist = alarming ?? lines.at(-1) ?? '(no output)'
   return new Error(`${what}: ${gist.trim()}\n${lines.join('\n')}`)
 }
 /** @type {Set<string>} */
@@ -116,7 +123,9 @@ export function installCleanup () {
   if (cleanupInstalled) return
   cleanupInstalled = true
   process.on('exit', killAll)
-  for (const [sig, code] of /** @type {Array<[NodeJS.Signals, number]>} */ ([['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]])) {
+  /** @type {Array<[NodeJS.Signals, number]>} */
+  const exitCodes = [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]]
+  for (const [sig, code] of exitCodes) {
     process.once(sig, () => {
       process.stderr.write(`\n${sig}: stopping every child process\n`)
       killAll()
@@ -231,7 +240,8 @@ export function withDeadline (promise, ms, what) {
     timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms)
     timer.unref()
   })
-  return /** @type {Promise<T>} */ (Promise.race([promise, deadline]).finally(() => clearTimeout(timer)))
+  const raced = Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
+  return /** @type {Promise<T>} */ (raced)
 }
 
 /**
@@ -264,13 +274,16 @@ export function makeTempDir (prefix, keep = false) {
 /**
  * Resolve once a TCP connect to host:port succeeds; reject at the deadline.
  * @param {number} port
- * @param {{ host?: string, timeoutMs?: number, child?: Child }} [opts]  child: fail early if it exits
+ * @param {{ host?: string, timeoutMs?: number, child?: Child }} [opts]
+ *   child: fail early if it exits
  */
 export async function waitForPort (port, opts = {}) {
   const host = opts.host ?? '127.0.0.1'
   const until = Date.now() + (opts.timeoutMs ?? 10000)
   for (let i = 0; i < 10000 && Date.now() < until; i++) {
-    if (opts.child && !opts.child.alive()) throw childError(`${opts.child.name} exited before listening`, opts.child)
+    if (opts.child && !opts.child.alive()) {
+      throw childError(`${opts.child.name} exited before listening`, opts.child)
+    }
     const ok = await new Promise((resolve) => {
       const s = net.connect({ host, port })
       s.once('connect', () => { s.destroy(); resolve(true) })
@@ -295,7 +308,9 @@ export function nofileHardLimit () {
 // ---- /proc ----------------------------------------------------------------------------------
 
 let clkTck = 100
-try { clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100 } catch {}
+try {
+  clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+} catch {}
 
 /**
  * User + system CPU time of a process so far, in seconds (/proc/<pid>/stat fields 14 and 15).
@@ -321,7 +336,10 @@ export function cpuSeconds (pid) {
 export function memKiB (pid) {
   try {
     const s = readFileSync(`/proc/${pid}/status`, 'utf8')
-    const field = (/** @type {string} */ k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? NaN)
+    const field = (/** @type {string} */ k) => {
+      const m = new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)
+      return Number(m?.[1] ?? NaN)
+    }
     return { rss: field('VmRSS'), hwm: field('VmHWM') }
   } catch {
     return { rss: NaN, hwm: NaN }
@@ -339,17 +357,21 @@ export function establishedTo (port) {
   try {
     for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n')) {
       const f = line.trim().split(/\s+/)
-      if (f.length > 3 && f[2].endsWith(hex) && f[3] === '01') n++
+      if (f.length > 3 && f[2]?.endsWith(hex) && f[3] === '01') n++
     }
   } catch {}
   return n
 }
 
-/** Jiffies of the whole machine from /proc/stat: [busy, total]. */
+/**
+ * Jiffies of the whole machine from /proc/stat: [busy, total].
+ * @returns {[number, number]}
+ */
 function cpuJiffies () {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  const [cpu = ''] = readFileSync('/proc/stat', 'utf8').split('\n')
+  const f = cpu.trim().split(/\s+/).slice(1).map(Number)
   const total = f.reduce((a, b) => a + b, 0)
-  const idle = f[3] + (f[4] ?? 0) // idle + iowait
+  const idle = (f[3] ?? NaN) + (f[4] ?? 0) // idle + iowait
   return [total - idle, total]
 }
 
@@ -379,7 +401,7 @@ export async function machineBusy (ms) {
 export function percentile (sorted, p) {
   if (sorted.length === 0) return NaN
   const rank = Math.ceil((p / 100) * sorted.length)
-  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]
+  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))] ?? NaN // in range
 }
 
 /**
@@ -390,7 +412,8 @@ export function median (xs) {
   const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b)
   if (s.length === 0) return NaN
   const m = s.length >> 1
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
+  const hi = s[m] ?? NaN // m < s.length, and m >= 1 when the length is even
+  return s.length % 2 ? hi : ((s[m - 1] ?? NaN) + hi) / 2
 }
 
 /**
@@ -400,7 +423,12 @@ export function median (xs) {
  */
 export function summarize (xs) {
   const s = xs.filter((x) => !Number.isNaN(x))
-  return { median: median(s), min: s.length ? Math.min(...s) : NaN, max: s.length ? Math.max(...s) : NaN, n: s.length }
+  return {
+    median: median(s),
+    min: s.length ? Math.min(...s) : NaN,
+    max: s.length ? Math.max(...s) : NaN,
+    n: s.length,
+  }
 }
 
 // ---- servers --------------------------------------------------------------------------------
@@ -430,7 +458,8 @@ function server (child, port) {
 
 /**
  * A redis-server copy: no persistence, its own working dir, ready once it answers a connect.
- * @param {{ dir?: string, timeoutMs?: number, args?: string[] }} [opts]  args: extra redis-server flags
+ * @param {{ dir?: string, timeoutMs?: number, args?: string[] }} [opts]
+ *   args: extra redis-server flags
  * @returns {Promise<Server>}
  */
 export function startRedis (opts = {}) {
@@ -461,7 +490,8 @@ export async function startEcho (opts = {}) {
   /** @type {(port: number) => void} */
   let onPort = () => {}
   const ported = /** @type {Promise<number>} */ (new Promise((resolve) => { onPort = resolve }))
-  const child = spawnChild(process.execPath, [path.join(ROOT, 'bench', 'echo.mjs'), '--port', '0'], {
+  const script = path.join(ROOT, 'bench', 'echo.mjs')
+  const child = spawnChild(process.execPath, [script, '--port', '0'], {
     name: 'echo',
     onLine: (line) => {
       if (!line.startsWith('{')) return
@@ -514,7 +544,9 @@ export function startHaproxy (opts) {
       ...opts.backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`),
       '',
     ].join('\n'))
-    const child = spawnChild('/usr/sbin/haproxy', ['-f', config, '-db'], { name: `haproxy:${port}` })
+    const child = spawnChild('/usr/sbin/haproxy', ['-f', config, '-db'], {
+      name: `haproxy:${port}`,
+    })
     try {
       await waitForPort(port, { timeoutMs: opts.timeoutMs ?? 10000, child })
     } catch (err) {
@@ -527,7 +559,10 @@ export function startHaproxy (opts) {
 
 /**
  * The front's YAML config.
- * @param {{ port: number, stateDir: string, replicas: FrontReplica[], outputCommit: string, maxConnections: number, logLevel: string, extraYaml?: string }} o
+ * @param {{
+ *   port: number, stateDir: string, replicas: FrontReplica[], outputCommit: string,
+ *   maxConnections: number, logLevel: string, extraYaml?: string,
+ * }} o
  */
 export function frontConfigYaml (o) {
   return [
@@ -535,7 +570,10 @@ export function frontConfigYaml (o) {
     `state_dir: ${JSON.stringify(o.stateDir)}`,
     `output_commit: ${o.outputCommit}`,
     'replicas:',
-    ...o.replicas.flatMap((r) => [`  - name: ${r.name}`, r.agent !== undefined ? `    agent: ${r.agent}` : `    address: ${r.address}`]),
+    ...o.replicas.flatMap((r) => [
+      `  - name: ${r.name}`,
+      r.agent !== undefined ? `    agent: ${r.agent}` : `    address: ${r.address}`,
+    ]),
     `limits: { max_connections: ${o.maxConnections} }`,
     `log: { level: ${o.logLevel}, format: json }`,
     o.extraYaml ?? '',
@@ -565,23 +603,31 @@ export async function startFront (opts) {
   }))
   const nofile = opts.nofile ?? Math.min(65536, nofileHardLimit())
   const q = (/** @type {string} */ s) => `'${s.replace(/'/g, "'\\''")}'`
-  const cmd = `ulimit -n ${nofile} && exec ${q(process.execPath)} ${(opts.nodeArgs ?? []).map(q).join(' ')} ${q(path.join(ROOT, 'bin', 'ftproxy'))} run --config ${q(config)}`
+  const node = q(process.execPath)
+  const nodeArgs = (opts.nodeArgs ?? []).map(q).join(' ')
+  const bin = q(path.join(ROOT, 'bin', 'ftproxy'))
+  const cmd = `ulimit -n ${nofile} && exec ${node} ${nodeArgs} ${bin} run --config ${q(config)}`
   /** @type {Record<string, unknown>[]} */
   const events = []
   /** @type {(port: number) => void} */
   let onListening = () => {}
   /** @type {(err: Error) => void} */
   let onFailed = () => {}
-  const listening = /** @type {Promise<number>} */ (new Promise((resolve, reject) => { onListening = resolve; onFailed = reject }))
+  const listening = /** @type {Promise<number>} */ (new Promise((resolve, reject) => {
+    onListening = resolve
+    onFailed = reject
+  }))
   const child = spawnChild('bash', ['-c', cmd], {
     name: `ftproxy:${opts.outputCommit ?? 'ack'}`,
     onLine: eventLines(events, onListening, (ev) => {
-      if (ev.event === 'startup_failed') onFailed(new Error(`ftproxy startup_failed: ${String(ev.code)} ${String(ev.error)}`))
+      if (ev.event !== 'startup_failed') return
+      onFailed(new Error(`ftproxy startup_failed: ${String(ev.code)} ${String(ev.error)}`))
     }),
   })
   try {
     const port = await withDeadline(Promise.race([listening, child.exited.then((x) => {
-      throw childError(`ftproxy exited (code ${x.code}, signal ${x.signal}) before listening`, child)
+      const how = `code ${x.code}, signal ${x.signal}`
+      throw childError(`ftproxy exited (${how}) before listening`, child)
     })]), opts.timeoutMs ?? 15000, 'ftproxy listening')
     return { ...server(child, port), events, config, dir }
   } catch (err) {
@@ -605,7 +651,9 @@ function eventLines (events, onListening, onEvent) {
     let ev
     try { ev = JSON.parse(line) } catch { return }
     if (events.length < 2000) events.push(ev)
-    if (ev.event === 'listening' && typeof ev.address === 'string') onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
+    if (ev.event === 'listening' && typeof ev.address === 'string') {
+      onListening(Number(ev.address.slice(ev.address.lastIndexOf(':') + 1)))
+    }
     onEvent?.(ev)
   }
 }
@@ -621,12 +669,15 @@ function eventLines (events, onListening, onEvent) {
  */
 export async function startAgent (opts) {
   const dir = opts.dir ?? makeTempDir('bench-agent')
-  const stateDir = path.join(dir, `agent-state-${opts.server}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`)
+  const unique = `${opts.server}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`
+  const stateDir = path.join(dir, `agent-state-${unique}`)
   /** @type {Record<string, unknown>[]} */
   const events = []
   /** @type {(port: number) => void} */
   let onListening = () => {}
-  const listening = /** @type {Promise<number>} */ (new Promise((resolve) => { onListening = resolve }))
+  const listening = /** @type {Promise<number>} */ (new Promise((resolve) => {
+    onListening = resolve
+  }))
   const child = spawnChild(process.execPath, [
     path.join(ROOT, 'bin', 'ftproxy'), 'agent',
     '--listen', '127.0.0.1:0', '--server', `127.0.0.1:${opts.server}`, '--state-dir', stateDir,
@@ -636,7 +687,8 @@ export async function startAgent (opts) {
   })
   try {
     const port = await withDeadline(Promise.race([listening, child.exited.then((x) => {
-      throw childError(`ftproxy agent exited (code ${x.code}, signal ${x.signal}) before listening`, child)
+      const how = `code ${x.code}, signal ${x.signal}`
+      throw childError(`ftproxy agent exited (${how}) before listening`, child)
     })]), opts.timeoutMs ?? 15000, 'ftproxy agent listening')
     child.name = `agent:${port}->${opts.server}`
     return { ...server(child, port), events }

@@ -17,7 +17,8 @@ export class RespError extends Error {
 }
 
 /**
- * A reply; an array reply's elements are replies too (typed unknown: JSDoc has no recursive aliases).
+ * A reply; an array reply's elements are replies too (typed unknown: JSDoc has no recursive
+ * aliases).
  * @typedef {string | number | null | RespError | unknown[]} RespReply
  */
 
@@ -73,7 +74,8 @@ export class RespParser {
    * @returns {RespReply[]}
    */
   feed (chunk) {
-    this.buf = this.pos < this.buf.length ? Buffer.concat([this.buf.subarray(this.pos), chunk]) : chunk
+    const held = this.buf.subarray(this.pos)
+    this.buf = held.length > 0 ? Buffer.concat([held, chunk]) : chunk
     this.pos = 0
     /** @type {RespReply[]} */
     const out = []
@@ -128,7 +130,10 @@ export class RespParser {
         const len = this.int(l)
         if (len < 0) return null
         if (this.buf.length < this.pos + len + 2) return INCOMPLETE
-        if (this.buf[this.pos + len] !== 0x0d || this.buf[this.pos + len + 1] !== 0x0a) throw new RespProtocolError('bulk string without CRLF')
+        const end = this.pos + len
+        if (this.buf[end] !== 0x0d || this.buf[end + 1] !== 0x0a) {
+          throw new RespProtocolError('bulk string without CRLF')
+        }
         const s = this.buf.toString('utf8', this.pos, this.pos + len)
         this.pos += len + 2
         return s
@@ -146,8 +151,11 @@ export class RespParser {
         }
         return arr
       }
-      default:
-        throw new RespProtocolError(`unexpected byte 0x${(type ?? 0).toString(16)} ${JSON.stringify(this.buf.toString('latin1', at, at + 32))}`)
+      default: {
+        const byte = (type ?? 0).toString(16)
+        const near = JSON.stringify(this.buf.toString('latin1', at, at + 32))
+        throw new RespProtocolError(`unexpected byte 0x${byte} ${near}`)
+      }
     }
   }
 }
@@ -249,9 +257,9 @@ export class RespClient {
    */
   feedWaiters (replies, first) {
     for (const w of [...this.waiters]) {
-      for (let i = 0; i < replies.length; i++) {
+      for (const [i, reply] of replies.entries()) {
         const idx = first + i
-        if (idx >= w.from && idx < w.to) w.replies.push(replies[i])
+        if (idx >= w.from && idx < w.to) w.replies.push(reply)
       }
       if (w.replies.length === w.to - w.from) {
         clearTimeout(w.timer)

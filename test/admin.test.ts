@@ -5,21 +5,30 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import net from 'node:net'
-import { PassThrough } from 'node:stream'
 import { Admin } from '../lib/admin.js'
-import { formatHostPort } from '../lib/config.js'
+import { formatHostPort } from '../lib/address.js'
 import { FtproxyError } from '../lib/errors.js'
 import type { Front } from '../lib/front/front.js'
+import { newCounters } from '../lib/front/core.js'
 import { createLogger, nullLogger } from '../lib/logger.js'
-import { Client, demoPair, driveIncr, expectCounts, until, type Event, type TestFront } from './helpers/cluster.js'
+import { Client, demoPair, driveIncr, expectCounts, type TestFront } from './helpers/cluster.js'
+import { EventLog, type Event } from './helpers/events.js'
+import { until } from './helpers/until.js'
 
 interface Started { admin: Admin, base: string, events: Event[] }
 
+// A logger destination whose JSON lines are collected as events.
+function eventLog (): { events: Event[], stream: NodeJS.WritableStream } {
+  const log = new EventLog()
+  return { events: log.events, stream: log.stream() }
+}
+
+const LISTEN = { host: '127.0.0.1', port: 0 }
+
 async function startAdmin (tt: Test, f: TestFront, token?: string): Promise<Started> {
-  const events: Event[] = []
-  const stream = new PassThrough()
-  stream.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) events.push(JSON.parse(l) as Event) })
-  const admin = new Admin(f.front, { listen: { host: '127.0.0.1', port: 0 }, token, log: createLogger({ level: 'debug', stream }) })
+  const { events, stream } = eventLog()
+  const admin = new Admin(f.front,
+    { listen: LISTEN, token, log: createLogger({ level: 'debug', stream }) })
   tt.teardown(() => admin.close())
   const address = await admin.start()
   tt.same(admin.address, address)
@@ -39,14 +48,18 @@ function metric (text: string, sample: string): number | undefined {
 t.test('GET /status has the contract keys and reflects the roles', async (tt) => {
   const { f } = await demoPair(tt)
   const { base, events } = await startAdmin(tt, f)
-  tt.ok(events.find((e) => e.event === 'admin_listening' && e.address === base.slice('http://'.length)), 'admin_listening {address}')
+  const address = base.slice('http://'.length)
+  tt.ok(events.find((e) => e.event === 'admin_listening' && e.address === address),
+    'admin_listening {address}')
   const res = await fetch(`${base}/status`)
   tt.equal(res.status, 200)
   tt.match(res.headers.get('content-type'), /^application\/json/)
   const st = await json(res)
-  for (const k of ['epoch', 'primary', 'protected', 'protected_since', 'serving', 'replicas', 'connections',
-    'log_entries', 'log_bytes', 'output_held_bytes', 'last_failover']) tt.ok(k in st, `has ${k}`)
-  tt.match(st, { epoch: 1, primary: 'a', protected: true, serving: true, connections: 0, last_failover: null })
+  const keys = ['epoch', 'primary', 'protected', 'protected_since', 'serving', 'replicas',
+    'connections', 'log_entries', 'log_bytes', 'output_held_bytes', 'last_failover']
+  for (const k of keys) tt.ok(k in st, `has ${k}`)
+  tt.match(st,
+    { epoch: 1, primary: 'a', protected: true, serving: true, connections: 0, last_failover: null })
   tt.match(st.replicas, [
     { name: 'a', role: 'primary', health: String, lag_entries: 0, lag_bytes: 0 },
     { name: 'b', role: 'backup', health: String, lag_entries: 0, lag_bytes: 0 },
@@ -79,7 +92,12 @@ t.test('status and metrics reflect traffic and a failover', async (tt) => {
   a.kill('SIGKILL')
   await f.waitEvent('failover')
   const st = await json(await fetch(`${base}/status`))
-  tt.match(st, { epoch: 2, primary: 'b', protected: false, last_failover: { from: 'a', to: 'b', epoch: 2, duration_ms: Number, reason: String } })
+  tt.match(st, {
+    epoch: 2,
+    primary: 'b',
+    protected: false,
+    last_failover: { from: 'a', to: 'b', epoch: 2, duration_ms: Number, reason: String },
+  })
   tt.equal(st.replicas.find((r: { name: string }) => r.name === 'a').role, 'stale')
 
   const res = await fetch(`${base}/metrics`)
@@ -103,22 +121,26 @@ t.test('status and metrics reflect traffic and a failover', async (tt) => {
   tt.match(text, /^ftproxy_replica_lag_bytes\{replica="b"\} \d+$/m)
   tt.match(text, /^ftproxy_log_entries \d+$/m)
   tt.match(text, /^ftproxy_connections_rejected_total 0$/m)
-  const deadline = Date.now() + 10000
-  let up: number | undefined
+  const upOf = async (replica: string): Promise<number | undefined> => metric(
+    await (await fetch(`${base}/metrics`)).text(), `ftproxy_replica_up{replica="${replica}"}`)
   // Health goes down after `fall` failed checks: poll the endpoint with a deadline.
-  while ((up = metric(await (await fetch(`${base}/metrics`)).text(), 'ftproxy_replica_up{replica="a"}')) !== 0 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  let up: number | undefined
+  await until(async () => (up = await upOf('a')) === 0, 'a reported down')
   tt.equal(up, 0, 'a reported down')
-  tt.equal(metric(await (await fetch(`${base}/metrics`)).text(), 'ftproxy_replica_up{replica="b"}'), 1)
+  tt.equal(await upOf('b'), 1)
   c.close()
 })
 
 t.test('the bearer token is enforced', async (tt) => {
   const { f } = await demoPair(tt)
   const { base, events } = await startAdmin(tt, f, 's3cret-token')
-  for (const [what, headers] of [['no header', {}], ['wrong token', { authorization: 'Bearer s3cret-tokem' }],
-    ['shorter token', { authorization: 'Bearer s3' }], ['not bearer', { authorization: 'Basic czNjcmV0LXRva2Vu' }]] as const) {
+  const refused = [
+    ['no header', {}],
+    ['wrong token', { authorization: 'Bearer s3cret-tokem' }],
+    ['shorter token', { authorization: 'Bearer s3' }],
+    ['not bearer', { authorization: 'Basic czNjcmV0LXRva2Vu' }],
+  ] as const
+  for (const [what, headers] of refused) {
     for (const path of ['/status', '/metrics', '/nope']) {
       const res = await fetch(`${base}${path}`, { headers })
       tt.equal(res.status, 401, `${what}: ${path} → 401`)
@@ -133,10 +155,12 @@ t.test('the bearer token is enforced', async (tt) => {
   const ok = await fetch(`${base}/status`, { headers: { authorization: 'Bearer s3cret-token' } })
   tt.equal(ok.status, 200)
   tt.equal((await json(ok)).primary, 'a')
-  const metrics = await fetch(`${base}/metrics`, { headers: { authorization: 'bearer s3cret-token' } })
+  const metrics = await fetch(`${base}/metrics`,
+    { headers: { authorization: 'bearer s3cret-token' } })
   tt.equal(metrics.status, 200, 'the scheme is case-insensitive')
   await metrics.text()
-  tt.ok(events.find((e) => e.event === 'admin_refused' && e.status === 401 && e.level === 'debug'), 'refusals logged at debug')
+  tt.ok(events.find((e) => e.event === 'admin_refused' && e.status === 401 && e.level === 'debug'),
+    'refusals logged at debug')
 })
 
 t.test('POST /failover under pipelined load loses nothing and stays protected', async (tt) => {
@@ -145,17 +169,24 @@ t.test('POST /failover under pipelined load loses nothing and stays protected', 
   const clients = await Promise.all(Array.from({ length: 6 }, () => Client.open(f.port)))
   const COUNT = 400
   let request: Promise<Response> | undefined
-  await driveIncr(clients, { count: COUNT, keys: clients.map((_, i) => `p${i}`), ms: 30000, onProgress: (total) => {
-    // Mid-load: one switchover a → b (its target from the JSON body).
-    if (request === undefined && total > clients.length * 100) {
-      request = fetch(`${base}/failover`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"to": "b"}' })
-    }
-  } })
+  await driveIncr(clients, {
+    count: COUNT,
+    keys: clients.map((_, i) => `p${i}`),
+    ms: 30000,
+    onProgress: (total) => {
+      // Mid-load: one switchover a → b (its target from the JSON body).
+      if (request === undefined && total > clients.length * 100) {
+        const headers = { 'content-type': 'application/json' }
+        request = fetch(`${base}/failover`, { method: 'POST', headers, body: '{"to": "b"}' })
+      }
+    },
+  })
   tt.ok(request, 'the switchover was requested mid-load')
   const res = await (request as Promise<Response>)
   tt.equal(res.status, 200)
   const body = await json(res)
-  tt.match(body.switchover, { from: 'a', to: 'b', epoch: 2, reason: 'switchover', duration_ms: Number })
+  tt.match(body.switchover,
+    { from: 'a', to: 'b', epoch: 2, reason: 'switchover', duration_ms: Number })
   tt.match(body, { primary: 'b', epoch: 2, protected: true })
   expectCounts(tt, clients, COUNT)
   const st = await json(await fetch(`${base}/status`))
@@ -164,12 +195,14 @@ t.test('POST /failover under pipelined load loses nothing and stays protected', 
   const text = await (await fetch(`${base}/metrics`)).text()
   tt.equal(metric(text, 'ftproxy_switchovers_total'), 1)
   tt.equal(metric(text, 'ftproxy_failovers_total'), 0)
-  tt.equal(metric(text, 'ftproxy_failover_duration_seconds_count'), 0, 'switchovers are not in the failover histogram')
+  tt.equal(metric(text, 'ftproxy_failover_duration_seconds_count'), 0,
+    'switchovers are not in the failover histogram')
 
   // And back, with the target in the query string.
   const back = await fetch(`${base}/failover?to=a`, { method: 'POST' })
   tt.equal(back.status, 200)
-  tt.match(await json(back), { switchover: { from: 'b', to: 'a', epoch: 3 }, primary: 'a', protected: true })
+  tt.match(await json(back),
+    { switchover: { from: 'b', to: 'a', epoch: 3 }, primary: 'a', protected: true })
   tt.notOk(f.find('divergence'))
   tt.notOk(f.find('unprotected'), 'never unprotected')
   for (const c of clients) c.close()
@@ -206,7 +239,8 @@ t.test('bad requests get a 4xx with a JSON error', async (tt) => {
     ['"to" not a string', '/failover', { method: 'POST', body: '{"to": 1}' }, 400],
     ['unknown field', '/failover', { method: 'POST', body: '{"target": "b"}' }, 400],
     ['body and query disagree', '/failover?to=a', { method: 'POST', body: '{"to": "b"}' }, 400],
-    ['body over 4 KiB', '/failover', { method: 'POST', body: JSON.stringify({ to: 'b', pad: 'x'.repeat(5000) }) }, 413],
+    ['body over 4 KiB', '/failover',
+      { method: 'POST', body: JSON.stringify({ to: 'b', pad: 'x'.repeat(5000) }) }, 413],
   ]
   for (const [what, path, init, status] of cases) {
     const res = await fetch(`${base}${path}`, init)
@@ -218,7 +252,8 @@ t.test('bad requests get a 4xx with a JSON error', async (tt) => {
   tt.equal(f.front.status().primary, 'a', 'no bad request switched anything')
 
   // A chunked body (no content-length) over the limit is cut off while it is read.
-  const raw = await rawRequest(admin, 'POST /failover HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n' +
+  const raw = await rawRequest(admin,
+    'POST /failover HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n' +
     `1400\r\n${'x'.repeat(0x1400)}\r\n0\r\n\r\n`)
   tt.match(raw, /^HTTP\/1\.1 413 /)
   tt.match(raw, /\{"error":"[^"]+"\}/)
@@ -227,22 +262,36 @@ t.test('bad requests get a 4xx with a JSON error', async (tt) => {
 t.test('other switchover errors are a 500 with a JSON error', async (tt) => {
   // A stand-in front: the arbiter is lost mid-switchover (hard to provoke with real processes).
   const front = {
-    counters: { bytes_in: 0, bytes_out: 0, log_entries: 0, connections_total: 0, connections_rejected: 0, failovers: 0, switchovers: 0, divergences: 0 },
-    status: () => ({ epoch: 1, primary: 'a', protected: true, serving: false, replicas: [], protected_since: new Date().toISOString(), connections: 0, log_entries: 0, log_bytes: 0, output_held_bytes: 0, last_failover: null }),
-    switchover: async () => { throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for epoch 2') },
+    counters: newCounters(),
+    status: () => ({
+      epoch: 1,
+      primary: 'a',
+      protected: true,
+      serving: false,
+      replicas: [],
+      protected_since: new Date().toISOString(),
+      connections: 0,
+      log_entries: 0,
+      log_bytes: 0,
+      output_held_bytes: 0,
+      last_failover: null,
+    }),
+    switchover: async () => {
+      throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for epoch 2')
+    },
     on: () => front,
     off: () => front,
   }
-  const events: Event[] = []
-  const stream = new PassThrough()
-  stream.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) events.push(JSON.parse(l) as Event) })
-  const admin = new Admin(front as unknown as Front, { listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'debug', stream }) })
+  const { events, stream } = eventLog()
+  const admin = new Admin(front as unknown as Front,
+    { listen: LISTEN, log: createLogger({ level: 'debug', stream }) })
   tt.teardown(() => admin.close())
   const { port } = await admin.start()
   const res = await fetch(`http://127.0.0.1:${port}/failover`, { method: 'POST' })
   tt.equal(res.status, 500)
   tt.match(await json(res), { error: String, code: 'ERR_FTPROXY_ARBITER_LOST' })
-  tt.ok(events.find((e) => e.event === 'admin_error' && e.level === 'warn' && e.code === 'ERR_FTPROXY_ARBITER_LOST'))
+  tt.ok(events.find((e) => e.event === 'admin_error' && e.level === 'warn' &&
+    e.code === 'ERR_FTPROXY_ARBITER_LOST'))
   const raw = await rawRequest(admin, 'GET http://[ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n')
   tt.match(raw, /^HTTP\/1\.1 400 /, 'a request target that is no URL')
 })

@@ -3,19 +3,24 @@
 // the kernel; nothing sleeps for a fixed time (every wait is for an event, with a deadline).
 
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse as parseYaml } from 'yaml'
-import { Client, ROOT, demoServer, until } from './helpers/cluster.js'
+import { Client, ROOT, demoServer } from './helpers/cluster.js'
 import { Cli, alive, freePorts, runCli, waitGone } from './helpers/proc.js'
+import { until } from './helpers/until.js'
 
-const VERSION = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version
+const PACKAGE = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as
+  { version: string }
+const VERSION = PACKAGE.version
 
 /** A config for a front in front of two supervised demo servers, in a fresh test dir. */
 async function runConfig (t: Test): Promise<{ file: string, port: number, stateDir: string }> {
   const dir = t.testdir({ state: {} })
   const [port, pa, pb] = await freePorts(3)
+  assert.ok(port && pa && pb, 'three free ports')
   const stateDir = path.join(dir, 'state')
   const file = path.join(dir, 'ftproxy.yaml')
   writeFileSync(file, [
@@ -38,7 +43,9 @@ async function runConfig (t: Test): Promise<{ file: string, port: number, stateD
 }
 
 /** Starts `ftproxy run` and waits for its `listening` event. */
-async function startFront (t: Test, file: string): Promise<{ front: Cli, listening: Record<string, unknown> }> {
+async function startFront (
+  t: Test, file: string
+): Promise<{ front: Cli, listening: Record<string, unknown> }> {
   const front = new Cli(t, ['run', '--config', file])
   const listening = await front.waitEvent('listening')
   return { front, listening }
@@ -46,13 +53,15 @@ async function startFront (t: Test, file: string): Promise<{ front: Cli, listeni
 
 /** Waits until the client has n reply lines (or the front ended it); the lines so far. */
 async function replies (c: Client, n: number, front?: Cli, ms = 15000): Promise<string[]> {
+  const got = (): string =>
+    `${c.lines.length}: ${JSON.stringify(c.lines.slice(-5))}\n${front?.transcript() ?? ''}`
   try {
     await until(() => c.lines.length >= n || c.ended || c.closed, `${n} reply lines`, ms)
   } catch (err) {
-    throw new Error(`${(err as Error).message}; got ${c.lines.length}: ${JSON.stringify(c.lines.slice(-5))}\n${front?.transcript() ?? ''}`)
+    throw new Error(`${(err as Error).message}; got ${got()}`)
   }
   if (c.lines.length < n) {
-    throw new Error(`the connection ended after ${c.lines.length} of ${n} reply lines: ${JSON.stringify(c.lines.slice(-5))}\n${front?.transcript() ?? ''}`)
+    throw new Error(`the connection ended before ${n} reply lines; got ${got()}`)
   }
   return c.lines
 }
@@ -61,7 +70,9 @@ async function replies (c: Client, n: number, front?: Cli, ms = 15000): Promise<
 async function ask (c: Client, line: string, front?: Cli): Promise<string> {
   const n = c.lines.length
   c.send(line + '\n')
-  return (await replies(c, n + 1, front))[n]
+  const reply = (await replies(c, n + 1, front))[n]
+  assert.ok(reply !== undefined, 'replies() returns at least n + 1 lines')
+  return reply
 }
 
 /** stderr has a line that points at file:line and names the key path (the message is free). */
@@ -71,7 +82,8 @@ function namesKeyAt (t: Test, stderr: string, file: string, line: number, key: s
   t.ok(at?.split(/[\s:]+/).includes(key), `${file}:${line} names ${key}`, { found: at })
 }
 
-const seq = (from: number, to: number): string[] => Array.from({ length: to - from + 1 }, (_, i) => String(from + i))
+const seq = (from: number, to: number): string[] =>
+  Array.from({ length: to - from + 1 }, (_, i) => String(from + i))
 
 // ---------------------------------------------------------------------------------------------
 
@@ -109,8 +121,16 @@ t.test('check-config', async (t) => {
       output_commit: 'ack',
       on_backup_loss: 'continue',
       replicas: [
-        { name: 'a', address: '127.0.0.1:7101', command: ['ftproxy', 'demo-server', '--port', '7101'] },
-        { name: 'b', address: '127.0.0.1:7102', command: ['ftproxy', 'demo-server', '--port', '7102'] }
+        {
+          name: 'a',
+          address: '127.0.0.1:7101',
+          command: ['ftproxy', 'demo-server', '--port', '7101'],
+        },
+        {
+          name: 'b',
+          address: '127.0.0.1:7102',
+          command: ['ftproxy', 'demo-server', '--port', '7102'],
+        },
       ],
       health_check: { interval: '1s', timeout: '500ms', fall: 3, rise: 2 },
       timeouts: { connect: '2s', stall: '3s', linger: '5s', heartbeat: '1s' },
@@ -119,7 +139,8 @@ t.test('check-config', async (t) => {
       log: { level: 'info', format: 'text' },
       admin: { listen: '127.0.0.1:7900' }
     })
-    t.equal(cfg.state_dir, path.join(ROOT, 'state'), 'state_dir resolved against the working directory')
+    t.equal(cfg.state_dir, path.join(ROOT, 'state'),
+      'state_dir resolved against the working directory')
 
     // What it prints is itself a valid config that prints the same.
     const dir = t.testdir({ 'effective.yaml': r.stdout })
@@ -128,7 +149,8 @@ t.test('check-config', async (t) => {
     t.equal(again.stdout, r.stdout, 'round trip')
   })
 
-  const replicas = 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n  - name: b\n    address: 127.0.0.1:7102\n'
+  const replicas = 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n' +
+    '  - name: b\n    address: 127.0.0.1:7102\n'
   // Each case: the file, and the [key path, line] pairs stderr must name.
   const bad: Record<string, { yaml: string, want: Array<[string, number]> }> = {
     'an unknown key': {
@@ -152,7 +174,8 @@ t.test('check-config', async (t) => {
       want: [['replicas', 2]]
     },
     'a bad replica address': {
-      yaml: 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n  - name: b\n    address: 127.0.0.1\n',
+      yaml: 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n' +
+        '  - name: b\n    address: 127.0.0.1\n',
       want: [['replicas[1].address', 5]]
     },
     'several errors at once': {
@@ -181,7 +204,9 @@ t.test('check-config', async (t) => {
 })
 
 t.test('run exits 1 on a bad config, naming the key, starting nothing', async (t) => {
-  const file = path.join(t.testdir({ 'bad.yaml': 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n    command: [ftproxy, demo-server, --port, "7101"]\ntimeouts: { linger: forever }\n' }), 'bad.yaml')
+  const yaml = 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n' +
+    '    command: [ftproxy, demo-server, --port, "7101"]\ntimeouts: { linger: forever }\n'
+  const file = path.join(t.testdir({ 'bad.yaml': yaml }), 'bad.yaml')
   const r = await runCli(t, ['run', '--config', file])
   t.equal(r.code, 1)
   namesKeyAt(t, r.stderr, file, 1, 'replicas')
@@ -204,6 +229,7 @@ t.test('run: failover under a live connection, SIGTERM, restart after failover',
     const [pidA] = front.pidsOf('a')
     const [pidB] = front.pidsOf('b')
     t.ok(pidA && pidB && pidA !== pidB, 'a pid for each demo server')
+    assert.ok(pidA, 'the pid of a')
 
     const c = await Client.open(port)
     t.teardown(() => c.close())
@@ -218,8 +244,10 @@ t.test('run: failover under a live connection, SIGTERM, restart after failover',
     c.send('INCR n\n'.repeat(20))
     await replies(c, 2 + 60, front)
     for (let i = 61; i <= 80; i++) t.equal(await ask(c, 'INCR n', front), String(i))
-    t.equal(await ask(c, 'GET greeting', front), 'hello world', 'data written before the failover is there')
-    t.same(c.lines, ['OK', 'hello world', ...seq(1, 80), 'hello world'], 'every reply, in order, no gap, no duplicate')
+    t.equal(await ask(c, 'GET greeting', front), 'hello world',
+      'data written before the failover is there')
+    t.same(c.lines, ['OK', 'hello world', ...seq(1, 80), 'hello world'],
+      'every reply, in order, no gap, no duplicate')
     t.equal(c.closed, false, 'the client kept its connection')
     t.equal(c.error, null)
 
@@ -227,7 +255,8 @@ t.test('run: failover under a live connection, SIGTERM, restart after failover',
     t.match(fo, { from: 'a', to: 'b', epoch: 2 })
     t.type(fo.duration_ms, 'number')
     t.ok(front.find('replica_down', (e) => e.replica === 'a'), 'replica_down for a')
-    t.ok(front.find('replica_process_exited', (e) => e.pid === pidA && e.signal === 'SIGKILL'), 'the supervisor saw a die')
+    t.ok(front.find('replica_process_exited', (e) => e.pid === pidA && e.signal === 'SIGKILL'),
+      'the supervisor saw a die')
     t.ok(front.find('unprotected'), 'says it runs unprotected')
     t.notOk(front.find('divergence'), 'no divergence')
 
@@ -242,11 +271,13 @@ t.test('run: failover under a live connection, SIGTERM, restart after failover',
     const pids = front.pids()
     t.ok(pids.length >= 2)
     await waitGone(pids, 'supervised demo servers')
-    t.notOk(front.find('replica_process_killing'), 'the demo servers exited on SIGTERM, without SIGKILL')
+    t.notOk(front.find('replica_process_killing'),
+      'the demo servers exited on SIGTERM, without SIGKILL')
   })
 
   t.test('restart on the same state_dir: b is primary, a is stale', async (t) => {
-    const before = JSON.parse(readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as Record<string, unknown>
+    const before = JSON.parse(readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as
+      Record<string, unknown>
     t.match(before, { primary: 'b', stale: ['a'] }, 'state.json after the failover')
 
     const { front, listening } = await startFront(t, file)
@@ -269,7 +300,8 @@ t.test('run: failover under a live connection, SIGTERM, restart after failover',
     t.same(await front.waitExit(), { code: 0, signal: null })
     t.ok(front.find('shutdown'))
     await waitGone(front.pids(), 'supervised demo servers')
-    t.notOk(front.find('replica_process_killing'), 'the demo servers exited on SIGTERM, without SIGKILL')
+    t.notOk(front.find('replica_process_killing'),
+      'the demo servers exited on SIGTERM, without SIGKILL')
   })
 })
 
@@ -295,7 +327,8 @@ t.test('SIGINT exits 0; a second front on the same state_dir exits 1 (locked)', 
   t.match(front.find('stopping'), { signal: 'SIGINT' })
   t.ok(front.find('shutdown'))
   await waitGone(pids, 'supervised demo servers')
-  t.notOk(front.find('replica_process_killing'), 'the demo servers exited on SIGTERM, without SIGKILL')
+  t.notOk(front.find('replica_process_killing'),
+    'the demo servers exited on SIGTERM, without SIGKILL')
 })
 
 t.test('the front SIGKILLed: its demo servers exit by themselves', async (t) => {
@@ -323,7 +356,8 @@ t.test('agent: flags, a bad flag named, SIGTERM exits 0', async (t) => {
 
   const server = await demoServer(t)
   const dir = t.testdir({})
-  const agent = new Cli(t, ['agent', '--listen', '127.0.0.1:0', '--server', `127.0.0.1:${server.port}`, '--state-dir', `${dir}/agent-state`])
+  const agent = new Cli(t, ['agent', '--listen', '127.0.0.1:0',
+    '--server', `127.0.0.1:${server.port}`, '--state-dir', `${dir}/agent-state`])
   const ev = await agent.waitEvent('listening')
   t.match(ev, { tls: false, server: `127.0.0.1:${server.port}` })
   t.notOk(agent.find('insecure_listen'), 'loopback without TLS: no warning')
@@ -352,14 +386,17 @@ t.test('status, failover and SIGHUP against a running front', async (t) => {
   t.equal(fo.code, 0, fo.stderr)
   t.match(fo.stdout, /switched over: a -> b, epoch 2/)
   t.equal(await ask(c, 'INCR h'), '2', 'the same connection goes on, on b')
-  const after = JSON.parse((await runCli(t, ['status', '--admin', admin, '--json'])).stdout) as { primary: string, protected: boolean }
+  const after = JSON.parse((await runCli(t, ['status', '--admin', admin, '--json'])).stdout) as
+    { primary: string, protected: boolean }
   t.match(after, { primary: 'b', protected: true })
   const unreachable = await runCli(t, ['status', '--admin', '127.0.0.1:1'])
   t.equal(unreachable.code, 1)
   t.match(unreachable.stderr, /cannot reach the admin endpoint/)
 
   // SIGHUP: the log level changes at once; a change of listen needs a restart, and says so.
-  writeFileSync(file, readFileSync(file, 'utf8').replace('level: info', 'level: debug').replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`))
+  writeFileSync(file, readFileSync(file, 'utf8')
+    .replace('level: info', 'level: debug')
+    .replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`))
   front.proc.kill('SIGHUP')
   const reload = await front.waitEvent('reload')
   t.match(reload, { applied: ['log.level'], restart_needed: ['listen'] })

@@ -1,27 +1,26 @@
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { formatHostPort, isLoopback, parseHostPort } from '../lib/address.js'
 import {
   AGENT_DEFAULTS,
   agentConfigFromFlags,
   DEFAULTS,
   FLAGS_FILE,
   formatDuration,
-  formatHostPort,
   formatSize,
-  isLoopback,
   loadAgentConfig,
   loadConfig,
   parseAgentConfig,
   parseConfig,
   parseDuration,
-  parseHostPort,
   parseSize,
   renderAgentConfig,
   renderConfig
-} from '../lib/config.js'
-import type { AgentConfig, Config, ReplicaConfig } from '../lib/config.js'
+} from '../lib/config/index.js'
+import type { AgentConfig, Config, ReplicaConfig } from '../lib/config/index.js'
 import { ConfigError } from '../lib/errors.js'
 import type { ConfigIssue } from '../lib/errors.js'
 
@@ -61,6 +60,13 @@ function thrownIssues (t: Test, parse: () => unknown): ConfigIssue[] {
   return []
 }
 
+/** c.replicas[i]; fails the test when there is none. */
+function replicaAt (c: Config, i: number): ReplicaConfig {
+  const r = c.replicas[i]
+  assert.ok(r, `replica ${i}`)
+  return r
+}
+
 function addressOf (r: ReplicaConfig): string | undefined {
   return r.address !== undefined ? formatHostPort(r.address) : undefined
 }
@@ -70,7 +76,7 @@ function hasIssue (t: Test, issues: ConfigIssue[], path: string, line: number): 
   const found = issues.filter((i) => i.path === path)
   t.equal(found.length, 1, `one issue at ${path}`, { issues })
   t.equal(found[0]?.line, line, `${path} at line ${line}`, { issues })
-  t.ok(found[0]?.message.length > 0, 'has a message')
+  t.ok((found[0]?.message.length ?? 0) > 0, 'has a message')
 }
 
 t.test('parseDuration', async (t) => {
@@ -131,7 +137,9 @@ t.test('parseHostPort and formatHostPort', async (t) => {
 
   t.equal(formatHostPort({ host: '::1', port: 7000 }), '[::1]:7000')
   t.equal(formatHostPort({ host: '127.0.0.1', port: 7000 }), '127.0.0.1:7000')
-  for (const s of ['[::1]:7000', 'localhost:1', '10.0.0.2:7200']) t.equal(formatHostPort(parseHostPort(s)), s)
+  for (const s of ['[::1]:7000', 'localhost:1', '10.0.0.2:7200']) {
+    t.equal(formatHostPort(parseHostPort(s)), s)
+  }
 })
 
 t.test('defaults fill a minimal config', async (t) => {
@@ -153,7 +161,7 @@ t.test('defaults fill a minimal config', async (t) => {
     log: { level: 'info', format: 'json' },
     admin: { listen: { host: '127.0.0.1', port: 7900 } }
   })
-  t.notOk('command' in c.replicas[0], 'no command key when none given')
+  t.notOk('command' in replicaAt(c, 0), 'no command key when none given')
   t.notOk('token' in c.admin, 'no token key when none given')
 
   // The result is the caller's to change: DEFAULTS must stay untouched.
@@ -185,43 +193,57 @@ t.test('numbers in a command become strings', async (t) => {
     ...TWO_REPLICAS,
     '    command: [redis-server, --port, 6380, --hz, 10.5]'
   ), 'c.yaml', CWD)
-  t.same(c.replicas[1].command, ['redis-server', '--port', '6380', '--hz', '10.5'])
+  t.same(c.replicas[1]?.command, ['redis-server', '--port', '6380', '--hz', '10.5'])
 })
 
 t.test('each kind of bad value names its path and line', async (t) => {
-  const cases: Array<{ name: string, text: string, path: string, line: number }> = [
-    { name: 'bad listen', text: yaml('listen: 127.0.0.1', ...TWO_REPLICAS), path: 'listen', line: 1 },
-    { name: 'listen as a number', text: yaml(...TWO_REPLICAS, 'listen: 7000'), path: 'listen', line: 6 },
-    { name: 'bad enum', text: yaml(...TWO_REPLICAS, 'output_commit: always'), path: 'output_commit', line: 6 },
-    { name: 'bad on_backup_loss', text: yaml('on_backup_loss: stop', ...TWO_REPLICAS), path: 'on_backup_loss', line: 1 },
-    { name: 'empty state_dir', text: yaml('state_dir: ""', ...TWO_REPLICAS), path: 'state_dir', line: 1 },
-    { name: 'fall 0', text: yaml(...TWO_REPLICAS, 'health_check:', '  fall: 0'), path: 'health_check.fall', line: 7 },
-    { name: 'rise not an integer', text: yaml(...TWO_REPLICAS, 'health_check: { rise: 1.5 }'), path: 'health_check.rise', line: 6 },
-    { name: 'rise as a string', text: yaml(...TWO_REPLICAS, 'health_check: { rise: "2" }'), path: 'health_check.rise', line: 6 },
-    { name: 'zero interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 0s', '  timeout: 0s'), path: 'health_check.interval', line: 7 },
-    { name: 'duration without unit', text: yaml(...TWO_REPLICAS, 'timeouts:', '  stall: 3'), path: 'timeouts.stall', line: 7 },
-    { name: 'duration too long', text: yaml(...TWO_REPLICAS, 'timeouts:', '  linger: 30d'), path: 'timeouts.linger', line: 7 },
-    { name: 'duration over the timer limit', text: yaml(...TWO_REPLICAS, 'timeouts:', '  linger: 1000h'), path: 'timeouts.linger', line: 7 },
-    { name: 'zero timeout', text: yaml(...TWO_REPLICAS, 'timeouts: { connect: 0ms }'), path: 'timeouts.connect', line: 6 },
-    { name: 'timeout > interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  timeout: 2s'), path: 'health_check.timeout', line: 8 },
+  // name, path and line of the issue, then the YAML lines
+  const bad = (name: string, path: string, line: number, ...lines: string[]) =>
+    ({ name, path, line, text: yaml(...lines) })
+  const cases = [
+    bad('bad listen', 'listen', 1, 'listen: 127.0.0.1', ...TWO_REPLICAS),
+    bad('listen as a number', 'listen', 6, ...TWO_REPLICAS, 'listen: 7000'),
+    bad('bad enum', 'output_commit', 6, ...TWO_REPLICAS, 'output_commit: always'),
+    bad('bad on_backup_loss', 'on_backup_loss', 1, 'on_backup_loss: stop', ...TWO_REPLICAS),
+    bad('empty state_dir', 'state_dir', 1, 'state_dir: ""', ...TWO_REPLICAS),
+    bad('fall 0', 'health_check.fall', 7, ...TWO_REPLICAS, 'health_check:', '  fall: 0'),
+    bad('rise not an integer', 'health_check.rise', 6,
+      ...TWO_REPLICAS, 'health_check: { rise: 1.5 }'),
+    bad('rise as a string', 'health_check.rise', 6, ...TWO_REPLICAS, 'health_check: { rise: "2" }'),
+    bad('zero interval', 'health_check.interval', 7,
+      ...TWO_REPLICAS, 'health_check:', '  interval: 0s', '  timeout: 0s'),
+    bad('duration without unit', 'timeouts.stall', 7, ...TWO_REPLICAS, 'timeouts:', '  stall: 3'),
+    bad('duration too long', 'timeouts.linger', 7, ...TWO_REPLICAS, 'timeouts:', '  linger: 30d'),
+    bad('duration over the timer limit', 'timeouts.linger', 7,
+      ...TWO_REPLICAS, 'timeouts:', '  linger: 1000h'),
+    bad('zero timeout', 'timeouts.connect', 6, ...TWO_REPLICAS, 'timeouts: { connect: 0ms }'),
+    bad('timeout > interval', 'health_check.timeout', 8,
+      ...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  timeout: 2s'),
     // timeout left at its default (500ms): the parent key is the place to look.
-    { name: 'default timeout > interval', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 200ms'), path: 'health_check.timeout', line: 6 },
-    { name: 'max_connections 0', text: yaml(...TWO_REPLICAS, 'limits:', '  max_connections: 0'), path: 'limits.max_connections', line: 7 },
-    { name: 'max_lag too small', text: yaml(...TWO_REPLICAS, 'limits:', '  max_lag: 32KiB'), path: 'limits.max_lag', line: 7 },
-    { name: 'max_lag in MB', text: yaml(...TWO_REPLICAS, 'limits:', '  max_lag: 8MB'), path: 'limits.max_lag', line: 7 },
-    { name: 'log level', text: yaml('log:', '  level: verbose', ...TWO_REPLICAS), path: 'log.level', line: 2 },
-    { name: 'log format', text: yaml('log: { format: xml }', ...TWO_REPLICAS), path: 'log.format', line: 1 },
-    { name: 'section not a map', text: yaml('timeouts: 2s', ...TWO_REPLICAS), path: 'timeouts', line: 1 },
-    { name: 'empty section', text: yaml('log:', ...TWO_REPLICAS), path: 'log', line: 1 },
-    { name: 'admin on the front port', text: yaml('listen: 127.0.0.1:7000', 'admin:', '  listen: 127.0.0.1:7000', ...TWO_REPLICAS), path: 'admin.listen', line: 3 },
-    { name: 'empty admin token', text: yaml('admin: { token: "" }', ...TWO_REPLICAS), path: 'admin.token', line: 1 },
-    { name: 'unknown nested key', text: yaml(...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  falls: 3'), path: 'health_check.falls', line: 8 },
-    { name: 'unknown top-level key', text: yaml(...TWO_REPLICAS, 'listen_on: 127.0.0.1:1'), path: 'listen_on', line: 6 },
-    { name: 'file is not a key', text: yaml('file: x.yaml', ...TWO_REPLICAS), path: 'file', line: 1 },
-    { name: 'arbiter tas', text: yaml(...TWO_REPLICAS, 'arbiter:', '  kind: tas', '  address: 10.0.0.9:7300'), path: 'arbiter.kind', line: 7 },
-    { name: 'arbiter etcd', text: yaml(...TWO_REPLICAS, 'arbiter: { kind: etcd, endpoints: [a:1] }'), path: 'arbiter.kind', line: 6 },
-    { name: 'arbiter unknown kind', text: yaml(...TWO_REPLICAS, 'arbiter: { kind: zookeeper }'), path: 'arbiter.kind', line: 6 },
-    { name: 'arbiter file with extra key', text: yaml(...TWO_REPLICAS, 'arbiter:', '  kind: file', '  path: /x'), path: 'arbiter.path', line: 8 }
+    bad('default timeout > interval', 'health_check.timeout', 6,
+      ...TWO_REPLICAS, 'health_check:', '  interval: 200ms'),
+    bad('max_connections 0', 'limits.max_connections', 7,
+      ...TWO_REPLICAS, 'limits:', '  max_connections: 0'),
+    bad('max_lag too small', 'limits.max_lag', 7, ...TWO_REPLICAS, 'limits:', '  max_lag: 32KiB'),
+    bad('max_lag in MB', 'limits.max_lag', 7, ...TWO_REPLICAS, 'limits:', '  max_lag: 8MB'),
+    bad('log level', 'log.level', 2, 'log:', '  level: verbose', ...TWO_REPLICAS),
+    bad('log format', 'log.format', 1, 'log: { format: xml }', ...TWO_REPLICAS),
+    bad('section not a map', 'timeouts', 1, 'timeouts: 2s', ...TWO_REPLICAS),
+    bad('empty section', 'log', 1, 'log:', ...TWO_REPLICAS),
+    bad('admin on the front port', 'admin.listen', 3,
+      'listen: 127.0.0.1:7000', 'admin:', '  listen: 127.0.0.1:7000', ...TWO_REPLICAS),
+    bad('empty admin token', 'admin.token', 1, 'admin: { token: "" }', ...TWO_REPLICAS),
+    bad('unknown nested key', 'health_check.falls', 8,
+      ...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  falls: 3'),
+    bad('unknown top-level key', 'listen_on', 6, ...TWO_REPLICAS, 'listen_on: 127.0.0.1:1'),
+    bad('file is not a key', 'file', 1, 'file: x.yaml', ...TWO_REPLICAS),
+    bad('arbiter tas', 'arbiter.kind', 7,
+      ...TWO_REPLICAS, 'arbiter:', '  kind: tas', '  address: 10.0.0.9:7300'),
+    bad('arbiter etcd', 'arbiter.kind', 6,
+      ...TWO_REPLICAS, 'arbiter: { kind: etcd, endpoints: [a:1] }'),
+    bad('arbiter unknown kind', 'arbiter.kind', 6, ...TWO_REPLICAS, 'arbiter: { kind: zookeeper }'),
+    bad('arbiter file with extra key', 'arbiter.path', 8,
+      ...TWO_REPLICAS, 'arbiter:', '  kind: file', '  path: /x'),
   ]
   for (const c of cases) {
     t.test(c.name, async (t) => hasIssue(t, issuesOf(t, c.text), c.path, c.line))
@@ -233,49 +255,73 @@ t.test('replica problems', async (t) => {
     hasIssue(t, issuesOf(t, yaml('# a comment', 'listen: 127.0.0.1:7000')), 'replicas', 2)
   })
   t.test('one replica only', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: 127.0.0.1:7101')), 'replicas', 1)
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: 127.0.0.1:7101'
+    )), 'replicas', 1)
   })
   t.test('replicas not a list', async (t) => {
     hasIssue(t, issuesOf(t, yaml('replicas: { a: 127.0.0.1:1 }')), 'replicas', 1)
   })
   t.test('duplicate names', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: a', '    address: 127.0.0.1:7103')), 'replicas[2].name', 6)
+    hasIssue(t, issuesOf(t, yaml(
+      ...TWO_REPLICAS, '  - name: a', '    address: 127.0.0.1:7103'
+    )), 'replicas[2].name', 6)
   })
   t.test('duplicate addresses', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: c', '    address: 127.0.0.1:7102')), 'replicas[2].address', 7)
+    hasIssue(t, issuesOf(t, yaml(
+      ...TWO_REPLICAS, '  - name: c', '    address: 127.0.0.1:7102'
+    )), 'replicas[2].address', 7)
   })
   t.test('replica on the front port', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('listen: 127.0.0.1:7101', ...TWO_REPLICAS)), 'replicas[0].address', 4)
+    hasIssue(t, issuesOf(t, yaml(
+      'listen: 127.0.0.1:7101', ...TWO_REPLICAS
+    )), 'replicas[0].address', 4)
   })
   t.test('bad name', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: "b c"', '    address: h:2')), 'replicas[1].name', 4)
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: h:1', '  - name: "b c"', '    address: h:2'
+    )), 'replicas[1].name', 4)
   })
   t.test('missing name', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - address: h:2')), 'replicas[1].name', 4)
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: h:1', '  - address: h:2'
+    )), 'replicas[1].name', 4)
   })
   t.test('neither address nor agent', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    command: [x]')), 'replicas[1]', 4)
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: h:1', '  - name: b', '    command: [x]'
+    )), 'replicas[1]', 4)
   })
   t.test('bad address', async (t) => {
-    hasIssue(t, issuesOf(t, yaml('replicas:', '  - name: a', '    address: h:1', '  - name: b', '    address: ::1:7000')), 'replicas[1].address', 5)
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: h:1', '  - name: b', '    address: ::1:7000'
+    )), 'replicas[1].address', 5)
   })
   t.test('unknown key in a replica', async (t) => {
-    const issues = issuesOf(t, yaml('replicas:', '  - name: a', '    adress: 127.0.0.1:7101', '  - name: b', '    address: h:2'))
+    const issues = issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    adress: 127.0.0.1:7101', '  - name: b', '    address: h:2'
+    ))
     hasIssue(t, issues, 'replicas[0].adress', 3)
     t.match(issues.find((i) => i.path === 'replicas[0].adress')?.message, /did you mean 'address'/)
     hasIssue(t, issues, 'replicas[0]', 2)
   })
   t.test('command as a string', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: redis-server --port 6380')), 'replicas[1].command', 6)
+    hasIssue(t, issuesOf(t, yaml(
+      ...TWO_REPLICAS, '    command: redis-server --port 6380'
+    )), 'replicas[1].command', 6)
   })
   t.test('empty command', async (t) => {
     hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: []')), 'replicas[1].command', 6)
   })
   t.test('command with a non-string argument', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command:', '      - redis-server', '      - { port: 1 }')), 'replicas[1].command[1]', 8)
+    hasIssue(t, issuesOf(t, yaml(
+      ...TWO_REPLICAS, '    command:', '      - redis-server', '      - { port: 1 }'
+    )), 'replicas[1].command[1]', 8)
   })
   t.test('command with an empty program', async (t) => {
-    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '    command: ["", x]')), 'replicas[1].command[0]', 6)
+    hasIssue(t, issuesOf(t, yaml(
+      ...TWO_REPLICAS, '    command: ["", x]'
+    )), 'replicas[1].command[0]', 6)
   })
 })
 
@@ -307,22 +353,27 @@ t.test('YAML-level problems', async (t) => {
   t.test('syntax error', async (t) => {
     const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', 'replicas: [', '  {name: a'))
     t.ok(issues.length >= 1)
-    t.equal(issues[0].path, '')
-    t.ok(typeof issues[0].line === 'number' && issues[0].line >= 2, 'line of the error')
+    t.equal(issues[0]?.path, '')
+    const line = issues[0]?.line
+    t.ok(typeof line === 'number' && line >= 2, 'line of the error')
   })
   t.test('bad indentation', async (t) => {
-    const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', 'replicas:', '  - name: a', '   address: h:1'))
-    t.equal(issues[0].path, '')
-    t.equal(issues[0].line, 4)
+    const issues = issuesOf(t, yaml(
+      'listen: 127.0.0.1:7000', 'replicas:', '  - name: a', '   address: h:1'
+    ))
+    t.equal(issues[0]?.path, '')
+    t.equal(issues[0]?.line, 4)
   })
   t.test('duplicate key', async (t) => {
-    const issues = issuesOf(t, yaml('listen: 127.0.0.1:7000', ...TWO_REPLICAS, 'listen: 127.0.0.1:7001'))
+    const issues = issuesOf(t, yaml(
+      'listen: 127.0.0.1:7000', ...TWO_REPLICAS, 'listen: 127.0.0.1:7001'
+    ))
     t.same(issues.map((i) => [i.path, i.line]), [['', 7]])
   })
   t.test('two documents', async (t) => {
     const issues = issuesOf(t, yaml(...TWO_REPLICAS, '---', ...TWO_REPLICAS))
     t.equal(issues.length, 1)
-    t.equal(issues[0].line, 6)
+    t.equal(issues[0]?.line, 6)
   })
   t.test('empty file', async (t) => {
     t.same(issuesOf(t, '').map((i) => [i.path, i.line]), [['', 1]])
@@ -355,7 +406,7 @@ t.test('YAML-level problems', async (t) => {
       '    address: 127.0.0.1:7102',
       '    command: *cmd'
     ), 'a.yaml', CWD)
-    t.same(c.replicas[1].command, ['redis-server'])
+    t.same(c.replicas[1]?.command, ['redis-server'])
   })
 })
 
@@ -390,8 +441,9 @@ t.test('renderConfig', async (t) => {
   t.same(again, c, 're-parses to an equal Config')
 
   const keys = out.split('\n').filter((l) => /^[a-z_]+:/.test(l)).map((l) => l.split(':')[0])
-  t.same(keys, ['listen', 'state_dir', 'output_commit', 'on_backup_loss', 'replicas', 'health_check',
-    'timeouts', 'limits', 'arbiter', 'log', 'admin'], 'keys in DESIGN.md order')
+  const order = ['listen', 'state_dir', 'output_commit', 'on_backup_loss', 'replicas',
+    'health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin']
+  t.same(keys, order, 'keys in docs/design.md order')
 
   const redacted = renderConfig(c, { redact: true })
   t.notMatch(redacted, /s3cret/, 'token redacted on request')
@@ -421,13 +473,15 @@ t.test('shipped config files parse and round-trip', async (t) => {
 
 t.test('loadConfig', async (t) => {
   const rel = await loadConfig('config/demo.yaml').catch(() => undefined)
-  if (process.cwd() === root) t.equal(rel?.file, join(root, 'config', 'demo.yaml'), 'relative path made absolute')
+  if (process.cwd() === root) {
+    t.equal(rel?.file, join(root, 'config', 'demo.yaml'), 'relative path made absolute')
+  }
 
   const missing = join(root, 'test', 'fixtures', 'config', 'does-not-exist.yaml')
   await t.rejects(loadConfig(missing), { code: 'ERR_FTPROXY_CONFIG' })
   const err = await loadConfig(missing).catch((e: unknown) => e) as ConfigError
   t.equal(err.issues.length, 1)
-  t.equal(err.issues[0].path, '')
+  t.equal(err.issues[0]?.path, '')
   t.equal(err.details.file, missing)
 
   await t.rejects(loadConfig(join(root, 'config')), { code: 'ERR_FTPROXY_CONFIG' }, 'a directory')
@@ -454,34 +508,64 @@ t.test('agent replicas', async (t) => {
       {
         name: 'b',
         agent: { host: '10.0.0.2', port: 7200 },
-        tls: { cert: '/srv/ftproxy/certs/front.crt', key: '/etc/ftproxy/front.key', ca: '/srv/ca.crt' }
+        tls: {
+          cert: '/srv/ftproxy/certs/front.crt',
+          key: '/etc/ftproxy/front.key',
+          ca: '/srv/ca.crt',
+        },
       },
       { name: 'c', agent: { host: '::1', port: 7200 } }
     ])
-    t.notOk('address' in c.replicas[1], 'no address key on an agent replica')
-    t.notOk('agent' in c.replicas[0], 'no agent key on a direct replica')
-    t.notOk('tls' in c.replicas[2], 'no tls key when none given')
+    t.notOk('address' in replicaAt(c, 1), 'no address key on an agent replica')
+    t.notOk('agent' in replicaAt(c, 0), 'no agent key on a direct replica')
+    t.notOk('tls' in replicaAt(c, 2), 'no tls key when none given')
   })
 
-  const cases: Array<{ name: string, lines: string[], path: string, line: number, message?: RegExp }> = [
-    { name: 'both address and agent', lines: [...TWO_REPLICAS, '    agent: 10.0.0.2:7200'], path: 'replicas[1]', line: 4, message: /not both/ },
-    { name: 'neither', lines: [...TWO_REPLICAS, '  - name: c', '    command: [x]'], path: 'replicas[2]', line: 6, message: /either address .* or agent/ },
-    { name: 'command with agent', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2:7200', '    command: [redis-server]'], path: 'replicas[2].command', line: 8, message: /supervised by its agent/ },
-    { name: 'tls without agent', lines: [...TWO_REPLICAS, '    tls:', '      cert: a.crt', '      key: a.key', '      ca: ca.crt'], path: 'replicas[1].tls', line: 6 },
-    { name: 'bad agent address', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2'], path: 'replicas[2].agent', line: 7 },
-    { name: 'agent duplicates an address', lines: [...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7102'], path: 'replicas[2].agent', line: 7, message: /duplicate address 127.0.0.1:7102 \(also replicas\[1\]\)/ },
-    { name: 'address duplicates an agent', lines: ['replicas:', '  - name: a', '    agent: h:1', '  - name: b', '    address: h:1'], path: 'replicas[1].address', line: 5, message: /duplicate/ },
-    { name: 'agent on the front port', lines: ['listen: 127.0.0.1:7200', ...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7200'], path: 'replicas[2].agent', line: 8, message: /must differ from listen/ },
-    { name: 'tls missing ca', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: { cert: a.crt, key: a.key }'], path: 'replicas[2].tls.ca', line: 8 },
-    { name: 'tls empty cert', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: ""', '      key: a.key', '      ca: ca.crt'], path: 'replicas[2].tls.cert', line: 9 },
-    { name: 'tls unknown key', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: a.crt', '      key: a.key', '      ca: ca.crt', '      crt: x'], path: 'replicas[2].tls.crt', line: 12, message: /unknown key/ },
-    { name: 'tls not a map', lines: [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: yes'], path: 'replicas[2].tls', line: 8 }
+  // name, path and line of the issue, the YAML lines, and what the message says
+  const bad = (
+    name: string, path: string, line: number, lines: string[], message?: RegExp
+  ) => ({ name, path, line, lines, message })
+  const cases = [
+    bad('both address and agent', 'replicas[1]', 4,
+      [...TWO_REPLICAS, '    agent: 10.0.0.2:7200'],
+      /not both/),
+    bad('neither', 'replicas[2]', 6,
+      [...TWO_REPLICAS, '  - name: c', '    command: [x]'],
+      /either address .* or agent/),
+    bad('command with agent', 'replicas[2].command', 8,
+      [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2:7200', '    command: [redis-server]'],
+      /supervised by its agent/),
+    bad('tls without agent', 'replicas[1].tls', 6,
+      [...TWO_REPLICAS, '    tls:', '      cert: a.crt', '      key: a.key', '      ca: ca.crt']),
+    bad('bad agent address', 'replicas[2].agent', 7,
+      [...TWO_REPLICAS, '  - name: c', '    agent: 10.0.0.2']),
+    bad('agent duplicates an address', 'replicas[2].agent', 7,
+      [...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7102'],
+      /duplicate address 127.0.0.1:7102 \(also replicas\[1\]\)/),
+    bad('address duplicates an agent', 'replicas[1].address', 5,
+      ['replicas:', '  - name: a', '    agent: h:1', '  - name: b', '    address: h:1'],
+      /duplicate/),
+    bad('agent on the front port', 'replicas[2].agent', 8,
+      ['listen: 127.0.0.1:7200', ...TWO_REPLICAS, '  - name: c', '    agent: 127.0.0.1:7200'],
+      /must differ from listen/),
+    bad('tls missing ca', 'replicas[2].tls.ca', 8,
+      [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: { cert: a.crt, key: a.key }']),
+    bad('tls empty cert', 'replicas[2].tls.cert', 9,
+      [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: ""',
+        '      key: a.key', '      ca: ca.crt']),
+    bad('tls unknown key', 'replicas[2].tls.crt', 12,
+      [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls:', '      cert: a.crt',
+        '      key: a.key', '      ca: ca.crt', '      crt: x'],
+      /unknown key/),
+    bad('tls not a map', 'replicas[2].tls', 8,
+      [...TWO_REPLICAS, '  - name: c', '    agent: h:3', '    tls: yes']),
   ]
   for (const c of cases) {
     t.test(c.name, async (t) => {
       const issues = issuesOf(t, yaml(...c.lines))
       hasIssue(t, issues, c.path, c.line)
-      if (c.message !== undefined) t.match(issues.find((i) => i.path === c.path)?.message, c.message)
+      const message = issues.find((i) => i.path === c.path)?.message
+      if (c.message !== undefined) t.match(message, c.message)
     })
   }
 
@@ -542,22 +626,27 @@ t.test('loadConfig checks the files tls names', async (t) => {
   const good = join(dir, 'good.yaml')
   const bad = join(dir, 'bad.yaml')
   const { writeFile } = await import('node:fs/promises')
-  await writeFile(good, front([`      cert: ${dir}/front.crt`, `      key: ${dir}/front.key`, `      ca: ${dir}/front.crt`].join('\n')))
-  await writeFile(bad, front([`      cert: ${dir}/missing.crt`, `      key: ${dir}/front.key`, `      ca: ${dir}/certs`].join('\n')))
+  const tlsLines = (cert: string, ca: string): string =>
+    `      cert: ${dir}/${cert}\n      key: ${dir}/front.key\n      ca: ${dir}/${ca}`
+  await writeFile(good, front(tlsLines('front.crt', 'front.crt')))
+  await writeFile(bad, front(tlsLines('missing.crt', 'certs')))
 
   const c = await loadConfig(good)
-  t.same(c.replicas[1].tls, { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'front.crt') })
+  t.same(c.replicas[1]?.tls,
+    { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'front.crt') })
 
   const err = await loadConfig(bad).catch((e: unknown) => e) as ConfigError
   t.ok(err instanceof ConfigError)
-  t.same(err.issues.map((i) => [i.path, i.line]), [['replicas[1].tls.cert', 7], ['replicas[1].tls.ca', 9]])
-  t.match(err.issues[0].message, /ENOENT/)
-  t.match(err.issues[1].message, /not a file/)
+  t.same(err.issues.map((i) => [i.path, i.line]),
+    [['replicas[1].tls.cert', 7], ['replicas[1].tls.ca', 9]])
+  t.match(err.issues[0]?.message, /ENOENT/)
+  t.match(err.issues[1]?.message, /not a file/)
   t.match(err.message, /bad\.yaml:7: replicas\[1\]\.tls\.cert/)
 
   // parseConfig stays pure: the same text parses without touching the files.
   const { readFile } = await import('node:fs/promises')
-  t.ok(parseConfig(await readFile(bad, 'utf8'), bad, CWD).replicas[1].tls, 'parseConfig does not check files')
+  t.ok(parseConfig(await readFile(bad, 'utf8'), bad, CWD).replicas[1]?.tls,
+    'parseConfig does not check files')
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -576,10 +665,12 @@ t.test('agent config: defaults', async (t) => {
   })
   t.notOk('command' in c, 'no command key when none given')
   t.notOk('tls' in c, 'no tls key when none given')
-  t.same(AGENT_DEFAULTS.health_check, DEFAULTS.health_check, "health_check defaults are the front's")
+  t.same(AGENT_DEFAULTS.health_check, DEFAULTS.health_check,
+    "health_check defaults are the front's")
   t.ok(Object.isFrozen(AGENT_DEFAULTS.timeouts), 'AGENT_DEFAULTS is frozen')
   c.timeouts.connect = 1
-  t.equal(parseAgentConfig(yaml('server: h:1'), 'a', CWD).timeouts.connect, 2000, 'defaults are not shared')
+  t.equal(parseAgentConfig(yaml('server: h:1'), 'a', CWD).timeouts.connect, 2000,
+    'defaults are not shared')
 })
 
 t.test('agent config: every key', async (t) => {
@@ -599,7 +690,11 @@ t.test('agent config: every key', async (t) => {
     server: { host: '127.0.0.1', port: 6379 },
     state_dir: '/var/lib/ftproxy-agent',
     command: ['redis-server', '--port', '6379'],
-    tls: { cert: '/srv/ftproxy/agent.crt', key: '/etc/ftproxy/agent.key', ca: '/srv/ftproxy/ca.crt' },
+    tls: {
+      cert: '/srv/ftproxy/agent.crt',
+      key: '/etc/ftproxy/agent.key',
+      ca: '/srv/ftproxy/ca.crt',
+    },
     health_check: { interval: 2000, timeout: 500, fall: 5, rise: 2 },
     timeouts: { connect: 2000, linger: 10000 },
     log: { level: 'debug', format: 'text' }
@@ -609,47 +704,66 @@ t.test('agent config: every key', async (t) => {
 })
 
 t.test('agent config: problems name their key and line', async (t) => {
-  const cases: Array<{ name: string, lines: string[], path: string, line: number, message?: RegExp }> = [
-    { name: 'server missing', lines: ['# agent', 'listen: 127.0.0.1:7201'], path: 'server', line: 2, message: /required: the local server's host:port/ },
-    { name: 'bad server', lines: ['server: 6379'], path: 'server', line: 1 },
-    { name: 'bad listen', lines: ['server: h:1', 'listen: 127.0.0.1'], path: 'listen', line: 2 },
-    { name: 'server is listen', lines: ['listen: 127.0.0.1:7201', 'server: 127.0.0.1:7201'], path: 'server', line: 2, message: /connect to itself/ },
-    { name: 'unknown key', lines: ['server: h:1', 'state-dir: /x'], path: 'state-dir', line: 2, message: /did you mean 'state_dir'/ },
-    { name: 'front key', lines: ['server: h:1', 'replicas: []'], path: 'replicas', line: 2, message: /unknown key/ },
-    { name: 'front-only timeout', lines: ['server: h:1', 'timeouts:', '  stall: 3s'], path: 'timeouts.stall', line: 3, message: /unknown key/ },
-    { name: 'bad duration', lines: ['server: h:1', 'timeouts: { connect: 2 }'], path: 'timeouts.connect', line: 2 },
-    { name: 'health_check fall 0', lines: ['server: h:1', 'health_check:', '  fall: 0'], path: 'health_check.fall', line: 3 },
-    { name: 'health_check timeout > interval', lines: ['server: h:1', 'health_check: { interval: 100ms }'], path: 'health_check.timeout', line: 2 },
-    { name: 'log format', lines: ['server: h:1', 'log: { format: xml }'], path: 'log.format', line: 2 },
-    { name: 'empty state_dir', lines: ['server: h:1', 'state_dir: ""'], path: 'state_dir', line: 2 },
-    { name: 'empty command', lines: ['server: h:1', 'command: []'], path: 'command', line: 2 },
-    { name: 'tls missing key', lines: ['server: h:1', 'tls:', '  cert: a.crt', '  ca: ca.crt'], path: 'tls.key', line: 2 },
-    { name: 'tls unknown key', lines: ['server: h:1', 'tls:', '  cert: a.crt', '  key: a.key', '  ca: ca.crt', '  cafile: x'], path: 'tls.cafile', line: 6 }
+  // name, path and line of the issue, the YAML lines, and what the message says
+  const bad = (
+    name: string, path: string, line: number, lines: string[], message?: RegExp
+  ) => ({ name, path, line, lines, message })
+  const cases = [
+    bad('server missing', 'server', 2,
+      ['# agent', 'listen: 127.0.0.1:7201'],
+      /required: the local server's host:port/),
+    bad('bad server', 'server', 1, ['server: 6379']),
+    bad('bad listen', 'listen', 2, ['server: h:1', 'listen: 127.0.0.1']),
+    bad('server is listen', 'server', 2,
+      ['listen: 127.0.0.1:7201', 'server: 127.0.0.1:7201'],
+      /connect to itself/),
+    bad('unknown key', 'state-dir', 2,
+      ['server: h:1', 'state-dir: /x'],
+      /did you mean 'state_dir'/),
+    bad('front key', 'replicas', 2, ['server: h:1', 'replicas: []'], /unknown key/),
+    bad('front-only timeout', 'timeouts.stall', 3,
+      ['server: h:1', 'timeouts:', '  stall: 3s'],
+      /unknown key/),
+    bad('bad duration', 'timeouts.connect', 2, ['server: h:1', 'timeouts: { connect: 2 }']),
+    bad('health_check fall 0', 'health_check.fall', 3,
+      ['server: h:1', 'health_check:', '  fall: 0']),
+    bad('health_check timeout > interval', 'health_check.timeout', 2,
+      ['server: h:1', 'health_check: { interval: 100ms }']),
+    bad('log format', 'log.format', 2, ['server: h:1', 'log: { format: xml }']),
+    bad('empty state_dir', 'state_dir', 2, ['server: h:1', 'state_dir: ""']),
+    bad('empty command', 'command', 2, ['server: h:1', 'command: []']),
+    bad('tls missing key', 'tls.key', 2, ['server: h:1', 'tls:', '  cert: a.crt', '  ca: ca.crt']),
+    bad('tls unknown key', 'tls.cafile', 6,
+      ['server: h:1', 'tls:', '  cert: a.crt', '  key: a.key', '  ca: ca.crt', '  cafile: x']),
   ]
   for (const c of cases) {
     t.test(c.name, async (t) => {
       const issues = agentIssuesOf(t, yaml(...c.lines))
       hasIssue(t, issues, c.path, c.line)
-      if (c.message !== undefined) t.match(issues.find((i) => i.path === c.path)?.message, c.message)
+      const message = issues.find((i) => i.path === c.path)?.message
+      if (c.message !== undefined) t.match(message, c.message)
     })
   }
 
   t.test('all together, in file order', async (t) => {
     const issues = agentIssuesOf(t, yaml('listen: nope', 'log: { level: loud }', 'extra: 1'))
-    t.same(issues.map((i) => [i.path, i.line]), [['listen', 1], ['server', 1], ['log.level', 2], ['extra', 3]])
+    t.same(issues.map((i) => [i.path, i.line]),
+      [['listen', 1], ['server', 1], ['log.level', 2], ['extra', 3]])
   })
   t.test('empty file', async (t) => {
     const issues = agentIssuesOf(t, '')
     t.same(issues.map((i) => [i.path, i.line]), [['', 1]])
-    t.match(issues[0].message, /server/)
+    t.match(issues[0]?.message, /server/)
   })
   t.test('YAML error', async (t) => {
-    t.same(agentIssuesOf(t, yaml('server: h:1', 'server: h:2')).map((i) => [i.path, i.line]), [['', 2]])
+    t.same(agentIssuesOf(t, yaml('server: h:1', 'server: h:2')).map((i) => [i.path, i.line]),
+      [['', 2]])
   })
 })
 
 t.test('agentConfigFromFlags', async (t) => {
-  const c = agentConfigFromFlags({ listen: '0.0.0.0:7301', server: 'localhost:6380', stateDir: 'st' }, CWD)
+  const c = agentConfigFromFlags(
+    { listen: '0.0.0.0:7301', server: 'localhost:6380', stateDir: 'st' }, CWD)
   t.same(c, {
     file: FLAGS_FILE,
     listen: { host: '0.0.0.0', port: 7301 },
@@ -664,13 +778,22 @@ t.test('agentConfigFromFlags', async (t) => {
   t.equal(min.state_dir, join(CWD, 'agent-state'))
   t.same(min, parseAgentConfig(yaml('server: 127.0.0.1:6379'), FLAGS_FILE, CWD), 'same as the file')
 
-  const flagIssues = (flags: Parameters<typeof agentConfigFromFlags>[0]) => thrownIssues(t, () => agentConfigFromFlags(flags, CWD))
-  t.same(flagIssues({}).map((i) => [i.path, i.line]), [['--server', undefined]], 'server is required')
+  const flagIssues = (flags: Parameters<typeof agentConfigFromFlags>[0]) =>
+    thrownIssues(t, () => agentConfigFromFlags(flags, CWD))
+  t.same(flagIssues({}).map((i) => [i.path, i.line]), [['--server', undefined]],
+    'server is required')
   t.same(flagIssues({ server: '6379' }).map((i) => i.path), ['--server'])
   t.same(flagIssues({ server: 'h:1', listen: 'h' }).map((i) => i.path), ['--listen'])
   t.same(flagIssues({ server: 'h:1', stateDir: '' }).map((i) => i.path), ['--state-dir'])
   t.same(flagIssues({ listen: 'h:1', server: 'h:1' }).map((i) => i.path), ['--server'])
-  const err = (() => { try { agentConfigFromFlags({ server: 'nope' }) } catch (e) { return e as ConfigError } })()
+  const err = (() => {
+    try {
+      agentConfigFromFlags({ server: 'nope' })
+    } catch (e) {
+      return e as ConfigError
+    }
+    return undefined
+  })()
   t.match(err?.message, /--server: invalid address 'nope'/, 'the message names the flag')
 })
 
@@ -690,9 +813,12 @@ t.test('renderAgentConfig round-trips', async (t) => {
   t.match(out, /^state_dir: \/srv\/ftproxy\/rel\/agent$/m)
   t.match(out, /^command: \[ redis-server, --port, "6379", --save, "" \]$/m, 'argv on one line')
   t.match(out, /linger: 250ms/)
-  t.same(parseAgentConfig(out, 'agent.yaml', '/elsewhere'), full, 're-parses to an equal AgentConfig')
+  t.same(parseAgentConfig(out, 'agent.yaml', '/elsewhere'), full,
+    're-parses to an equal AgentConfig')
   const keys = out.split('\n').filter((l) => /^[a-z_]+:/.test(l)).map((l) => l.split(':')[0])
-  t.same(keys, ['listen', 'server', 'state_dir', 'command', 'tls', 'health_check', 'timeouts', 'log'], 'keys in DESIGN.md order')
+  t.same(keys,
+    ['listen', 'server', 'state_dir', 'command', 'tls', 'health_check', 'timeouts', 'log'],
+    'keys in docs/design.md order')
 
   const min: AgentConfig = agentConfigFromFlags({ server: 'h:1' }, CWD)
   t.same(parseAgentConfig(renderAgentConfig(min), FLAGS_FILE, CWD), min, 'defaults round-trip')
@@ -725,21 +851,28 @@ t.test('loadAgentConfig', async (t) => {
   t.teardown(() => process.chdir(cwd))
   const c = await loadAgentConfig('good.yaml')
   t.equal(c.file, join(dir, 'good.yaml'))
-  t.same(c.tls, { cert: join(dir, 'agent.crt'), key: join(dir, 'agent.key'), ca: join(dir, 'ca.crt') })
+  t.same(c.tls,
+    { cert: join(dir, 'agent.crt'), key: join(dir, 'agent.key'), ca: join(dir, 'ca.crt') })
 
   const err = await loadAgentConfig('bad.yaml').catch((e: unknown) => e) as ConfigError
   t.ok(err instanceof ConfigError)
   t.same(err.issues.map((i) => [i.path, i.line]), [['tls.key', 4]])
 
-  await t.rejects(loadAgentConfig('invalid.yaml'), { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: 'server', line: 1 }] })
-  await t.rejects(loadAgentConfig('missing.yaml'), { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: '' }] })
+  await t.rejects(loadAgentConfig('invalid.yaml'),
+    { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: 'server', line: 1 }] })
+  await t.rejects(loadAgentConfig('missing.yaml'),
+    { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: '' }] })
 })
 
 t.test('isLoopback', async (t) => {
-  for (const h of ['127.0.0.1', '127.1.2.3', '127.255.255.255', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1', 'localhost', 'LOCALHOST']) {
+  const loopback = ['127.0.0.1', '127.1.2.3', '127.255.255.255', '::1', '0:0:0:0:0:0:0:1',
+    '::ffff:127.0.0.1', 'localhost', 'LOCALHOST']
+  for (const h of loopback) {
     t.equal(isLoopback(h), true, `${h} is loopback`)
   }
-  for (const h of ['0.0.0.0', '::', '128.0.0.1', '10.0.0.2', 'fd00::1', 'example.com', 'localhost.example.com', '', '126.255.255.255']) {
+  const others = ['0.0.0.0', '::', '128.0.0.1', '10.0.0.2', 'fd00::1', 'example.com',
+    'localhost.example.com', '', '126.255.255.255']
+  for (const h of others) {
     t.equal(isLoopback(h), false, `${h} is not loopback`)
   }
 })

@@ -1,4 +1,5 @@
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs/promises'
@@ -7,24 +8,17 @@ import os from 'node:os'
 import path from 'node:path'
 import { PassThrough } from 'node:stream'
 import { pathToFileURL } from 'node:url'
+import { formatHostPort } from '../lib/address.js'
 import {
-  DemoStore, LINE_TOO_LONG, LineSplitter, MAX_LINE, formatAddress, runDemoServerCli, startDemoServer,
+  DemoStore, LINE_TOO_LONG, LineSplitter, MAX_LINE, runDemoServerCli, startDemoServer,
 } from '../lib/demo-server.js'
 import type { DemoServer, DemoServerOptions } from '../lib/demo-server.js'
+import { until } from './helpers/until.js'
 
 async function server (t: Test, opts: DemoServerOptions = {}): Promise<DemoServer> {
   const s = await startDemoServer(opts)
   t.teardown(() => s.close())
   return s
-}
-
-// Poll with a deadline until fn returns true.
-async function until (fn: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
 }
 
 // A client that collects reply lines and notices the server's EOF.
@@ -65,8 +59,11 @@ class Client {
   waitEnd (): Promise<void> { return until(() => this.ended, 'server EOF') }
 }
 
-async function connect (t: Test, s: DemoServer, opts: { allowHalfOpen?: boolean } = {}): Promise<Client> {
-  const socket = net.connect({ host: s.address.host, port: s.address.port, allowHalfOpen: opts.allowHalfOpen ?? true })
+async function connect (
+  t: Test, s: DemoServer, opts: { allowHalfOpen?: boolean } = {}
+): Promise<Client> {
+  const { host, port } = s.address
+  const socket = net.connect({ host, port, allowHalfOpen: opts.allowHalfOpen ?? true })
   t.teardown(() => { socket.destroy() })
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve)
@@ -91,9 +88,11 @@ function runParts (parts: Buffer[], divergeAfter?: number): string {
   return out
 }
 
-const SCRIPT = 'SET a hello  world \r\nGET a\nINCR n\nincr n\n\nDEL a\ndel a\nGET a\nPING\nSET n x\nINCR n\nnope 1\nGET\n'
+const SCRIPT = 'SET a hello  world \r\nGET a\nINCR n\nincr n\n\nDEL a\ndel a\nGET a\nPING\n' +
+  'SET n x\nINCR n\nnope 1\nGET\n'
 const SCRIPT_REPLIES = ['OK', 'hello  world ', '1', '2', '1', '0', '(nil)', 'PONG', 'OK',
-  'ERR value is not an integer', "ERR unknown command 'nope'", "ERR wrong number of arguments for 'get'"]
+  'ERR value is not an integer', "ERR unknown command 'nope'",
+  "ERR wrong number of arguments for 'get'"]
 
 t.test('commands', async (t) => {
   const s = await server(t)
@@ -111,7 +110,8 @@ t.test('commands', async (t) => {
   t.same(await c.ask('InCr c\n'), ['2'])
   t.same(await c.ask('SET c -5\nINCR c\n', 2), ['OK', '-4'])
   t.same(await c.ask('SET c 9223372036854775806\nINCR c\nINCR c\nGET c\n', 4),
-    ['OK', '9223372036854775807', 'ERR increment or decrement would overflow', '9223372036854775807'])
+    ['OK', '9223372036854775807', 'ERR increment or decrement would overflow',
+      '9223372036854775807'])
   t.same(await c.ask('SET c 1.5\nINCR c\nSET c 01\nINCR c\n', 4),
     ['OK', 'ERR value is not an integer', 'OK', 'ERR value is not an integer'])
   t.same(await c.ask('\n\r\n   \nPING\n'), ['PONG'], 'empty lines are ignored')
@@ -239,10 +239,11 @@ t.test('a client that never reads does not grow the server memory', async (t) =>
   const n = 1000 // 32MB of replies: far more than loopback socket buffers hold
   c.send(`SET k ${value}\n` + 'GET k\n'.repeat(n))
   await until(() => s.stats().connections[0]?.waitingForDrain === true, 'server to wait for drain')
-  const { commands, connections } = s.stats()
+  const { commands, connections: [conn] } = s.stats()
   t.ok(commands < n + 1, `stopped running commands (${commands} of ${n + 1})`)
-  t.ok(connections[0].bufferedBytes < 16 * 1024 + value.length + 16,
-    `bounded write buffer (${connections[0].bufferedBytes} bytes)`)
+  assert.ok(conn, 'the connection in stats')
+  t.ok(conn.bufferedBytes < 16 * 1024 + value.length + 16,
+    `bounded write buffer (${conn.bufferedBytes} bytes)`)
   c.socket.resume()
   const expected = 3 + n * (value.length + 1)
   await until(() => c.bytes === expected, 'every reply after the client reads', 20_000)
@@ -272,7 +273,8 @@ t.test('line too long: error, then the connection closes', async (t) => {
   const ok = await connect(t, s)
   const key = 'k'
   const value = 'v'.repeat(MAX_LINE - 'SET k '.length)
-  t.same(await ok.ask(`SET ${key} ${value}\r\nGET k\n`, 2), ['OK', value], 'a MAX_LINE line is fine')
+  t.same(await ok.ask(`SET ${key} ${value}\r\nGET k\n`, 2), ['OK', value],
+    'a MAX_LINE line is fine')
 
   const c = await connect(t, s)
   c.send('PING\n' + 'x'.repeat(MAX_LINE + 2))
@@ -297,7 +299,8 @@ t.test('close() destroys open connections', async (t) => {
 t.test('listen errors reject', async (t) => {
   const s = await server(t)
   await t.rejects(startDemoServer({ port: s.address.port }), { code: 'EADDRINUSE' })
-  await t.rejects(runDemoServerCli({ port: s.address.port, stdout: new PassThrough() }), { code: 'EADDRINUSE' })
+  await t.rejects(runDemoServerCli({ port: s.address.port, stdout: new PassThrough() }),
+    { code: 'EADDRINUSE' })
 })
 
 const noIPv6 = await new Promise<string | false>((resolve) => {
@@ -308,7 +311,7 @@ const noIPv6 = await new Promise<string | false>((resolve) => {
 
 t.test('IPv6', { skip: noIPv6 }, async (t) => {
   const s = await server(t, { host: '::1' })
-  t.equal(formatAddress(s.address.host, s.address.port), `[::1]:${s.address.port}`)
+  t.equal(formatHostPort(s.address), `[::1]:${s.address.port}`)
   const c = await connect(t, s)
   t.same(await c.ask('PING\n'), ['PONG'])
 })
@@ -345,13 +348,16 @@ t.test('runDemoServerCli in a real process: SIGTERM closes it, exit 0', {
   const lib = pathToFileURL(path.resolve(import.meta.dirname, '../lib/demo-server.js')).href
   await fs.writeFile(script, `import { runDemoServerCli } from '${lib}'\n` +
     'await runDemoServerCli({ port: 0 })\nconsole.error(\'stopped\')\n')
-  const child = spawn(process.execPath, [loader as string, script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [loader as string, script],
+    { stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => { child.kill('SIGKILL') })
   let out = ''
   let err = ''
   child.stdout.on('data', (b: Buffer) => { out += b.toString() })
   child.stderr.on('data', (b: Buffer) => { err += b.toString() })
-  const exited = new Promise<number | null>((resolve) => { child.on('exit', (code) => { resolve(code) }) })
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('exit', (code) => { resolve(code) })
+  })
   await until(() => out.includes('\n'), 'listening line', 30_000)
   t.match(JSON.parse(out), { event: 'listening', address: /^127\.0\.0\.1:\d+$/ })
   child.kill('SIGTERM')

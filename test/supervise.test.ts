@@ -1,4 +1,5 @@
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -8,6 +9,7 @@ import { createLogger } from '../lib/logger.js'
 import type { Logger } from '../lib/logger.js'
 import { FTPROXY_BIN, MAX_OUTPUT_LINE, Supervisor, resolveCommand } from '../lib/supervise.js'
 import type { SupervisorOptions } from '../lib/supervise.js'
+import { until } from './helpers/until.js'
 
 interface Rec { level: string, event: string, fields: Record<string, unknown> }
 
@@ -23,15 +25,6 @@ function fakeLogger (records: Rec[], base: Record<string, unknown> = {}): Logger
     debug: at('debug'),
     child: (fields) => fakeLogger(records, { ...base, ...fields }),
     setLevel () {},
-  }
-}
-
-// Poll with a deadline until fn returns true.
-async function until (fn: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
   }
 }
 
@@ -70,15 +63,22 @@ t.test('output lines are logged, exit is reported', async (t) => {
   await until(() => output().length === 5, 'five output lines')
   const lines = output()
   t.same(lines.filter((l) => l.stream === 'stdout').map((l) => l.line),
-    ['hello', 'world', '', ('ïü ' + long).slice(0, MAX_OUTPUT_LINE - 2)], 'split across chunks, \\r stripped, capped')
-  t.equal(Buffer.byteLength(lines[3].line as string), MAX_OUTPUT_LINE)
-  t.equal(lines[3].truncated, true)
-  t.match(lines.find((l) => l.stream === 'stderr'), { replica: 'a', stream: 'stderr', line: 'oops' },
+    ['hello', 'world', '', ('ïü ' + long).slice(0, MAX_OUTPUT_LINE - 2)],
+    'split across chunks, \\r stripped, capped')
+  const capped = lines[3]
+  assert.ok(capped, 'a fourth output line')
+  t.equal(Buffer.byteLength(capped.line as string), MAX_OUTPUT_LINE)
+  t.equal(capped.truncated, true)
+  t.match(lines.find((l) => l.stream === 'stderr'),
+    { replica: 'a', stream: 'stderr', line: 'oops' },
     'a last line without newline is logged at EOF')
-  t.ok(events('replica_process_output').every((r) => r.level === (r.fields.stream === 'stderr' ? 'warn' : 'info')))
-  t.match(events('replica_process_started'), [{ level: 'info', fields: { replica: 'a', pid: spawns[0] } }])
-  t.match(events('replica_process_started')[0].fields.command, [process.execPath, '-e', /hello/])
-  t.match(events('replica_process_exited'), [{ fields: { replica: 'a', pid: spawns[0], code: 3, signal: null } }])
+  t.ok(events('replica_process_output')
+    .every((r) => r.level === (r.fields.stream === 'stderr' ? 'warn' : 'info')))
+  t.match(events('replica_process_started'),
+    [{ level: 'info', fields: { replica: 'a', pid: spawns[0] } }])
+  t.match(events('replica_process_started')[0]?.fields.command, [process.execPath, '-e', /hello/])
+  t.match(events('replica_process_exited'),
+    [{ fields: { replica: 'a', pid: spawns[0], code: 3, signal: null } }])
   t.same(events('replica_process_restarting'), [], 'restart: false')
 })
 
@@ -88,7 +88,8 @@ t.test('pid, env and cwd', async (t) => {
     restart: false,
     cwd,
     env: { ...process.env, FTPROXY_TEST_VALUE: 'v42' },
-    command: node('console.log(process.cwd()); console.log(process.env.FTPROXY_TEST_VALUE); setInterval(() => {}, 1000)'),
+    command: node('console.log(process.cwd()); console.log(process.env.FTPROXY_TEST_VALUE); ' +
+      'setInterval(() => {}, 1000)'),
   })
   t.equal(s.pid, undefined)
   s.start()
@@ -108,7 +109,8 @@ t.test('restart with doubling backoff up to the maximum', async (t) => {
   })
   s.start()
   await until(() => spawns.length >= 5, 'five spawns')
-  t.same(events('replica_process_restarting').slice(0, 4).map((r) => r.fields.delay_ms), [10, 20, 40, 40])
+  t.same(events('replica_process_restarting').slice(0, 4).map((r) => r.fields.delay_ms),
+    [10, 20, 40, 40])
   t.ok(events('replica_process_restarting').every((r) => r.fields.replica === 'a'))
   t.ok(exits.every((e) => e.code === 1))
   await s.stop()
@@ -142,8 +144,9 @@ t.test('stop(): SIGTERM, and SIGKILL when it is ignored', async (t) => {
   t.ok(Date.now() - started >= 90, 'waited stopTimeoutMs before SIGKILL')
   t.same(exits, [{ code: null, signal: 'SIGKILL' }])
   await until(() => output().length === 2, 'the SIGTERM handler output')
-  t.equal(output()[1].line, 'ignoring SIGTERM', 'SIGTERM came first')
-  t.match(events('replica_process_killing'), [{ level: 'warn', fields: { replica: 'a', timeout_ms: 100 } }])
+  t.equal(output()[1]?.line, 'ignoring SIGTERM', 'SIGTERM came first')
+  t.match(events('replica_process_killing'),
+    [{ level: 'warn', fields: { replica: 'a', timeout_ms: 100 } }])
   t.same(events('replica_process_restarting'), [], 'no restart after stop()')
   await s.stop() // no child: resolves at once
 })
@@ -213,6 +216,7 @@ t.test('resolveCommand: ftproxy runs this package with the current node', async 
   const [exe, bin, ...rest] = resolveCommand(['ftproxy', 'demo-server', '--port', '7101'])
   t.equal(exe, process.execPath)
   t.equal(bin, FTPROXY_BIN)
+  assert.ok(bin !== undefined, 'a script after node')
   t.ok(path.isAbsolute(bin))
   t.equal(bin, path.resolve(import.meta.dirname, '../bin/ftproxy'))
   t.ok(fs.existsSync(bin), 'bin/ftproxy exists')
@@ -234,9 +238,12 @@ t.test('events through the real JSON logger', async (t) => {
   const exited = new Promise((resolve) => { s.once('exit', resolve) })
   s.start()
   await exited
-  await until(() => text.includes('replica_process_output') && text.includes('replica_process_exited'), 'log lines')
+  await until(() => text.includes('replica_process_output') &&
+    text.includes('replica_process_exited'), 'log lines')
   const recs = text.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+  const output = { replica: 'b', stream: 'stdout', line: 'hi there', level: 'info' }
   t.match(recs.find((r) => r.event === 'replica_process_output'),
-    { event: 'replica_process_output', replica: 'b', stream: 'stdout', line: 'hi there', level: 'info' })
-  t.match(recs.find((r) => r.event === 'replica_process_exited'), { replica: 'b', code: 0, signal: null })
+    { event: 'replica_process_output', ...output })
+  t.match(recs.find((r) => r.event === 'replica_process_exited'),
+    { replica: 'b', code: 0, signal: null })
 })

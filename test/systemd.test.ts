@@ -10,7 +10,8 @@ const unitPath = (name: string): string => path.resolve(import.meta.dirname, '..
 
 async function keysOf (name: string): Promise<(k: string) => string[]> {
   const unit = await fs.readFile(unitPath(name), 'utf8')
-  return (k) => unit.split('\n').filter((l) => l.startsWith(`${k}=`)).map((l) => l.slice(k.length + 1))
+  return (k) => unit.split('\n')
+    .filter((l) => l.startsWith(`${k}=`)).map((l) => l.slice(k.length + 1))
 }
 
 function which (cmd: string): string | undefined {
@@ -22,12 +23,23 @@ function which (cmd: string): string | undefined {
 }
 
 const analyze = which('systemd-analyze')
-const HARDENING = ['DynamicUser', 'NoNewPrivileges', 'ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices',
-  'ProtectKernelTunables', 'ProtectKernelModules', 'ProtectControlGroups', 'RestrictAddressFamilies', 'LockPersonality']
+const HARDENING = [
+  'DynamicUser', 'NoNewPrivileges', 'ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices',
+  'ProtectKernelTunables', 'ProtectKernelModules', 'ProtectControlGroups',
+  'RestrictAddressFamilies', 'LockPersonality',
+]
 
 const UNITS = [
-  { name: 'ftproxy.service', exec: '/usr/bin/env ftproxy run --config /etc/ftproxy/ftproxy.yaml', state: 'ftproxy' },
-  { name: 'ftproxy-agent.service', exec: '/usr/bin/env ftproxy agent --config /etc/ftproxy/agent.yaml', state: 'ftproxy-agent' },
+  {
+    name: 'ftproxy.service',
+    exec: '/usr/bin/env ftproxy run --config /etc/ftproxy/ftproxy.yaml',
+    state: 'ftproxy',
+  },
+  {
+    name: 'ftproxy-agent.service',
+    exec: '/usr/bin/env ftproxy agent --config /etc/ftproxy/agent.yaml',
+    state: 'ftproxy-agent',
+  },
 ]
 
 for (const u of UNITS) {
@@ -44,9 +56,12 @@ for (const u of UNITS) {
     t.ok(keys('NoNewPrivileges').length > 0 && keys('ProtectSystem').length > 0, 'hardened')
   })
 
-  t.test(`systemd-analyze verify prints nothing for ${u.name}`, { skip: analyze === undefined && 'systemd-analyze is not installed' }, async (t) => {
+  t.test(`systemd-analyze verify prints nothing for ${u.name}`, {
+    skip: analyze === undefined && 'systemd-analyze is not installed',
+  }, async (t) => {
+    const args = ['verify', unitPath(u.name)]
     const { code, out } = await new Promise<{ code: number, out: string }>((resolve) => {
-      execFile(analyze as string, ['verify', unitPath(u.name)], { encoding: 'utf8' }, (err, stdout, stderr) => {
+      execFile(analyze as string, args, { encoding: 'utf8' }, (err, stdout, stderr) => {
         resolve({ code: err === null ? 0 : Number(err.code ?? 1), out: stdout + stderr })
       })
     })

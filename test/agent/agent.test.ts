@@ -2,24 +2,43 @@
 // on the log channel. Every byte each client gets is checked.
 
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
-import { Client, TestFront, agentInProcess, agentProc, demoServer, driveIncr, expectCounts, until, type AgentProc, type Server } from '../helpers/cluster.js'
+import {
+  Client, TestFront, agentInProcess, agentProc, demoServer, driveIncr, expectCounts,
+  type AgentProc, type Server,
+} from '../helpers/cluster.js'
+import { until } from '../helpers/until.js'
 import { Relay } from '../helpers/relay.js'
 
-interface Setup { servers: Server[], agents: AgentProc[], relays: Relay[], f: TestFront }
+type Pair<T> = [T, T]
+
+function both<T, U> ([x, y]: Pair<T>, f: (v: T) => Promise<U>): Promise<Pair<U>> {
+  return Promise.all([f(x), f(y)])
+}
+
+interface Setup {
+  servers: Pair<Server>
+  agents: Pair<AgentProc> | null
+  relays: Pair<Relay>
+  f: TestFront
+}
 
 // Two demo servers, an agent beside each (real processes, or in this process when no test
 // needs to kill them), a relay in front of each agent, and a front.
 async function setup (tt: Test, opts: { processes?: boolean } = {}): Promise<Setup> {
-  const servers = [await demoServer(tt), await demoServer(tt)]
-  const agents = opts.processes ? await Promise.all(servers.map((s) => agentProc(tt, s.port))) : []
-  const ports = opts.processes ? agents.map((a) => a.port) : await Promise.all(servers.map(async (s) => (await agentInProcess(tt, s.port)).port))
-  const relays = await Promise.all(ports.map((p) => Relay.start(tt, p)))
+  const servers: Pair<Server> = [await demoServer(tt), await demoServer(tt)]
+  const agents = opts.processes ? await both(servers, (s) => agentProc(tt, s.port)) : null
+  const ports: Pair<number> = agents !== null
+    ? [agents[0].port, agents[1].port]
+    : await both(servers, async (s) => (await agentInProcess(tt, s.port)).port)
+  const relays = await both(ports, (p) => Relay.start(tt, p))
   const dir = tt.testdir({})
   const yaml = `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
     'health_check: { interval: 100ms, timeout: 100ms, fall: 2, rise: 1 }\n' +
     'timeouts: { connect: 1s, stall: 2s, linger: 1s, heartbeat: 600ms }\n' +
-    `replicas:\n  - name: a\n    agent: 127.0.0.1:${relays[0].port}\n  - name: b\n    agent: 127.0.0.1:${relays[1].port}\n`
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${relays[0].port}\n` +
+    `  - name: b\n    agent: 127.0.0.1:${relays[1].port}\n`
   const f = await new TestFront().start(tt, yaml)
   await f.waitEvent('channel_up', (e) => e.replica === 'a')
   await f.waitEvent('channel_up', (e) => e.replica === 'b')
@@ -30,9 +49,12 @@ t.test('serving through agents, and SIGKILL of the primary server behind its age
   const { servers, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 6 }, () => Client.open(f.port)))
   let killed = false
-  await driveIncr(clients, { count: 200, onProgress: (done) => {
-    if (!killed && done > 6 * 60) { killed = true; servers[0].kill('SIGKILL') }
-  } })
+  await driveIncr(clients, {
+    count: 200,
+    onProgress: (done) => {
+      if (!killed && done > 6 * 60) { killed = true; servers[0].kill('SIGKILL') }
+    }
+  })
   expectCounts(tt, clients, 200)
   tt.match(await f.waitEvent('failover'), { from: 'a', to: 'b', epoch: 2 })
   tt.notOk(f.find('divergence'))
@@ -41,11 +63,15 @@ t.test('serving through agents, and SIGKILL of the primary server behind its age
 
 t.test('SIGKILL of the primary\'s agent: heartbeats stop, failover', async (tt) => {
   const { agents, f } = await setup(tt, { processes: true })
+  assert.ok(agents, 'agents as processes')
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let killed = false
-  await driveIncr(clients, { count: 150, onProgress: (done) => {
-    if (!killed && done > 4 * 40) { killed = true; agents[0].kill('SIGKILL') }
-  } })
+  await driveIncr(clients, {
+    count: 150,
+    onProgress: (done) => {
+      if (!killed && done > 4 * 40) { killed = true; agents[0].kill('SIGKILL') }
+    }
+  })
   expectCounts(tt, clients, 150)
   const ev = await f.waitEvent('failover')
   tt.match(ev, { from: 'a', to: 'b' })
@@ -56,10 +82,13 @@ t.test('a channel cut shorter than the heartbeat timeout loses nothing', async (
   const { relays, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let cuts = 0
-  await driveIncr(clients, { count: 200, onProgress: (done) => {
-    // Cut both channels, several times, mid-stream.
-    if (cuts < 3 && done > 4 * 40 * (cuts + 1)) { cuts++; for (const r of relays) r.cut() }
-  } })
+  await driveIncr(clients, {
+    count: 200,
+    onProgress: (done) => {
+      // Cut both channels, several times, mid-stream.
+      if (cuts < 3 && done > 4 * 40 * (cuts + 1)) { cuts++; for (const r of relays) r.cut() }
+    }
+  })
   expectCounts(tt, clients, 200)
   tt.equal(cuts, 3)
   tt.notOk(f.find('failover'), 'no failover')
@@ -73,9 +102,12 @@ t.test('a blackhole longer than the heartbeat timeout fails over', async (tt) =>
   const { relays, f } = await setup(tt)
   const clients = await Promise.all(Array.from({ length: 4 }, () => Client.open(f.port)))
   let holed = false
-  await driveIncr(clients, { count: 150, onProgress: (done) => {
-    if (!holed && done > 4 * 40) { holed = true; relays[0].blackhole() }
-  } })
+  await driveIncr(clients, {
+    count: 150,
+    onProgress: (done) => {
+      if (!holed && done > 4 * 40) { holed = true; relays[0].blackhole() }
+    }
+  })
   expectCounts(tt, clients, 150)
   const ev = await f.waitEvent('failover')
   tt.match(ev, { from: 'a', to: 'b' })

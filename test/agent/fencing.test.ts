@@ -3,13 +3,13 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import tls from 'node:tls'
-import { readFileSync } from 'node:fs'
 import { FrameDecoder, PROTOCOL_VERSION, encode, type Frame } from '../../lib/channel/codec.js'
-import { Client, TestFront, agentProc, demoServer, until } from '../helpers/cluster.js'
+import { Client, TestFront, agentProc, demoServer } from '../helpers/cluster.js'
+import { until } from '../helpers/until.js'
 
 // A raw log-channel client: sends frames, collects what comes back.
 class Raw {
@@ -32,7 +32,8 @@ class Raw {
   send (f: Frame): void { for (const p of encode(f)) this.socket.write(p) }
 
   hello (epoch: number, frontId: string): void {
-    this.send({ type: 'HELLO', epoch, version: PROTOCOL_VERSION, frontId, window: 1 << 20, resume: [] })
+    const window = 1 << 20
+    this.send({ type: 'HELLO', epoch, version: PROTOCOL_VERSION, frontId, window, resume: [] })
   }
 
   async next (type: Frame['type']): Promise<Frame> {
@@ -43,7 +44,8 @@ class Raw {
   }
 }
 
-t.test('an agent refuses a front whose epoch is older than the newest it has seen, across restarts', async (tt) => {
+t.test('an agent refuses a front whose epoch is older than the newest it has seen, ' +
+  'across restarts', async (tt) => {
   const server = await demoServer(tt)
   const agent = await agentProc(tt, server.port)
   const one = await Raw.open(agent.port)
@@ -60,7 +62,8 @@ t.test('an agent refuses a front whose epoch is older than the newest it has see
 
   // The newest epoch survives a restart of the agent.
   agent.kill('SIGKILL')
-  await until(() => agent.proc.exitCode !== null || agent.proc.signalCode !== null, 'the agent to die')
+  await until(() => agent.proc.exitCode !== null || agent.proc.signalCode !== null,
+    'the agent to die')
   const restarted = await agentProc(tt, server.port, { stateDir: agent.stateDir })
   const late = await Raw.open(restarted.port)
   late.hello(3, 'front-one')
@@ -81,8 +84,9 @@ t.test('a front fenced by an agent logs it and stops driving that replica', asyn
   await newer.next('WELCOME')
   newer.socket.destroy()
   const dir = tt.testdir({})
-  const f = await new TestFront().start(tt, `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
-    `replicas:\n  - name: a\n    agent: 127.0.0.1:${a.port}\n  - name: b\n    agent: 127.0.0.1:${b.port}\n`)
+  const f = await new TestFront().start(tt,
+    `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\nreplicas:\n` +
+    `  - name: a\n    agent: 127.0.0.1:${a.port}\n  - name: b\n    agent: 127.0.0.1:${b.port}\n`)
   const ev = await f.waitEvent('fenced')
   tt.equal(ev.replica, 'b')
   await until(() => f.role('b') !== 'backup', 'b to leave service')
@@ -94,17 +98,20 @@ t.test('a front fenced by an agent logs it and stops driving that replica', asyn
 })
 
 // A CA, an agent certificate for 127.0.0.1, a front (client) certificate, and a stranger's.
-function makeCerts (dir: string): Record<string, string> {
+function makeCerts (dir: string): { dir: string, ca: string } {
   mkdirSync(dir, { recursive: true })
   const p = (n: string): string => path.join(dir, n)
   const ossl = (...args: string[]): void => { execFileSync('openssl', args, { stdio: 'ignore' }) }
   for (const ca of ['ca', 'rogue-ca']) {
-    ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${ca}`, '-keyout', p(`${ca}.key`), '-out', p(`${ca}.crt`))
+    ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${ca}`,
+      '-keyout', p(`${ca}.key`), '-out', p(`${ca}.crt`))
   }
   const leaf = (name: string, ca: string, ext: string): void => {
-    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', p(`${name}.key`), '-out', p(`${name}.csr`))
+    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`,
+      '-keyout', p(`${name}.key`), '-out', p(`${name}.csr`))
     writeFileSync(p(`${name}.ext`), ext)
-    ossl('x509', '-req', '-in', p(`${name}.csr`), '-CA', p(`${ca}.crt`), '-CAkey', p(`${ca}.key`), '-CAcreateserial', '-days', '2', '-extfile', p(`${name}.ext`), '-out', p(`${name}.crt`))
+    ossl('x509', '-req', '-in', p(`${name}.csr`), '-CA', p(`${ca}.crt`), '-CAkey', p(`${ca}.key`),
+      '-CAcreateserial', '-days', '2', '-extfile', p(`${name}.ext`), '-out', p(`${name}.crt`))
   }
   leaf('agent', 'ca', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
   leaf('front', 'ca', 'extendedKeyUsage=clientAuth\n')
@@ -112,20 +119,33 @@ function makeCerts (dir: string): Record<string, string> {
   return { dir, ca: p('ca.crt') }
 }
 
-const haveOpenssl = ((): boolean => { try { execFileSync('openssl', ['version']); return true } catch { return false } })()
+const haveOpenssl = ((): boolean => {
+  try {
+    execFileSync('openssl', ['version'])
+    return true
+  } catch {
+    return false
+  }
+})()
 
-t.test('mutual TLS: the front and the agent verify each other; others are refused', { skip: !haveOpenssl && 'openssl not installed' }, async (tt: Test) => {
+t.test('mutual TLS: the front and the agent verify each other; others are refused', {
+  skip: !haveOpenssl && 'openssl not installed',
+}, async (tt: Test) => {
   const base = tt.testdir({}) // one per test: a second call would wipe the first
   const certs = makeCerts(path.join(base, 'pki'))
   const p = (n: string): string => path.join(certs.dir, n)
-  const tlsYaml = (who: string): string => `tls: { cert: ${p(`${who}.crt`)}, key: ${p(`${who}.key`)}, ca: ${certs.ca} }\n`
+  const tlsOf = (who: string): string =>
+    `{ cert: ${p(`${who}.crt`)}, key: ${p(`${who}.key`)}, ca: ${certs.ca} }`
+  const tlsYaml = (who: string): string => `tls: ${tlsOf(who)}\n`
   const [sa, sb] = [await demoServer(tt), await demoServer(tt)]
   const a = await agentProc(tt, sa.port, { extraYaml: tlsYaml('agent') })
   const b = await agentProc(tt, sb.port, { extraYaml: tlsYaml('agent') })
   const dir = path.join(base, 'front')
   const replica = (name: string, port: number): string =>
-    `  - name: ${name}\n    agent: 127.0.0.1:${port}\n    tls: { cert: ${p('front.crt')}, key: ${p('front.key')}, ca: ${certs.ca} }\n`
-  const f = await new TestFront().start(tt, `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\nreplicas:\n${replica('a', a.port)}${replica('b', b.port)}`)
+    `  - name: ${name}\n    agent: 127.0.0.1:${port}\n    tls: ${tlsOf('front')}\n`
+  const f = await new TestFront().start(tt,
+    `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
+    `replicas:\n${replica('a', a.port)}${replica('b', b.port)}`)
   await f.waitEvent('channel_up', (e) => e.replica === 'a')
   await f.waitEvent('channel_up', (e) => e.replica === 'b')
   const c = await Client.open(f.port)
@@ -140,10 +160,11 @@ t.test('mutual TLS: the front and the agent verify each other; others are refuse
       s.once('data', () => resolve('data'))
       s.once('close', () => resolve('closed'))
     })
-    s.once('error', (err) => resolve(`error: ${(err as NodeJS.ErrnoException).code ?? err.message}`))
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(`error: ${err.code ?? err.message}`))
   })
   tt.not(await attempt({}), 'data', 'no client certificate: refused')
-  tt.not(await attempt({ cert: readFileSync(p('stranger.crt')), key: readFileSync(p('stranger.key')) }), 'data', 'a certificate from another CA: refused')
+  const stranger = { cert: readFileSync(p('stranger.crt')), key: readFileSync(p('stranger.key')) }
+  tt.not(await attempt(stranger), 'data', 'a certificate from another CA: refused')
   const plain = await Raw.open(a.port)
   plain.hello(1, 'plain')
   await until(() => plain.closed, 'a plaintext channel to be dropped')

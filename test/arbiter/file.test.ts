@@ -8,10 +8,13 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileArbiter, createArbiter, initialState, lockName } from '../../lib/arbiter/index.js'
 import type { ArbiterState } from '../../lib/arbiter/index.js'
+import { untilValue } from '../helpers/until.js'
 
 const HOLD_LOCK = fileURLToPath(new URL('../fixtures/arbiter/hold-lock.mjs', import.meta.url))
 
-function arbiter (t: Test, dir: string, opts: { owner?: string, lock?: 'socket' | 'pidfile' } = {}): FileArbiter {
+function arbiter (
+  t: Test, dir: string, opts: { owner?: string, lock?: 'socket' | 'pidfile' } = {}
+): FileArbiter {
   const a = new FileArbiter({ dir, ...opts })
   t.teardown(() => a.close())
   return a
@@ -19,19 +22,6 @@ function arbiter (t: Test, dir: string, opts: { owner?: string, lock?: 'socket' 
 
 function next (epoch: number, primary: string | null, stale: string[] = []): ArbiterState {
   return { epoch, primary, stale, owner: 'ignored' }
-}
-
-// Poll with a deadline: retry fn until it resolves.
-async function until<T> (fn: () => Promise<T>, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try {
-      return await fn()
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-    }
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
 }
 
 // Start the lock-holding fixture on dir and resolve with its first stdout line.
@@ -44,7 +34,8 @@ async function holdLock (t: Test, dir: string): Promise<{ child: ChildProcess, l
     out += chunk
     if (out.includes('\n')) break
   }
-  return { child, line: out.split('\n')[0] }
+  const [line = ''] = out.split('\n')
+  return { child, line }
 }
 
 t.test('open on an empty dir gives epoch 0 and creates the dir', async (t) => {
@@ -82,7 +73,8 @@ t.test('a CAS sees a change made behind its back', async (t) => {
   const dir = t.testdir()
   const a = arbiter(t, dir)
   await a.open()
-  await fs.writeFile(path.join(dir, 'state.json'), JSON.stringify({ epoch: 5, primary: 'b', stale: [], owner: 'x' }))
+  const behind = { epoch: 5, primary: 'b', stale: [], owner: 'x' }
+  await fs.writeFile(path.join(dir, 'state.json'), JSON.stringify(behind))
   t.equal(await a.compareAndSet(0, next(1, 'a')), false)
   t.equal(await a.compareAndSet(5, next(6, 'a')), true)
 })
@@ -90,7 +82,10 @@ t.test('a CAS sees a change made behind its back', async (t) => {
 t.test('concurrent CAS calls in one process: exactly one wins', async (t) => {
   const a = arbiter(t, t.testdir())
   await a.open()
-  const results = await Promise.all([a.compareAndSet(0, next(1, 'a')), a.compareAndSet(0, next(1, 'b'))])
+  const results = await Promise.all([
+    a.compareAndSet(0, next(1, 'a')),
+    a.compareAndSet(0, next(1, 'b')),
+  ])
   t.same(results.sort(), [false, true])
 })
 
@@ -99,7 +94,8 @@ t.test('compareAndSet refuses bad input and a closed arbiter', async (t) => {
   const a = arbiter(t, dir)
   await t.rejects(a.compareAndSet(0, next(1, 'a')), { code: 'ERR_FTPROXY_STATE' }, 'not open yet')
   await a.open()
-  await t.rejects(a.compareAndSet(0, next(0, 'a')), { code: 'ERR_FTPROXY_STATE' }, 'epoch must move on')
+  await t.rejects(a.compareAndSet(0, next(0, 'a')), { code: 'ERR_FTPROXY_STATE' },
+    'epoch must move on')
   await t.rejects(a.compareAndSet(0, { ...next(1, 'a'), stale: [1] } as unknown as ArbiterState),
     { code: 'ERR_FTPROXY_STATE' }, 'malformed next')
   await t.rejects(a.compareAndSet(0, next(1.5, 'a')), { code: 'ERR_FTPROXY_STATE' })
@@ -124,7 +120,9 @@ t.test('atomic writes leave no temp files, and a crash leftover is removed on op
   const a = arbiter(t, dir)
   await a.open()
   t.same((await fs.readdir(dir)).sort(), ['lock.pid'])
-  for (let epoch = 1; epoch <= 5; epoch++) t.equal(await a.compareAndSet(epoch - 1, next(epoch, 'a')), true)
+  for (let epoch = 1; epoch <= 5; epoch++) {
+    t.equal(await a.compareAndSet(epoch - 1, next(epoch, 'a')), true)
+  }
   t.same((await fs.readdir(dir)).sort(), ['lock.pid', 'state.json'])
   await a.close()
   t.same(await fs.readdir(dir), ['state.json'], 'close removes lock.pid')
@@ -175,7 +173,10 @@ t.test('the lock works across processes and dies with its holder', async (t) => 
   const a = arbiter(t, dir)
   await t.rejects(a.open(), { code: 'ERR_FTPROXY_LOCKED', details: { dir, pid: child.pid } })
   child.kill('SIGKILL')
-  t.same(await until(() => a.open()), initialState(), 'open succeeds once the holder is SIGKILLed')
+  // Retried while the lock is still held: the kernel frees it once the holder is gone.
+  const opened = await untilValue(() => a.open().catch(() => null),
+    'open once the holder is gone', 5000)
+  t.same(opened, initialState(), 'open succeeds once the holder is SIGKILLed')
   t.equal((await fs.readFile(path.join(dir, 'lock.pid'), 'utf8')).trim(), String(process.pid))
 })
 
@@ -200,7 +201,8 @@ t.test('pid file fallback', async (t) => {
     const dir = t.testdir()
     const a = arbiter(t, dir, { lock: 'pidfile' })
     await a.open()
-    await t.rejects(arbiter(t, dir, { lock: 'pidfile' }).open(), { code: 'ERR_FTPROXY_LOCKED', details: { pid: process.pid } })
+    await t.rejects(arbiter(t, dir, { lock: 'pidfile' }).open(),
+      { code: 'ERR_FTPROXY_LOCKED', details: { pid: process.pid } })
     await a.close()
     t.same(await fs.readdir(dir), [])
     t.same(await arbiter(t, dir, { lock: 'pidfile' }).open(), initialState())

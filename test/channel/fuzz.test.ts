@@ -6,7 +6,9 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { isDeepStrictEqual } from 'node:util'
-import { FrameDecoder, FrameType, MAX_STRING, encode, type Frame, type FrameName } from '../../lib/channel/codec.js'
+import {
+  FrameDecoder, FrameType, MAX_STRING, encode, type Frame, type FrameName,
+} from '../../lib/channel/codec.js'
 import { FtproxyError } from '../../lib/errors.js'
 import { mulberry32 } from '../helpers/prng.js'
 
@@ -31,7 +33,9 @@ class Gen {
   }
 
   pick<T> (xs: readonly T[]): T {
-    return xs[this.int(xs.length)]
+    const x = xs[this.int(xs.length)]
+    if (x === undefined) throw new RangeError('pick from an empty list')
+    return x
   }
 
   // Boundary values half of the time: that is where codecs break.
@@ -44,7 +48,9 @@ class Gen {
   }
 
   u64 (): number {
-    return this.rand() < 0.5 ? this.pick([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 52, MAX - 1, MAX]) : this.int(MAX)
+    return this.rand() < 0.5
+      ? this.pick([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 52, MAX - 1, MAX])
+      : this.int(MAX)
   }
 
   bytes (n: number): Buffer {
@@ -55,11 +61,15 @@ class Gen {
 
   data (): Buffer {
     const r = this.rand()
-    return this.bytes(r < 0.8 ? 1 + this.int(64) : r < 0.95 ? 1 + this.int(1024) : MAX_FRAME - 17 - this.int(4))
+    return this.bytes(r < 0.8
+      ? 1 + this.int(64)
+      : r < 0.95 ? 1 + this.int(1024) : MAX_FRAME - 17 - this.int(4))
   }
 
   str (maxBytes: number): string {
-    const chars = ['a', 'Z', '0', ' ', '\u0000', '\n', 'é', 'ß', '日', '€', '\ufeff', '\uffff', '😀', '𝄞']
+    const chars = [
+      'a', 'Z', '0', ' ', '\u0000', '\n', 'é', 'ß', '日', '€', '\ufeff', '\uffff', '😀', '𝄞',
+    ]
     let s = ''
     const n = this.rand() < 0.1 ? maxBytes : this.int(Math.min(maxBytes, 40))
     while (true) {
@@ -74,11 +84,16 @@ class Gen {
     const epoch = this.u32()
     switch (type) {
       case 'HELLO': {
-        const resume = Array.from({ length: this.rand() < 0.7 ? this.int(4) : this.int(200) }, () => ({ conn: this.u32(), offset: this.u64() }))
-        return { type, epoch, version: this.u16(), frontId: this.str(MAX_STRING), window: this.u32(), resume }
+        const length = this.rand() < 0.7 ? this.int(4) : this.int(200)
+        const resume = Array.from({ length }, () => ({ conn: this.u32(), offset: this.u64() }))
+        // Properties are evaluated in order: keep it, so a seed replays the same frames.
+        const version = this.u16()
+        const frontId = this.str(MAX_STRING)
+        return { type, epoch, version, frontId, window: this.u32(), resume }
       }
       case 'WELCOME': {
-        const acks = Array.from({ length: this.rand() < 0.7 ? this.int(4) : this.int(300) }, () => ({ conn: this.u32(), seq: this.u64() }))
+        const length = this.rand() < 0.7 ? this.int(4) : this.int(300)
+        const acks = Array.from({ length }, () => ({ conn: this.u32(), seq: this.u64() }))
         return { type, epoch, version: this.u16(), applied: this.u64(), acks }
       }
       case 'OPEN':
@@ -114,7 +129,9 @@ class Gen {
     const mode = this.int(4)
     let at = 0
     while (at < buf.length) {
-      const n = mode === 0 && buf.length < 2000 ? 1 : mode === 1 ? this.int(8) : mode === 2 ? this.int(300) : this.int(buf.length + 1)
+      const n = mode === 0 && buf.length < 2000
+        ? 1
+        : mode === 1 ? this.int(8) : mode === 2 ? this.int(300) : this.int(buf.length + 1)
       out.push(buf.subarray(at, at + n))
       at += n
     }
@@ -127,9 +144,11 @@ class Gen {
     for (let n = 1 + this.int(4); n > 0; n--) {
       const at = this.int(b.length + 1)
       switch (this.int(5)) {
-        case 0:
-          if (at < b.length) b[at] ^= 1 << this.int(8)
+        case 0: {
+          const v = b[at] // undefined past the end
+          if (v !== undefined) b[at] = v ^ (1 << this.int(8))
           break
+        }
         case 1:
           if (at < b.length) b[at] = this.pick([0, 1, 2, 0x7f, 0x80, 0xff])
           break
@@ -140,7 +159,10 @@ class Gen {
           b = Buffer.concat([b.subarray(0, at), b.subarray(at + 1 + this.int(3))])
           break
         case 4:
-          if (at + 4 <= b.length) b.writeUInt32BE(this.pick([0, 4, 5, 6, 13, 17, MAX_FRAME, MAX_FRAME + 1, U32, this.int(MAX_FRAME)]), at)
+          if (at + 4 <= b.length) {
+            const lengths = [0, 4, 5, 6, 13, 17, MAX_FRAME, MAX_FRAME + 1, U32, this.int(MAX_FRAME)]
+            b.writeUInt32BE(this.pick(lengths), at)
+          }
       }
     }
     return b
@@ -174,23 +196,36 @@ function run (chunks: Buffer[]): Outcome {
   const d = new FrameDecoder({ maxFrame: MAX_FRAME })
   const frames: Frame[] = []
   for (const chunk of chunks) {
+    let error: FtproxyError | null = null
     try {
       frames.push(...d.push(chunk))
     } catch (err) {
-      if (!(err instanceof FtproxyError) || err.code !== 'ERR_FTPROXY_FRAME') throw new Error(`unexpected error: ${String((err as Error).stack ?? err)}`)
-      if (!d.failed) throw new Error('decoder threw but is not failed')
-      try {
-        d.push(Buffer.alloc(1))
-      } catch (again) {
-        if (again !== err) throw new Error('a later push threw a different error')
-        return { frames, error: err, buffered: d.buffered }
+      if (!(err instanceof FtproxyError) || err.code !== 'ERR_FTPROXY_FRAME') {
+        throw new Error(`unexpected error: ${String((err as Error).stack ?? err)}`)
       }
-      throw new Error('a later push did not throw')
-    } finally {
-      if (d.buffered > MAX_FRAME + 4) throw new Error(`buffered ${d.buffered} > maxFrame + 4`)
+      error = err
     }
+    checkBound(d)
+    if (error !== null) return { frames, error: checkFailed(d, error), buffered: d.buffered }
   }
   return { frames, error: null, buffered: d.buffered }
+}
+
+function checkBound (d: FrameDecoder): void {
+  if (d.buffered > MAX_FRAME + 4) throw new Error(`buffered ${d.buffered} > maxFrame + 4`)
+}
+
+/** After an error the decoder stays failed: a later push throws the same error. */
+function checkFailed (d: FrameDecoder, err: FtproxyError): FtproxyError {
+  if (!d.failed) throw new Error('decoder threw but is not failed')
+  try {
+    d.push(Buffer.alloc(1))
+  } catch (again) {
+    if (again !== err) throw new Error('a later push threw a different error')
+    checkBound(d)
+    return err
+  }
+  throw new Error('a later push did not throw')
 }
 
 const bytesOf = (frames: Frame[]): Buffer => Buffer.concat(frames.flatMap(encode))
@@ -200,19 +235,27 @@ function checkArbitrary (g: Gen, stream: Buffer): string | null {
   const whole = run([stream])
   const chunked = run(g.chunks(stream))
   if (whole.error || chunked.error) {
-    if (!whole.error || !chunked.error) return `whole ${whole.error?.details.reason ?? 'ok'}, chunked ${chunked.error?.details.reason ?? 'ok'}`
-    if (whole.error.details.reason !== chunked.error.details.reason) return `reasons differ: ${String(whole.error.details.reason)} / ${String(chunked.error.details.reason)}`
-    if (!bytesOf(chunked.frames).equals(stream.subarray(0, bytesOf(chunked.frames).length))) return 'frames before the error do not re-encode to the stream'
+    const [w, c] = [whole.error?.details.reason, chunked.error?.details.reason]
+    if (!whole.error || !chunked.error) return `whole ${w ?? 'ok'}, chunked ${c ?? 'ok'}`
+    if (w !== c) return `reasons differ: ${String(w)} / ${String(c)}`
+    const before = bytesOf(chunked.frames)
+    if (!before.equals(stream.subarray(0, before.length))) {
+      return 'frames before the error do not re-encode to the stream'
+    }
     return null
   }
   if (whole.buffered !== chunked.buffered) return `buffered ${whole.buffered} / ${chunked.buffered}`
-  if (!isDeepStrictEqual(whole.frames, chunked.frames)) return 'frames differ between whole and chunked'
+  if (!isDeepStrictEqual(whole.frames, chunked.frames)) {
+    return 'frames differ between whole and chunked'
+  }
   // The encoding is canonical: whatever decodes re-encodes to the very same bytes.
-  if (!bytesOf(whole.frames).equals(stream.subarray(0, stream.length - whole.buffered))) return 'decoded frames do not re-encode to the stream'
+  if (!bytesOf(whole.frames).equals(stream.subarray(0, stream.length - whole.buffered))) {
+    return 'decoded frames do not re-encode to the stream'
+  }
   return null
 }
 
-/** Runs `body` up to ITERATIONS times or BUDGET_MS; stops at the first failure, reporting the seed. */
+/** Runs `body` up to ITERATIONS times or BUDGET_MS; stops at the first failure (with the seed). */
 function fuzz (t: Test, name: string, seed: number, body: (g: Gen) => string | null): void {
   const g = new Gen(seed)
   const deadline = performance.now() + BUDGET_MS

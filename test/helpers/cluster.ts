@@ -8,25 +8,17 @@ import net from 'node:net'
 import path from 'node:path'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
-import { PassThrough } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
-import { parseAgentConfig, parseConfig, type Config } from '../../lib/config.js'
+import { parseAgentConfig, parseConfig, type Config } from '../../lib/config/index.js'
 import { Agent } from '../../lib/agent/agent.js'
 import { Front } from '../../lib/front/front.js'
 import { createLogger } from '../../lib/logger.js'
+import { EventLog, type Event, type EventPred } from './events.js'
+import { until, untilValue } from './until.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const BIN = path.join(ROOT, 'bin/ftproxy')
-
-/** Poll with a deadline until fn() is truthy. */
-export async function until (fn: () => unknown, what: string, ms = 10000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms}ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
 
 /** A port the kernel just handed out (for servers whose port must be known before they start). */
 export function freePort (): Promise<number> {
@@ -54,21 +46,31 @@ export async function demoServer (t: Test, opts: { divergeAfter?: number } = {})
   if (opts.divergeAfter !== undefined) args.push('--diverge-after', String(opts.divergeAfter))
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => { proc.kill('SIGKILL') })
-  const port = await new Promise<number>((resolve, reject) => {
-    let buf = ''
-    proc.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString()
-      const m = /"address":"[^"]*:(\d+)"/.exec(buf)
-      if (m) resolve(Number(m[1]))
-    })
-    proc.once('exit', (code) => reject(new Error(`demo-server exited with ${code}`)))
-  })
-  return serverOf('demo', port, proc)
+  return serverOf('demo', await listeningPort(proc, 'demo-server'), proc)
+}
+
+/**
+ * The port in the `{"event":"listening","address":"host:port"}` line a child prints on
+ * stdout; rejects (with its stdout) if it exits first.
+ */
+async function listeningPort (proc: ChildProcess, name: string, ms = 30000): Promise<number> {
+  const log = new EventLog()
+  let out = ''
+  let exit: number | null | undefined
+  proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); log.feed(d) })
+  proc.once('exit', (code) => { exit = code })
+  const done = await untilValue(
+    () => log.find('listening') ?? exit !== undefined, `${name} to listen`, ms)
+  if (done === true) throw new Error(`${name} exited with ${exit}: ${out}`)
+  return Number(String(done.address).split(':').pop())
 }
 
 function serverOf (name: string, port: number, proc: ChildProcess): Server {
   return {
-    name, port, proc, pid: proc.pid as number,
+    name,
+    port,
+    proc,
+    pid: proc.pid as number,
     kill (signal) { proc.kill(signal) },
   }
 }
@@ -81,43 +83,34 @@ export function haveRedis (): boolean {
 /** redis-server on a free loopback port, no persistence. */
 export async function redisServer (t: Test): Promise<Server> {
   const port = await freePort()
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], { stdio: 'ignore' })
+  const args = [
+    '--port', String(port), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
+  ]
+  const proc = spawn('redis-server', args, { stdio: 'ignore' })
   t.teardown(() => { proc.kill('SIGKILL') })
-  await waitListening(port)
+  await until(() => accepts(port), `redis-server listening on ${port}`)
   return serverOf('redis', port, proc)
 }
 
-export async function waitListening (port: number, ms = 10000): Promise<void> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1')
-      s.once('connect', () => { s.destroy(); resolve(true) })
-      s.once('error', () => resolve(false))
-    })
-    if (ok) return
-    if (Date.now() > deadline) throw new Error(`nothing listening on ${port}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+/** Whether something accepts connections on loopback `port`. */
+function accepts (port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('error', () => resolve(false))
+  })
 }
-
-export interface Event { event: string, [k: string]: unknown }
 
 /** A front in this process, with every log event captured. */
 export class TestFront {
-  readonly events: Event[] = []
+  readonly log = new EventLog()
   front!: Front
   cfg!: Config
 
   async start (t: Test, yaml: string): Promise<this> {
     this.cfg = parseConfig(yaml, 'test.yaml')
-    const stream = new PassThrough()
-    let rest = ''
-    stream.on('data', (d: Buffer) => {
-      const lines = (rest + d.toString()).split('\n')
-      rest = lines.pop() as string
-      for (const l of lines) if (l) this.events.push(JSON.parse(l) as Event)
-    })
+    const stream = this.log.stream()
     this.front = new Front(this.cfg, { log: createLogger({ level: 'debug', stream }) })
     t.teardown(() => this.front.close())
     await this.front.start()
@@ -126,17 +119,14 @@ export class TestFront {
 
   get port (): number { return this.front.address.port }
 
-  find (event: string, pred: (e: Event) => boolean = () => true): Event | undefined {
-    return this.events.find((e) => e.event === event && pred(e))
-  }
+  get events (): Event[] { return this.log.events }
 
-  all (event: string): Event[] {
-    return this.events.filter((e) => e.event === event)
-  }
+  find (event: string, pred?: EventPred): Event | undefined { return this.log.find(event, pred) }
 
-  async waitEvent (event: string, pred: (e: Event) => boolean = () => true, ms = 15000): Promise<Event> {
-    await until(() => this.find(event, pred), `event ${event}`, ms)
-    return this.find(event, pred) as Event
+  all (event: string): Event[] { return this.log.all(event) }
+
+  waitEvent (event: string, pred?: EventPred, ms?: number): Promise<Event> {
+    return this.log.next(event, pred, ms)
   }
 
   role (name: string): string | undefined {
@@ -145,18 +135,23 @@ export class TestFront {
 }
 
 /** YAML for a front in front of the given direct replicas (extra: more top-level YAML). */
-export function frontYaml (t: Test, replicas: Array<{ name: string, port: number, command?: string[] }>, extra = ''): string {
+export function frontYaml (
+  t: Test, replicas: Array<{ name: string, port: number, command?: string[] }>, extra = ''
+): string {
   const dir = t.testdir({})
   const rs = replicas.map((r) => `  - name: ${r.name}\n    address: 127.0.0.1:${r.port}\n` +
     (r.command ? `    command: ${JSON.stringify(r.command)}\n` : '')).join('')
-  return `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\nadmin: { listen: 127.0.0.1:0 }\n` +
-    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n` +
+  return `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
+    'admin: { listen: 127.0.0.1:0 }\n' +
+    'health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n' +
     `timeouts: { connect: 1s, stall: 1s, linger: 1s }\nreplicas:\n${rs}${extra}\n`
 }
 
 /** A client that records every byte it receives, and when the front ended or reset it. */
 export class Client {
   readonly socket: net.Socket
+  /** Bytes received, joined lazily: chunks arriving since the last read wait in `chunks`. */
+  private received = Buffer.alloc(0)
   private chunks: Buffer[] = []
   bytes = 0
   ended = false
@@ -181,8 +176,11 @@ export class Client {
   }
 
   get text (): string {
-    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks)]
-    return this.chunks.length ? this.chunks[0].toString('latin1') : ''
+    if (this.chunks.length > 0) {
+      this.received = Buffer.concat([this.received, ...this.chunks])
+      this.chunks = []
+    }
+    return this.received.toString('latin1')
   }
 
   /** Complete lines received so far. */
@@ -203,10 +201,13 @@ export class Client {
 }
 
 /** Two demo servers (a: primary, b: backup) and a front before them. */
-export async function demoPair (t: Test, extra = '', opts: { divergeAfterB?: number } = {}): Promise<{ a: Server, b: Server, f: TestFront }> {
+export async function demoPair (
+  t: Test, extra = '', opts: { divergeAfterB?: number } = {}
+): Promise<{ a: Server, b: Server, f: TestFront }> {
   const a = await demoServer(t)
   const b = await demoServer(t, { divergeAfter: opts.divergeAfterB })
-  const f = await new TestFront().start(t, frontYaml(t, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], extra))
+  const yaml = frontYaml(t, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], extra)
+  const f = await new TestFront().start(t, yaml)
   return { a, b, f }
 }
 
@@ -215,45 +216,45 @@ export interface AgentProc extends Server {
 }
 
 /** `ftproxy agent` as a real process beside a server; extra YAML (tls …) goes in its config. */
-export async function agentProc (t: Test, serverPort: number, opts: { extraYaml?: string, stateDir?: string } = {}): Promise<AgentProc> {
-  // A directory of its own (t.testdir() is one per test and is wiped when called again).
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ftproxy-agent-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+export async function agentProc (
+  t: Test, serverPort: number, opts: { extraYaml?: string, stateDir?: string } = {}
+): Promise<AgentProc> {
+  const dir = agentDir(t)
   const stateDir = opts.stateDir ?? path.join(dir, 'agent-state')
   const file = path.join(dir, 'agent.yaml')
-  writeFileSync(file, `listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\nstate_dir: ${JSON.stringify(stateDir)}\n` +
-    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${opts.extraYaml ?? ''}\n`)
+  writeFileSync(file, agentYaml(serverPort, stateDir, opts.extraYaml))
   const env = { ...process.env }
   delete env.NODE_OPTIONS // the test runner's loaders are not for this child
-  const proc = spawn(process.execPath, [BIN, 'agent', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env })
+  const proc = spawn(process.execPath, [BIN, 'agent', '--config', file],
+    { stdio: ['ignore', 'pipe', 'inherit'], env })
   t.teardown(() => { proc.kill('SIGKILL') })
-  const port = await new Promise<number>((resolve, reject) => {
-    let buf = ''
-    proc.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString()
-      for (const line of buf.split('\n').slice(0, -1)) {
-        const e = JSON.parse(line) as Event
-        if (e.event === 'listening') resolve(Number(String(e.address).split(':').pop()))
-      }
-    })
-    proc.once('exit', (code) => reject(new Error(`agent exited with ${code}: ${buf}`)))
-  })
-  return { ...serverOf('agent', port, proc), stateDir }
+  return { ...serverOf('agent', await listeningPort(proc, 'agent'), proc), stateDir }
+}
+
+// A directory of its own (t.testdir() is one per test and is wiped when called again).
+function agentDir (t: Test): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ftproxy-agent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+function agentYaml (serverPort: number, stateDir: string, extra = ''): string {
+  return `listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\n` +
+    `state_dir: ${JSON.stringify(stateDir)}\n` +
+    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${extra}\n`
 }
 
 /** An agent in this process (its events captured), beside the server on `serverPort`. */
-export async function agentInProcess (t: Test, serverPort: number, extraYaml = ''): Promise<{ agent: Agent, port: number, events: Event[] }> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ftproxy-agent-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const cfg = parseAgentConfig(`listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\nstate_dir: ${JSON.stringify(path.join(dir, 'state'))}\n` +
-    `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${extraYaml}\n`, 'agent.yaml')
-  const events: Event[] = []
-  const stream = new PassThrough()
-  stream.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) events.push(JSON.parse(l) as Event) })
-  const agent = new Agent(cfg, { log: createLogger({ level: 'debug', stream }) })
+export async function agentInProcess (
+  t: Test, serverPort: number, extraYaml = ''
+): Promise<{ agent: Agent, port: number, events: Event[] }> {
+  const stateDir = path.join(agentDir(t), 'state')
+  const cfg = parseAgentConfig(agentYaml(serverPort, stateDir, extraYaml), 'agent.yaml')
+  const log = new EventLog()
+  const agent = new Agent(cfg, { log: createLogger({ level: 'debug', stream: log.stream() }) })
   t.teardown(() => agent.close())
   await agent.start()
-  return { agent, port: agent.address.port, events }
+  return { agent, port: agent.address.port, events: log.events }
 }
 
 /**
@@ -261,20 +262,22 @@ export async function agentInProcess (t: Test, serverPort: number, extraYaml = '
  * `burst` commands per write, at most four bursts unanswered, topped up as replies come.
  * `onProgress` sees the total of replies so far (to inject a failure mid-stream).
  */
-export async function driveIncr (clients: Client[], opts: { count: number, burst?: number, keys?: string[], onProgress?: (total: number) => void, ms?: number }): Promise<void> {
-  const { count, burst = 4, keys = clients.map((_, i) => `k${i}`), onProgress, ms = 60000 } = opts
-  const sent = clients.map(() => 0)
+export async function driveIncr (clients: Client[], opts: {
+  count: number, burst?: number, keys?: string[], onProgress?: (total: number) => void, ms?: number
+}): Promise<void> {
+  const { count, burst = 4, keys = [], onProgress, ms = 60000 } = opts
+  const drives = clients.map((c, i) => ({ c, key: keys[i] ?? `k${i}`, sent: 0 }))
   await until(() => {
     let total = 0
-    clients.forEach((c, i) => {
-      const have = c.lines.length
+    for (const d of drives) {
+      const have = d.c.lines.length
       total += have
-      while (sent[i] < count && sent[i] - have < burst * 4) {
-        const n = Math.min(burst, count - sent[i])
-        c.send(`INCR ${keys[i]}\n`.repeat(n))
-        sent[i] += n
+      while (d.sent < count && d.sent - have < burst * 4) {
+        const n = Math.min(burst, count - d.sent)
+        d.c.send(`INCR ${d.key}\n`.repeat(n))
+        d.sent += n
       }
-    })
+    }
     onProgress?.(total)
     return total >= clients.length * count || clients.some((c) => c.closed)
   }, 'all replies', ms)

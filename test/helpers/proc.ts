@@ -7,7 +7,9 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import type { Test } from 'tap'
-import { BIN, ROOT, until, type Event } from './cluster.js'
+import { BIN, ROOT } from './cluster.js'
+import { EventLog, type Event, type EventPred } from './events.js'
+import { until, untilValue } from './until.js'
 
 export interface Exit {
   code: number | null
@@ -25,17 +27,19 @@ function childEnv (): NodeJS.ProcessEnv {
 /** `ftproxy <args>` running; stdout parsed into events as it arrives. */
 export class Cli {
   readonly proc: ChildProcess
-  readonly events: Event[] = []
+  readonly log = new EventLog()
   stdout = ''
   stderr = ''
   exit: Exit | null = null
   readonly exited: Promise<Exit>
-  private rest = ''
 
   constructor (t: Test, args: string[], opts: { cwd?: string } = {}) {
-    this.proc = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
-    this.proc.stdout?.on('data', (d: Buffer) => this.onStdout(d.toString()))
-    this.proc.stderr?.on('data', (d: Buffer) => { this.stderr += d.toString() })
+    this.proc = spawn(process.execPath, [BIN, ...args],
+      { cwd: opts.cwd ?? ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
+    this.proc.stdout?.setEncoding('utf8')
+    this.proc.stderr?.setEncoding('utf8')
+    this.proc.stdout?.on('data', (s: string) => { this.stdout += s; this.log.feed(s) })
+    this.proc.stderr?.on('data', (s: string) => { this.stderr += s })
     // 'close', not 'exit': by then every byte of stdout and stderr has been read.
     this.exited = new Promise((resolve) => {
       this.proc.once('close', (code, signal) => {
@@ -52,51 +56,39 @@ export class Cli {
 
   get pid (): number { return this.proc.pid as number }
 
-  private onStdout (s: string): void {
-    this.stdout += s
-    const lines = (this.rest + s).split('\n')
-    this.rest = lines.pop() as string
-    for (const l of lines) {
-      if (!l.startsWith('{')) continue
-      try {
-        const e = JSON.parse(l) as Event
-        if (typeof e.event === 'string') this.events.push(e)
-      } catch {}
-    }
-  }
+  get events (): Event[] { return this.log.events }
 
-  find (event: string, pred: (e: Event) => boolean = () => true): Event | undefined {
-    return this.events.find((e) => e.event === event && pred(e))
-  }
+  find (event: string, pred?: EventPred): Event | undefined { return this.log.find(event, pred) }
 
-  all (event: string): Event[] {
-    return this.events.filter((e) => e.event === event)
-  }
+  all (event: string): Event[] { return this.log.all(event) }
 
-  /** The first `event` matching pred; fails at once (with the output) if the process exits first. */
-  async waitEvent (event: string, pred: (e: Event) => boolean = () => true, ms = 15000): Promise<Event> {
+  /** The first `event` matching pred; fails at once (with the output) if the process exits. */
+  async waitEvent (event: string, pred?: EventPred, ms = 15000): Promise<Event> {
     try {
       await until(() => this.find(event, pred) ?? this.exit, `event ${event}`, ms)
     } catch (err) {
       throw new Error(`${(err as Error).message}\n${this.transcript()}`)
     }
     const e = this.find(event, pred)
-    if (e === undefined) throw new Error(`exited (${JSON.stringify(this.exit)}) before event ${event}\n${this.transcript()}`)
+    if (e === undefined) {
+      throw new Error(
+        `exited (${JSON.stringify(this.exit)}) before event ${event}\n${this.transcript()}`)
+    }
     return e
   }
 
   async waitExit (ms = 15000): Promise<Exit> {
     try {
-      await until(() => this.exit, 'exit', ms)
+      return await untilValue(() => this.exit, 'exit', ms)
     } catch (err) {
       throw new Error(`${(err as Error).message}\n${this.transcript()}`)
     }
-    return this.exit as Exit
   }
 
   /** pids of every supervised process it reported starting, by replica name. */
   pidsOf (replica: string): number[] {
-    return this.all('replica_process_started').filter((e) => e.replica === replica).map((e) => e.pid as number)
+    return this.all('replica_process_started')
+      .filter((e) => e.replica === replica).map((e) => e.pid as number)
   }
 
   pids (): number[] {
@@ -109,7 +101,9 @@ export class Cli {
 }
 
 /** Runs `ftproxy <args>` to completion (bounded by ms). */
-export async function runCli (t: Test, args: string[], ms = 15000): Promise<Exit & { stdout: string, stderr: string, events: Event[] }> {
+export async function runCli (
+  t: Test, args: string[], ms = 15000
+): Promise<Exit & { stdout: string, stderr: string, events: Event[] }> {
   const c = new Cli(t, args)
   const exit = await c.waitExit(ms)
   return { ...exit, stdout: c.stdout, stderr: c.stderr, events: c.events }
@@ -150,11 +144,12 @@ function killIfDemoServer (pid: number): void {
 
 /** n distinct ports the kernel just handed out (all held at once, so no two are the same). */
 export async function freePorts (n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve, reject) => {
+  const listening = (): Promise<net.Server> => new Promise((resolve, reject) => {
     const s = net.createServer()
     s.once('error', reject)
     s.listen(0, '127.0.0.1', () => resolve(s))
-  })))
+  })
+  const servers = await Promise.all(Array.from({ length: n }, listening))
   const ports = servers.map((s) => (s.address() as net.AddressInfo).port)
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
   return ports

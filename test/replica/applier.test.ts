@@ -2,20 +2,13 @@
 // No fixed sleeps: every wait is on an event or a poll with a deadline.
 
 import t from 'tap'
+import assert from 'node:assert'
 import type { Test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
 import net from 'node:net'
 import { InputLog, type Entry } from '../../lib/front/log.js'
 import { Applier, type ApplierOptions } from '../../lib/replica/applier.js'
-
-/** Poll with a deadline until fn() is truthy. */
-async function until (fn: () => unknown, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms}ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 2))
-  }
-}
+import { until } from '../helpers/until.js'
 
 // One accepted connection, as the server saw it.
 interface Peer {
@@ -40,11 +33,14 @@ interface ServerOpts {
 interface TestServer {
   port: number
   peers: Peer[]
+  /** peers[i]; fails the test when there is none. */
+  peer (i: number): Peer
 }
 
 async function server (t: Test, opts: ServerOpts = {}): Promise<TestServer> {
   const peers: Peer[] = []
-  const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: opts.pauseOnConnect ?? false }, (socket) => {
+  const serverOpts = { allowHalfOpen: true, pauseOnConnect: opts.pauseOnConnect ?? false }
+  const srv = net.createServer(serverOpts, (socket) => {
     const p: Peer = {
       socket,
       bytes: [],
@@ -72,7 +68,12 @@ async function server (t: Test, opts: ServerOpts = {}): Promise<TestServer> {
     for (const p of peers) p.socket.destroy()
     return new Promise<void>((resolve) => srv.close(() => resolve()))
   })
-  return { port: (srv.address() as net.AddressInfo).port, peers }
+  const peer = (i: number): Peer => {
+    const p = peers[i]
+    assert.ok(p, `peer ${i} accepted`)
+    return p
+  }
+  return { port: (srv.address() as net.AddressInfo).port, peers, peer }
 }
 
 // Everything an applier emitted, in order.
@@ -134,7 +135,8 @@ class Recorder {
 // Every seq of the log acked exactly once, each connection's acks in its own seq order, and
 // nothing left unacked.
 function allAcked (t: Test, a: Applier, rec: Recorder, log: InputLog): void {
-  t.same([...rec.acks].sort((x, y) => x - y), Array.from({ length: log.lastSeq }, (_, i) => i + 1), 'every seq acked')
+  t.same([...rec.acks].sort((x, y) => x - y), Array.from({ length: log.lastSeq }, (_, i) => i + 1),
+    'every seq acked')
   t.same(rec.dups, [], 'no seq acked twice')
   for (const [conn, seqs] of rec.byConn) {
     t.same(seqs, [...seqs].sort((x, y) => x - y), `conn ${conn}: acks in its seq order`)
@@ -142,8 +144,11 @@ function allAcked (t: Test, a: Applier, rec: Recorder, log: InputLog): void {
   t.equal(a.unacked, 0, 'unacked is 0')
 }
 
-function applier (t: Test, port: number, opts: Partial<ApplierOptions> = {}): { a: Applier, rec: Recorder } {
-  const a = new Applier({ address: { host: '127.0.0.1', port }, connectTimeout: 2000, linger: 5000, ...opts })
+function applier (
+  t: Test, port: number, opts: Partial<ApplierOptions> = {}
+): { a: Applier, rec: Recorder } {
+  const address = { host: '127.0.0.1', port }
+  const a = new Applier({ address, connectTimeout: 2000, linger: 5000, ...opts })
   const rec = new Recorder(a)
   t.teardown(() => a.close())
   return { a, rec }
@@ -177,12 +182,13 @@ t.test('OPEN, DATA, EOF against an echo server', async (t) => {
   await until(() => a.unacked === 0, 'every entry acked')
   t.equal(rec.out(1), 'hello world', 'output events carry the echoed bytes')
   t.same(rec.acks, [1, 2, 3, 4], 'each entry acked once, in seq order')
-  t.ok(seen.length === 4 && seen.every((e, i) => e === entries[i]), 'the ack carries the entry handed over')
+  t.ok(seen.length === 4 && seen.every((e, i) => e === entries[i]),
+    'the ack carries the entry handed over')
   t.same(rec.ends, [[1, null]], 'output_end once, without error')
   t.same(rec.failed, [])
   t.equal(srv.peers.length, 1)
-  t.equal(srv.peers[0].text(), 'hello world')
-  t.equal(srv.peers[0].endAt, 11, 'the half-close came after every byte')
+  t.equal(srv.peer(0).text(), 'hello world')
+  t.equal(srv.peer(0).endAt, 11, 'the half-close came after every byte')
   t.equal(a.connections, 0, 'the closed connection is forgotten')
 })
 
@@ -204,19 +210,28 @@ t.test('connections are opened one at a time, in seq order', async (t) => {
   const log = new InputLog()
   // Conn ids are not in seq order, and data for earlier conns is interleaved with later OPENs.
   const ids = Array.from({ length: N }, (_, i) => 100 + ((i * 7) % N))
-  for (let i = 0; i < N; i++) {
-    a.apply(log.append('OPEN', ids[i]))
-    a.apply(log.append('DATA', ids[i], Buffer.from(`${ids[i]}\n`)))
-    if (i > 0) a.apply(log.append('DATA', ids[i - 1], Buffer.from('more\n')))
-  }
+  ids.forEach((id, i) => {
+    a.apply(log.append('OPEN', id))
+    a.apply(log.append('DATA', id, Buffer.from(`${id}\n`)))
+    const prev = ids[i - 1]
+    if (prev !== undefined) a.apply(log.append('DATA', prev, Buffer.from('more\n')))
+  })
   t.ok(a.connections <= 1, 'only one connect in flight when everything was applied at once')
   await until(() => a.unacked === 0, 'every entry acked')
-  await until(() => order.filter(Boolean).length === N && srv.peers.every((p, i) => p.received >= `${ids[i]}\n`.length + (i < N - 1 ? 5 : 0)), 'every id and follow-up')
+  await until(() => order.filter(Boolean).length === N &&
+    srv.peers.every((p, i) => p.received >= `${ids[i]}\n`.length + (i < N - 1 ? 5 : 0)),
+  'every id and follow-up')
   t.same(order, ids.map(String), 'accept order == OPEN order')
-  for (let i = 0; i < N - 1; i++) t.equal(srv.peers[i].text(), `${ids[i]}\nmore\n`, `conn ${ids[i]} got its own bytes in order`)
+  ids.slice(0, -1).forEach((id, i) => {
+    t.equal(srv.peers[i]?.text(), `${id}\nmore\n`, `conn ${id} got its own bytes in order`)
+  })
   t.equal(a.connections, N)
   allAcked(t, a, rec, log)
-  for (const id of ids) t.equal(rec.of(id)[0], log.held(id)[0].seq, `conn ${id}: its OPEN acked first`)
+  for (const id of ids) {
+    const [open] = log.held(id)
+    assert.ok(open, `conn ${id}: entries held`)
+    t.equal(rec.of(id)[0], open.seq, `conn ${id}: its OPEN acked first`)
+  }
 })
 
 t.test('EOF is a half-close after all data; output still flows after it', async (t) => {
@@ -235,7 +250,7 @@ t.test('EOF is a half-close after all data; output still flows after it', async 
   const eof = log.append('EOF', 5)
   a.apply(eof)
   await until(() => rec.ends.length === 1, 'output_end', 10000)
-  t.equal(srv.peers[0].endAt, total, 'the server read every byte before the FIN')
+  t.equal(srv.peer(0).endAt, total, 'the server read every byte before the FIN')
   t.equal(rec.out(5), `got ${total}\n`, 'the answer written after EOF arrived')
   t.same(rec.ends, [[5, null]])
   await until(() => rec.has(eof.seq), 'EOF acked')
@@ -255,8 +270,8 @@ t.test('CLOSE with a server that never closes: destroyed after linger', async (t
   t.same(rec.acks, [1, 2])
   const t0 = Date.now()
   a.apply(close)
-  await until(() => srv.peers[0]?.endAt >= 0, 'the half-close to reach the server')
-  t.equal(srv.peers[0].endAt, 10, 'after every byte, as a FIN (not a reset)')
+  await until(() => (srv.peers[0]?.endAt ?? -1) >= 0, 'the half-close to reach the server')
+  t.equal(srv.peer(0).endAt, 10, 'after every byte, as a FIN (not a reset)')
   t.equal(rec.closed.length, 0, 'not destroyed while the server may still be working')
   await until(() => rec.closed.includes(1), 'closed after linger', linger + 5000)
   const waited = Date.now() - t0
@@ -278,16 +293,20 @@ t.test('CLOSE with a server that closes: destroyed at once, not after linger', a
   a.apply(log.append('CLOSE', 1))
   await until(() => rec.closed.includes(1), 'closed', 10000)
   t.ok(Date.now() - t0 < linger, 'well before linger')
-  t.equal(srv.peers[0].text(), 'bye')
+  t.equal(srv.peer(0).text(), 'bye')
   await until(() => a.unacked === 0, 'every entry acked')
   allAcked(t, a, rec, log)
 })
 
 // The client is gone: a server that closes promptly should not keep the app socket for
 // `linger` just because the front had paused that connection's output (backpressure).
-t.test('CLOSE on a paused connection: destroyed once the server closed, not after linger', async (t) => {
-  // It answers the client's last request, then closes when the client ends.
-  const srv = await server(t, { endOnEnd: true, onPeer: (p) => p.socket.on('data', () => p.socket.write('answer')) })
+t.test('CLOSE on a paused connection: destroyed once the server closed, ' +
+  'not after linger', async (t) => {
+// It answers the client's last request, then closes when the client ends.
+  const srv = await server(t, {
+    endOnEnd: true,
+    onPeer: (p) => p.socket.on('data', () => p.socket.write('answer')),
+  })
   const linger = 3000
   const { a, rec } = applier(t, srv.port, { linger })
   const log = new InputLog()
@@ -295,7 +314,8 @@ t.test('CLOSE on a paused connection: destroyed once the server closed, not afte
   await until(() => rec.has(1), 'connected')
   a.pause(1)
   a.apply(log.append('DATA', 1, Buffer.from('request')))
-  await until(() => srv.peers[0]?.received === 7 && srv.peers[0].socket.writableLength === 0, 'the answer sent')
+  await until(() => srv.peers[0]?.received === 7 && srv.peers[0].socket.writableLength === 0,
+    'the answer sent')
   const t0 = Date.now()
   a.apply(log.append('CLOSE', 1))
   await until(() => rec.closed.includes(1), 'closed', linger + 5000)
@@ -318,7 +338,7 @@ t.test('EOF then CLOSE, and entries for a conn that is gone, are acked', async (
   a.apply(log.append('DATA', 99, Buffer.from('never opened')))
   t.equal(a.unacked, 0, 'entries for a gone or unknown conn are acked at once')
   allAcked(t, a, rec, log)
-  t.equal(srv.peers[0].received, 0, 'nothing written after the conn was gone')
+  t.equal(srv.peer(0).received, 0, 'nothing written after the conn was gone')
 })
 
 t.test('connect refused: failed, and nothing after', async (t) => {
@@ -352,9 +372,12 @@ function hasPython (): boolean {
 }
 
 t.test('connect timeout: failed with ERR_FTPROXY_CONNECT_TIMEOUT', {
-  skip: process.platform !== 'linux' ? 'needs Linux accept-queue overflow behaviour' : !hasPython() ? 'needs python3 for a non-accepting listener' : false,
+  skip: process.platform !== 'linux'
+    ? 'needs Linux accept-queue overflow behaviour'
+    : !hasPython() ? 'needs python3 for a non-accepting listener' : false,
 }, async (t) => {
-  const py = 'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()\n'
+  const py = 'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\n' +
+    'print(s.getsockname()[1],flush=True)\nsys.stdin.read()\n'
   const proc = spawn('python3', ['-c', py], { stdio: ['pipe', 'pipe', 'inherit'] })
   t.teardown(() => { proc.kill('SIGKILL') })
   const port = await new Promise<number>((resolve, reject) => {
@@ -406,7 +429,7 @@ t.test('close() stops all events', async (t) => {
   // One more turn of the loop for any queued callbacks.
   await new Promise((resolve) => setImmediate(resolve))
   t.equal(rec.events, before, 'no event after close()')
-  t.equal(srv.peers[1].received, 0, 'nothing written after close()')
+  t.equal(srv.peer(1).received, 0, 'nothing written after close()')
   a.close()
   t.pass('close() twice is harmless')
 })
@@ -431,7 +454,9 @@ t.test('close() while connecting leaves no connect timer behind', async (t) => {
   const port = await deadPort()
   const count = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
   const base = count()
-  const a = new Applier({ address: { host: '127.0.0.1', port }, connectTimeout: 60000, linger: 5000 })
+  const a = new Applier({
+    address: { host: '127.0.0.1', port }, connectTimeout: 60000, linger: 5000,
+  })
   a.apply(new InputLog().append('OPEN', 1))
   t.equal(count(), base + 1, 'a connect timer runs while connecting')
   a.close()
@@ -447,10 +472,10 @@ t.test('pause and resume a connection\'s output', async (t) => {
   await until(() => rec.out(1) === 'one', 'first echo')
   a.pause(1)
   a.apply(log.append('DATA', 1, Buffer.from('two')))
-  await until(() => srv.peers[0].received === 6, 'the server got it')
+  await until(() => srv.peers[0]?.received === 6, 'the server got it')
   // The echo is in our socket's buffer, not emitted, while paused. Wait for the server to
   // have flushed it, then for one loop turn.
-  await until(() => srv.peers[0].socket.writableLength === 0, 'the server flushed')
+  await until(() => srv.peers[0]?.socket.writableLength === 0, 'the server flushed')
   await new Promise((resolve) => setImmediate(resolve))
   t.equal(rec.out(1), 'one', 'no output while paused')
   a.resume(1)
@@ -466,11 +491,11 @@ t.test('a reset by the server: output_end with the error, then closed', async (t
   const log = new InputLog()
   a.apply(log.append('OPEN', 1))
   await until(() => srv.peers.length === 1, 'accepted')
-  srv.peers[0].socket.resetAndDestroy()
+  srv.peer(0).socket.resetAndDestroy()
   await until(() => rec.closed.includes(1), 'closed')
   t.equal(rec.ends.length, 1)
-  t.equal(rec.ends[0][0], 1)
-  t.equal((rec.ends[0][1] as NodeJS.ErrnoException | null)?.code, 'ECONNRESET')
+  t.equal(rec.ends[0]?.[0], 1)
+  t.equal((rec.ends[0]?.[1] as NodeJS.ErrnoException | null | undefined)?.code, 'ECONNRESET')
   a.apply(log.append('DATA', 1, Buffer.from('to nowhere')))
   t.equal(a.unacked, 0, 'entries for the dead conn are acked')
   allAcked(t, a, rec, log)
@@ -488,7 +513,7 @@ t.test('writes pending when the server resets are still acked', async (t) => {
   a.apply(log.append('DATA', 1, Buffer.alloc(32 * 1024 * 1024)))
   a.apply(log.append('DATA', 1, Buffer.from('queued')))
   t.same(rec.acks, [1], 'the writes are still pending')
-  srv.peers[0].socket.resetAndDestroy()
+  srv.peer(0).socket.resetAndDestroy()
   await until(() => rec.closed.includes(1), 'closed')
   a.apply(log.append('EOF', 1))
   await until(() => a.unacked === 0, 'every entry acked', 3000)
@@ -499,7 +524,8 @@ t.test('writes pending when the server resets are still acked', async (t) => {
 // longer writable) settles at once, but must not be acked ahead of the connection's earlier
 // entries still being written. The server does not read at first, so the big DATA and the
 // EOF (FIN after it) stay pending while the later entries settle.
-t.test('acks of one connection come in its seq order when a later entry settles early', async (t) => {
+t.test('acks of one connection come in its seq order ' +
+  'when a later entry settles early', async (t) => {
   const srv = await server(t, { pauseOnConnect: true, endOnEnd: true })
   const { a, rec } = applier(t, srv.port, { linger: 60000 })
   const log = new InputLog()
@@ -519,19 +545,21 @@ t.test('acks of one connection come in its seq order when a later entry settles 
   await new Promise((resolve) => setImmediate(resolve))
   t.same(rec.acks, [open.seq], 'still not acked a loop turn later')
   // Now let the server read: everything drains and is acked in order.
-  srv.peers[0].socket.resume()
+  srv.peer(0).socket.resume()
   await until(() => a.unacked === 0, 'every entry acked', 15000)
   t.same(rec.of(1), [open, ...entries].map((e) => e.seq), 'acked in the connection\'s seq order')
   allAcked(t, a, rec, log)
-  await until(() => srv.peers[0].endAt >= 0, 'the FIN at the server')
-  t.equal(srv.peers[0].endAt, big.length, 'the server got every byte of the DATA before the FIN, none after')
+  await until(() => (srv.peers[0]?.endAt ?? -1) >= 0, 'the FIN at the server')
+  t.equal(srv.peer(0).endAt, big.length,
+    'the server got every byte of the DATA before the FIN, none after')
   await until(() => rec.closed.includes(1), 'closed once the server closed')
 })
 
 // The log releases per connection: a server that stops reading one client must not pin the
 // acks of every other client. Conn 1's server never reads while we write far more than the
 // loopback socket buffers hold; conn 2, opened after, is still acked.
-t.test('a connection whose server stops reading does not hold back other connections\' acks', async (t) => {
+t.test('a connection whose server stops reading ' +
+  'does not hold back other connections\' acks', async (t) => {
   let first: Peer | undefined
   const srv = await server(t, {
     onPeer: (p) => {
@@ -558,7 +586,8 @@ t.test('a connection whose server stops reading does not hold back other connect
   a.apply(data2)
   await until(() => rec.has(data2.seq), 'conn 2\'s DATA acked', 10000)
   t.same(rec.of(2), [open2.seq, data2.seq], 'conn 2 acked in full')
-  const last = stuck[stuck.length - 1]
+  const last = stuck.at(-1)
+  assert.ok(last, 'DATA for conn 1')
   t.notOk(rec.has(last.seq), 'conn 1 still has unacked DATA (its server is not reading)')
   t.ok(a.unacked > 0, `unacked ${a.unacked} > 0 while conn 1 is stuck`)
   t.same(rec.of(1), [...rec.of(1)].sort((x, y) => x - y), 'conn 1\'s acks so far are in its order')
@@ -567,6 +596,7 @@ t.test('a connection whose server stops reading does not hold back other connect
   first!.socket.resume()
   await until(() => a.unacked === 0, 'every entry acked', 15000)
   // An ack means the bytes reached our socket (the kernel), not the server: wait for them.
-  await until(() => first!.received === 32 * chunk.length, 'conn 1\'s server to get every byte', 15000)
+  await until(() => first!.received === 32 * chunk.length,
+    'conn 1\'s server to get every byte', 15000)
   allAcked(t, a, rec, log)
 })
