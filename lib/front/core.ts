@@ -45,7 +45,7 @@ export function createCore (o: CoreOptions): Core {
     counters: o.counters,
     get primary () { return roles.primary },
     get protected () { return roles.isProtected === true },
-    get holding () { return lifecycle.is('switching') },
+    get holding () { return roles.holding },
     get onCommitWait () { return o.onCommitWait?.() },
     diverged: (...args) => roles.diverged(...args),
     forget: (c) => conns.forget(c),

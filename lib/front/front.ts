@@ -155,7 +155,7 @@ export class Front extends EventEmitter<FrontEvents> {
     this.stallTimer.unref()
 
     await this.listen()
-    this.lifecycle.set('serving', 'listening')
+    this.lifecycle.set('serving', 'listening') // unless close() came first: closing is final
     roles.reportProtection('startup')
   }
 
@@ -300,7 +300,7 @@ export class Front extends EventEmitter<FrontEvents> {
       socket.destroy()
       return
     }
-    if (this.lifecycle.is('switching')) {
+    if (this.roles.holding) {
       socket.pause()
       this.parked.push(socket)
       return

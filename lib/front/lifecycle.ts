@@ -29,9 +29,9 @@ export class Lifecycle {
     return this.current === s
   }
 
-  /** The one setter. */
+  /** The one setter. Closing is final: nothing moves the front out of it. */
   set (to: FrontState, reason: string): void {
-    if (to === this.current) return
+    if (to === this.current || this.current === 'closing') return
     this.log.info('front_state', { from: this.current, to, reason })
     this.current = to
   }

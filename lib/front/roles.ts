@@ -75,6 +75,11 @@ export class Roles {
   isProtected: boolean | null = null
   protectedSince = new Date()
   lastFailover: FailoverInfo | null = null
+  /**
+   * The switchover in flight, if any. It holds input from its start to its end, also while a
+   * failover that came in meanwhile runs (the lifecycle is `failing_over` then).
+   */
+  private switchingTo: Replica | null = null
   /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
   private arbiterPrimary = ''
   private arbiterQueue: Promise<unknown> = Promise.resolve()
@@ -86,6 +91,11 @@ export class Roles {
 
   get replicas (): readonly Replica[] {
     return this.o.replicas
+  }
+
+  /** A switchover holds every client's input: none is read, new clients wait. */
+  get holding (): boolean {
+    return this.switchingTo !== null
   }
 
   // ---- startup ----------------------------------------------------------------------------
@@ -239,7 +249,6 @@ export class Roles {
   async failover (reason: string, detectedAt: number): Promise<void> {
     const life = this.o.lifecycle
     if (life.is('failing_over')) return
-    const after = life.state === 'switching' ? 'switching' : 'serving'
     life.set('failing_over', reason)
     let old = this.primary
     let why = reason
@@ -249,8 +258,7 @@ export class Roles {
     for (;;) {
       if (!to) {
         await this.persistStale()
-        const why = `primary ${old.name} failed (${reason}) and no backup can take over`
-        return this.stopServing(why)
+        return this.stopServing(`primary ${old.name} failed (${why}) and no backup can take over`)
       }
       epoch = this.state.epoch + 1
       this.arbiterPrimary = to.name
@@ -266,7 +274,10 @@ export class Roles {
       to = this.pickBackup()
     }
     this.promote(old, to, { epoch, reason: why, detectedAt })
-    if (life.is('failing_over')) life.set(after, `failover to ${to.name}`)
+    // Back to the switchover it interrupted, if that is still winding down.
+    if (life.is('failing_over')) {
+      life.set(this.holding ? 'switching' : 'serving', `failover to ${to.name}`)
+    }
     this.o.events.emit('failover', this.lastFailover as FailoverInfo)
     this.reportProtection(`failover from ${old.name}`)
     this.o.conns.afterProgress()
@@ -330,10 +341,12 @@ export class Roles {
     const t0 = performance.now()
     const from = this.primary
     life.set('switching', `switchover to ${to.name}`)
+    this.switchingTo = to
     this.o.hooks.hold()
     try {
       return await this.switchTo(from, to, t0)
     } finally {
+      this.switchingTo = null
       if (life.is('switching')) life.set('serving', 'switchover over')
       this.o.hooks.release()
       this.o.conns.afterProgress()

@@ -146,3 +146,64 @@ t.test('splice_failed: only the connection whose released bytes differ is closed
   t.equal(two.socket.text, 'ok, then more', 'spliced: no byte lost or repeated')
   t.equal(f.lifecycle.state, 'serving')
 })
+
+t.test('a failover during a switchover: input stays held until the switchover ends', async (t) => {
+  t.test('the switchover gives up first, the failover ends after', async (t) => {
+    const f = await fakeFront(['a', 'b', 'c'])
+    f.connect() // its OPEN is not acknowledged: the switchover waits to get in sync
+    const switching = f.roles.switchover('b')
+    let open!: () => void
+    f.arbiter.gate = new Promise((resolve) => { open = resolve })
+    f.roles.fail(f.replica('a'), 'test: primary gone')
+    t.equal(f.lifecycle.state, 'failing_over')
+    t.equal(f.roles.holding, true, 'the switchover still holds input')
+    await t.rejects(switching, { code: 'ERR_FTPROXY_NOT_IN_SYNC' })
+    t.equal(f.roles.holding, false, 'it let input go when it gave up')
+    t.equal(f.hooks.release, 1)
+    open()
+    f.arbiter.gate = null
+    await f.events.next('failover')
+    t.equal(f.lifecycle.state, 'serving', 'nothing is left holding input')
+    t.equal(f.roles.primary.name, 'b')
+  })
+
+  t.test('the failover ends first, the switchover gives up after', async (t) => {
+    const f = await fakeFront(['a', 'b', 'c'])
+    f.connect()
+    const switching = f.roles.switchover('b')
+    const outcome = switching.then(() => 'switched', (err: { code: string }) => err.code)
+    f.roles.fail(f.replica('a'), 'test: primary gone')
+    t.equal(f.lifecycle.state, 'failing_over')
+    await new Promise<void>((resolve) => f.front.once('failover', () => resolve()))
+    t.equal(f.lifecycle.state, 'switching', 'back to the switchover, which still holds input')
+    t.equal(f.roles.holding, true)
+    t.equal(await outcome, 'ERR_FTPROXY_NOT_IN_SYNC')
+    t.equal(f.lifecycle.state, 'serving')
+    t.equal(f.roles.holding, false)
+    t.equal(f.hooks.release, 1)
+  })
+})
+
+t.test('the chosen backup fails midway and none is left: the reason says all of it', async (t) => {
+  const f = await fakeFront()
+  f.connect()
+  let open!: () => void
+  f.arbiter.gate = new Promise((resolve) => { open = resolve })
+  f.roles.fail(f.replica('a'), 'test: primary gone')
+  f.roles.fail(f.replica('b'), 'test: b gone too')
+  open()
+  f.arbiter.gate = null
+  const ev = await f.events.next('serving_stopped')
+  t.match(ev.reason, /failed \(test: primary gone; then b failed\) and no backup can take over/)
+  t.equal(f.lifecycle.state, 'stopped')
+})
+
+t.test('closing is final: no later change of state undoes it', async (t) => {
+  const f = await fakeFront()
+  f.lifecycle.set('closing', 'test')
+  f.lifecycle.set('serving', 'a late start() must not reopen')
+  t.equal(f.lifecycle.state, 'closing')
+  t.equal(f.lifecycle.active, false)
+  f.roles.fail(f.replica('a'), 'test: a replica exits during the close')
+  t.equal(f.replica('a').role, 'primary', 'no failover while closing')
+})
