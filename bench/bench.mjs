@@ -195,7 +195,10 @@ async function redisBenchmark (port, pipeline, requests) {
   const child = spawnChild('redis-benchmark', [
     '-h', '127.0.0.1', '-p', String(port), '-c', String(P.clients), '-n', String(requests),
     '-P', String(pipeline), '-t', 'set,get', '--csv',
-  ], { name: `redis-benchmark -P ${pipeline}`, onLine: (line) => { if (line.startsWith('"')) out.push(line) } })
+  ], {
+    name: `redis-benchmark -P ${pipeline}`,
+    onLine: (line) => { if (line.startsWith('"')) out.push(line) },
+  })
   // Worst case assumed: 2 tests at 2,000 req/s, plus startup.
   const deadline = 30000 + Math.ceil((2 * requests) / 2000) * 1000
   try {
@@ -209,9 +212,15 @@ async function redisBenchmark (port, pipeline, requests) {
     }
     if (!rows.SET || !rows.GET) {
       const tail = child.tail().split('\n').filter((l) => l.trim() !== '')
-      throw new Error(`redis-benchmark -P ${pipeline}: no SET/GET result (exit ${exit.code}): ${tail.at(-1) ?? ''}\n${tail.join('\n')}`)
+      const what = `redis-benchmark -P ${pipeline}: no SET/GET result (exit ${exit.code})`
+      throw new Error(`${what}: ${tail.at(-1) ?? ''}\n${tail.join('\n')}`)
     }
-    return { set: Number(rows.SET[1]), get: Number(rows.GET[1]), setP99ms: Number(rows.SET[6]), getP99ms: Number(rows.GET[6]) }
+    return {
+      set: Number(rows.SET[1]),
+      get: Number(rows.GET[1]),
+      setP99ms: Number(rows.SET[6]),
+      getP99ms: Number(rows.GET[6]),
+    }
   } finally {
     await child.stop(500)
   }
@@ -233,6 +242,54 @@ async function connectAll (port, n, into) {
 }
 
 /**
+ * One throughput connection: writes P.tputBytes of `pattern` repeated (with backpressure) and
+ * resolves once every byte came back, checked against what was sent.
+ * @param {net.Socket} s
+ * @param {Buffer} pattern   P.tputChunk bytes
+ * @returns {Promise<void>}
+ */
+function echoPattern (s, pattern) {
+  return new Promise((resolve, reject) => {
+    let got = 0
+    s.on('data', (/** @type {Buffer} */ data) => {
+      // The stream must be the pattern repeated: compare segment by segment (memcmp).
+      let i = 0
+      while (i < data.length) {
+        const at = (got + i) % pattern.length
+        const n = Math.min(data.length - i, pattern.length - at)
+        if (data.compare(pattern, at, at + n, i, i + n) !== 0) {
+          reject(new Error(`throughput: wrong bytes at offset ${got + i}`))
+          return
+        }
+        i += n
+      }
+      got += data.length
+      if (got > P.tputBytes) {
+        reject(new Error(`throughput: ${got} bytes back for ${P.tputBytes} sent`))
+        return
+      }
+      if (got === P.tputBytes) resolve()
+    })
+    s.once('error', reject)
+    s.once('close', () => {
+      if (got >= P.tputBytes) return
+      reject(new Error(`throughput: closed after ${got} of ${P.tputBytes} bytes`))
+    })
+    let sent = 0
+    const pump = () => {
+      while (sent < P.tputBytes) {
+        sent += P.tputChunk
+        if (!s.write(pattern)) {
+          s.once('drain', pump)
+          return
+        }
+      }
+    }
+    pump()
+  })
+}
+
+/**
  * Raw byte throughput: every connection writes `bytes` in `chunk`-sized writes (with
  * backpressure) and reads every byte back, checked against what was sent. MB/s is 10^6 bytes
  * of payload echoed per second, one direction, from the first write to the last byte back.
@@ -248,37 +305,52 @@ async function throughput (port) {
   try {
     await withDeadline(connectAll(port, P.tputConns, sockets), 10000, 'throughput connect')
     const t0 = process.hrtime.bigint()
-    await withDeadline(Promise.all(sockets.map((s) => new Promise((resolve, reject) => {
-      let got = 0
-      s.on('data', (/** @type {Buffer} */ data) => {
-        // The stream must be the pattern repeated: compare segment by segment (memcmp).
-        let i = 0
-        while (i < data.length) {
-          const at = (got + i) % pattern.length
-          const n = Math.min(data.length - i, pattern.length - at)
-          if (data.compare(pattern, at, at + n, i, i + n) !== 0) return reject(new Error(`throughput: wrong bytes at offset ${got + i}`))
-          i += n
-        }
-        got += data.length
-        if (got > P.tputBytes) reject(new Error(`throughput: ${got} bytes back for ${P.tputBytes} sent`))
-        else if (got === P.tputBytes) resolve(undefined)
-      })
-      s.once('error', reject)
-      s.once('close', () => { if (got < P.tputBytes) reject(new Error(`throughput: closed after ${got} of ${P.tputBytes} bytes`)) })
-      let sent = 0
-      const pump = () => {
-        while (sent < P.tputBytes) {
-          sent += P.tputChunk
-          if (!s.write(pattern)) return void s.once('drain', pump)
-        }
-      }
-      pump()
-    }))), deadline, 'throughput')
+    const all = Promise.all(sockets.map((s) => echoPattern(s, pattern)))
+    await withDeadline(all, deadline, 'throughput')
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9
     return { mbps: (P.tputConns * P.tputBytes) / 1e6 / seconds, seconds }
   } finally {
     for (const s of sockets) s.destroy()
   }
+}
+
+/**
+ * One latency connection: P.latWarmup + P.latCount sequential round trips of `msg`, each of
+ * the last P.latCount timed (µs) into `into`.
+ * @param {net.Socket} s
+ * @param {Buffer} msg
+ * @param {Float64Array} into   this connection's P.latCount slots
+ * @returns {Promise<void>}
+ */
+function roundTrips (s, msg, into) {
+  const per = P.latWarmup + P.latCount
+  return new Promise((resolve, reject) => {
+    let done = 0
+    let got = 0
+    let t = process.hrtime.bigint()
+    s.on('data', (/** @type {Buffer} */ data) => {
+      got += data.length
+      if (got < msg.length) return
+      if (got > msg.length) {
+        reject(new Error(`latency: ${got} bytes back for ${msg.length}`))
+        return
+      }
+      const now = process.hrtime.bigint()
+      if (done >= P.latWarmup) into[done - P.latWarmup] = Number(now - t) / 1000
+      got = 0
+      if (++done === per) {
+        resolve()
+        return
+      }
+      t = process.hrtime.bigint()
+      s.write(msg)
+    })
+    s.once('error', reject)
+    s.once('close', () => {
+      if (done < per) reject(new Error(`latency: closed after ${done} round trips`))
+    })
+    s.write(msg)
+  })
 }
 
 /**
@@ -297,27 +369,17 @@ async function latency (port) {
   const deadline = 30000 + Math.ceil((P.latConns * per) / 1000) * 1000 // ≥ 1,000 round trips/s
   try {
     await withDeadline(connectAll(port, P.latConns, sockets), 10000, 'latency connect')
-    await withDeadline(Promise.all(sockets.map((s, k) => new Promise((resolve, reject) => {
-      let done = 0
-      let got = 0
-      let t = process.hrtime.bigint()
-      s.on('data', (/** @type {Buffer} */ data) => {
-        got += data.length
-        if (got < msg.length) return
-        if (got > msg.length) return reject(new Error(`latency: ${got} bytes back for ${msg.length}`))
-        const now = process.hrtime.bigint()
-        if (done >= P.latWarmup) all[k * P.latCount + done - P.latWarmup] = Number(now - t) / 1000
-        got = 0
-        if (++done === per) return resolve(undefined)
-        t = process.hrtime.bigint()
-        s.write(msg)
-      })
-      s.once('error', reject)
-      s.once('close', () => { if (done < per) reject(new Error(`latency: closed after ${done} round trips`)) })
-      s.write(msg)
-    }))), deadline, 'latency')
+    // Connection k records its round trips into all[k * P.latCount …].
+    const trips = sockets.map((s, k) => roundTrips(s, msg, all.subarray(k * P.latCount)))
+    await withDeadline(Promise.all(trips), deadline, 'latency')
     all.sort()
-    return { p50: percentile(all, 50), p99: percentile(all, 99), p999: percentile(all, 99.9), max: all[all.length - 1] ?? NaN, samples: all.length }
+    return {
+      p50: percentile(all, 50),
+      p99: percentile(all, 99),
+      p999: percentile(all, 99.9),
+      max: all[all.length - 1] ?? NaN,
+      samples: all.length,
+    }
   } finally {
     for (const s of sockets) s.destroy()
   }
@@ -349,7 +411,9 @@ async function idleMemory (pid, port, upstreams) {
       // Every upstream connection in place (bounded: the phase deadline).
       for (let i = 0; i < 600; i++) {
         if (added().every((n) => n >= P.idleConns)) break
-        if (i === 599) throw new Error(`idle: upstream connections ${added().join('/')} of ${P.idleConns}`)
+        if (i === 599) {
+          throw new Error(`idle: upstream connections ${added().join('/')} of ${P.idleConns}`)
+        }
         await sleep(100)
       }
       const closed = sockets.filter((s) => s.destroyed).length
@@ -367,21 +431,44 @@ async function idleMemory (pid, port, upstreams) {
 // ---- one target, one repetition -------------------------------------------------------------
 
 /**
+ * A started target: where the load goes, whose CPU and memory count, how to stop it.
+ * @typedef {object} Running
+ * @property {number} port
+ * @property {number | null} pid          the proxy (null for direct)
+ * @property {number[]} agentPids
+ * @property {() => Promise<unknown>} stop
+ * @property {Record<string, unknown>[]} events        the front's log
+ * @property {Record<string, unknown>[]} agentEvents   the agents' logs
+ */
+
+/**
  * The proxy (or nothing, for direct) in front of `ports`.
  * @param {TargetName} target
  * @param {number[]} ports
  * @param {string} dir
- * @returns {Promise<{ port: number, pid: number | null, agentPids: number[], stop: () => Promise<unknown>, events: Record<string, unknown>[], agentEvents: Record<string, unknown>[] }>}
+ * @returns {Promise<Running>}
  */
 async function startTarget (target, ports, dir) {
   if (target === 'direct' || target === 'haproxy') {
     const [first] = ports
     if (first === undefined) throw new Error(`${target}: no server to stand in front of`)
-    if (target === 'direct') return { port: first, pid: null, agentPids: [], stop: async () => {}, events: [], agentEvents: [] }
+    const none = { agentPids: [], events: [], agentEvents: [] }
+    if (target === 'direct') return { port: first, pid: null, stop: async () => {}, ...none }
     const h = await startHaproxy({ backends: [first], dir })
-    return { port: h.port, pid: h.pid, agentPids: [], stop: () => h.stop(), events: [], agentEvents: [] }
+    return { port: h.port, pid: h.pid, stop: () => h.stop(), ...none }
   }
-  // agent: one `ftproxy agent` per server, the front reaches each replica through its agent.
+  return startFrontTarget(target, ports, dir)
+}
+
+/**
+ * An ftproxy front in front of `ports`; for the agent target, one `ftproxy agent` per server
+ * and the front reaches each replica through its agent.
+ * @param {'none' | 'ack' | 'match' | 'agent'} target
+ * @param {number[]} ports
+ * @param {string} dir
+ * @returns {Promise<Running>}
+ */
+async function startFrontTarget (target, ports, dir) {
   /** @type {Awaited<ReturnType<typeof startAgent>>[]} */
   const agents = []
   const stopAgents = () => Promise.all(agents.map((a) => a.stop(3000)))
@@ -426,7 +513,7 @@ async function startTarget (target, ports, dir) {
  * @param {boolean} [trackPeak]   fold the proxy's VmHWM into rss_peak_mib (not for the idle phase)
  */
 async function withTarget (target, backends, r, dir, label, body, trackPeak = true) {
-  /** @type {Awaited<ReturnType<typeof startTarget>> | null} */
+  /** @type {Running | null} */
   let t = null
   try {
     t = await startTarget(target, backends.map((b) => b.port), dir)
@@ -480,7 +567,9 @@ async function phase (label, r, fn) {
  * @param {CpuGroup[]} others
  */
 async function cpuOf (pid, fn, ...others) {
-  const sum = (/** @type {CpuGroup} */ g) => g.pids.length ? g.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
+  const sum = (/** @type {CpuGroup} */ g) => {
+    return g.pids.length ? g.pids.reduce((a, p) => a + cpuSeconds(p), 0) : NaN
+  }
   const before = pid === null ? NaN : cpuSeconds(pid)
   const gBefore = others.map((g) => ({ g, start: sum(g) }))
   await fn()
@@ -506,6 +595,17 @@ async function startCopies (n, start) {
 }
 
 /**
+ * One repetition of one target, as its phases see it.
+ * @typedef {object} Rep
+ * @property {TargetName} target
+ * @property {RepResult} r
+ * @property {string} dir        the target's temp dir (configs, state)
+ * @property {number} copies     servers behind it: two replicas for a front, else one
+ * @property {Record<string, number>} agentsCpu
+ *   agents' CPU s per load (the agent target only; P1 is also a figure): extra.agents_cpu_s
+ */
+
+/**
  * @param {TargetName} target
  * @param {number} rep
  * @returns {Promise<RepResult>}
@@ -515,77 +615,109 @@ async function runTarget (target, rep) {
   const r = { target, rep, figures: {}, errors: [], events: [], extra: {} }
   const copies = FRONTS.includes(target) ? 2 : 1
   const dir = makeTempDir(`bench-${target}`)
-  const f = r.figures
-  /** Agents' CPU s per load (the agent target only; P1 is also a figure): extra.agents_cpu_s. */
-  /** @type {Record<string, number>} */
-  const agentsCpu = {}
+  /** @type {Rep} */
+  const ctx = { target, r, dir, copies, agentsCpu: {} }
 
-  await phase('redis', r, async () => {
-    const redis = await startCopies(copies, () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) }))
-    await withTarget(target, redis, r, dir, 'redis', async (t) => {
-      let p1 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
-      /** @type {CpuGroup} */
-      const servers = { pids: redis.map((x) => x.pid) }
-      /** @type {CpuGroup} */
-      const agents = { pids: t.agentPids }
-      f.cpu_p1_s = await cpuOf(t.pid, async () => { p1 = await redisBenchmark(t.port, 1, P.p1Requests) }, servers, agents)
-      f.srv_cpu_p1_s = servers.total ?? NaN
-      if (target === 'agent') f.agents_cpu_p1_s = agents.total ?? NaN
-      Object.assign(f, { set_p1: p1.set, get_p1: p1.get })
-      let p16 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
-      f.cpu_p16_s = await cpuOf(t.pid, async () => { p16 = await redisBenchmark(t.port, 16, P.p16Requests) }, agents)
-      Object.assign(f, { set_p16: p16.set, get_p16: p16.get })
-      if (target === 'agent') agentsCpu.p16 = agents.total ?? NaN
-      r.extra.redis_benchmark_p99_ms = { set_p1: p1.setP99ms, get_p1: p1.getP99ms, set_p16: p16.setP99ms, get_p16: p16.getP99ms }
-    })
-  })
+  await phase('redis', r, () => redisPhase(ctx))
+  await phase('echo', r, () => echoPhase(ctx))
 
-  await phase('echo', r, async () => {
-    const echo = await startCopies(copies, () => startEcho())
-    await withTarget(target, echo, r, dir, 'echo', async (t) => {
-      /** @type {CpuGroup} */
-      const agents = { pids: t.agentPids }
-      f.cpu_tput_s = await cpuOf(t.pid, async () => {
-        const x = await throughput(t.port)
-        f.tput_mbps = x.mbps
-      }, agents)
-      if (target === 'agent') agentsCpu.tput = agents.total ?? NaN
-      f.cpu_lat_s = await cpuOf(t.pid, async () => {
-        const x = await latency(t.port)
-        Object.assign(f, { lat_p50_us: x.p50, lat_p99_us: x.p99, lat_p999_us: x.p999 })
-        r.extra.lat_max_us = x.max
-        r.extra.lat_samples = x.samples
-      }, agents)
-      if (target === 'agent') agentsCpu.lat = agents.total ?? NaN
-    })
-  })
-
-  if (target === 'agent') r.extra.agents_cpu_s = { p1: f.agents_cpu_p1_s ?? NaN, ...agentsCpu }
-  // Idle memory: HAProxy and ftproxy ack only (not measured for the agent target).
-  if (target === 'haproxy' || target === 'ack') {
-    await phase('idle', r, async () => {
-      const echo = await startCopies(copies, () => startEcho())
-      await withTarget(target, echo, r, dir, 'idle', async (t) => {
-        const x = await idleMemory(/** @type {number} */ (t.pid), t.port, echo.map((e) => e.port))
-        f.idle_kib_per_conn = x.kibPerConn
-        r.extra.idle = x
-      }, false)
-    })
+  if (target === 'agent') {
+    r.extra.agents_cpu_s = { p1: r.figures.agents_cpu_p1_s ?? NaN, ...ctx.agentsCpu }
   }
+  // Idle memory: HAProxy and ftproxy ack only (not measured for the agent target).
+  if (target === 'haproxy' || target === 'ack') await phase('idle', r, () => idlePhase(ctx))
   return r
+}
+
+/**
+ * Fresh redis-server copies behind the target: redis-benchmark -P 1, then -P 16.
+ * @param {Rep} ctx
+ */
+async function redisPhase ({ target, r, dir, copies, agentsCpu }) {
+  const f = r.figures
+  const start = () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) })
+  const redis = await startCopies(copies, start)
+  await withTarget(target, redis, r, dir, 'redis', async (t) => {
+    let p1 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+    /** @type {CpuGroup} */
+    const servers = { pids: redis.map((x) => x.pid) }
+    /** @type {CpuGroup} */
+    const agents = { pids: t.agentPids }
+    f.cpu_p1_s = await cpuOf(t.pid, async () => {
+      p1 = await redisBenchmark(t.port, 1, P.p1Requests)
+    }, servers, agents)
+    f.srv_cpu_p1_s = servers.total ?? NaN
+    if (target === 'agent') f.agents_cpu_p1_s = agents.total ?? NaN
+    Object.assign(f, { set_p1: p1.set, get_p1: p1.get })
+    let p16 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+    f.cpu_p16_s = await cpuOf(t.pid, async () => {
+      p16 = await redisBenchmark(t.port, 16, P.p16Requests)
+    }, agents)
+    Object.assign(f, { set_p16: p16.set, get_p16: p16.get })
+    if (target === 'agent') agentsCpu.p16 = agents.total ?? NaN
+    r.extra.redis_benchmark_p99_ms = {
+      set_p1: p1.setP99ms,
+      get_p1: p1.getP99ms,
+      set_p16: p16.setP99ms,
+      get_p16: p16.getP99ms,
+    }
+  })
+}
+
+/**
+ * Fresh echo servers behind the target: throughput, then latency.
+ * @param {Rep} ctx
+ */
+async function echoPhase ({ target, r, dir, copies, agentsCpu }) {
+  const f = r.figures
+  const echo = await startCopies(copies, () => startEcho())
+  await withTarget(target, echo, r, dir, 'echo', async (t) => {
+    /** @type {CpuGroup} */
+    const agents = { pids: t.agentPids }
+    f.cpu_tput_s = await cpuOf(t.pid, async () => {
+      const x = await throughput(t.port)
+      f.tput_mbps = x.mbps
+    }, agents)
+    if (target === 'agent') agentsCpu.tput = agents.total ?? NaN
+    f.cpu_lat_s = await cpuOf(t.pid, async () => {
+      const x = await latency(t.port)
+      Object.assign(f, { lat_p50_us: x.p50, lat_p99_us: x.p99, lat_p999_us: x.p999 })
+      r.extra.lat_max_us = x.max
+      r.extra.lat_samples = x.samples
+    }, agents)
+    if (target === 'agent') agentsCpu.lat = agents.total ?? NaN
+  })
+}
+
+/**
+ * Fresh echo servers behind the target (a proxy): memory per idle connection.
+ * @param {Rep} ctx
+ */
+async function idlePhase ({ target, r, dir, copies }) {
+  const echo = await startCopies(copies, () => startEcho())
+  await withTarget(target, echo, r, dir, 'idle', async (t) => {
+    const x = await idleMemory(/** @type {number} */ (t.pid), t.port, echo.map((e) => e.port))
+    r.figures.idle_kib_per_conn = x.kibPerConn
+    r.extra.idle = x
+  }, false)
 }
 
 // ---- report ---------------------------------------------------------------------------------
 
 /**
+ * @typedef {Summary & { failed: number }} Cell   a figure of one target over the repetitions
+ * @typedef {Record<string, Partial<Record<TargetName, Cell>>>} Sums   metric key ─▶ target ─▶
+ */
+
+/**
  * @param {RepResult[]} raw
- * @returns {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>}
+ * @returns {Sums}
  */
 function summarizeAll (raw) {
-  /** @type {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} */
+  /** @type {Sums} */
   const out = {}
   for (const m of METRICS) {
-    /** @type {Partial<Record<TargetName, Summary & { failed: number }>>} */
+    /** @type {Partial<Record<TargetName, Cell>>} */
     const byTarget = {}
     out[m.key] = byTarget
     for (const t of targets) {
@@ -600,97 +732,160 @@ function summarizeAll (raw) {
 }
 
 /**
- * @param {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} sum
+ * The markdown table: a row per metric, a column per target.
+ * @param {Sums} sum
  */
 function table (sum) {
   const head = ['figure', ...targets.map((t) => TITLE[t])]
   const rows = [head, head.map(() => '---')]
-  for (const m of METRICS) {
-    const row = [m.label]
-    for (const t of targets) {
-      const s = sum[m.key]?.[t]
-      if (!s) { row.push('—'); continue }
-      if (s.n === 0) { row.push('**failed**'); continue }
-      let cell = m.fmt(s.median)
-      if (s.n > 1) cell += ` (${m.fmt(s.min)}–${m.fmt(s.max)})`
-      /** @type {string[]} */
-      const ratios = []
-      // The agent column is also compared with ftproxy ack (direct replicas): ×A.
-      const refs = /** @type {Array<[TargetName, string]>} */ ([['haproxy', 'H'], ['direct', 'D'], ...(t === 'agent' ? [['ack', 'A']] : [])])
-      for (const [ref, tag] of refs) {
-        const r = sum[m.key]?.[ref]
-        if (ref !== t && r && r.n > 0 && r.median > 0) ratios.push(`${(s.median / r.median).toFixed(2)}×${tag}`)
-      }
-      if (ratios.length) cell += ` ${ratios.join(' ')}`
-      if (s.failed > 0) cell += ` [${s.failed} failed]`
-      row.push(cell)
-    }
-    rows.push(row)
-  }
+  for (const m of METRICS) rows.push([m.label, ...targets.map((t) => tableCell(sum, m, t))])
   return rows.map((r) => `| ${r.join(' | ')} |`).join('\n')
 }
 
 /**
+ * One cell: the median (min–max when several repetitions), its ratios to the reference
+ * columns, the failed repetitions.
+ * @param {Sums} sum
+ * @param {Metric} m
+ * @param {TargetName} t
+ */
+function tableCell (sum, m, t) {
+  const s = sum[m.key]?.[t]
+  if (!s) return '—'
+  if (s.n === 0) return '**failed**'
+  let cell = m.fmt(s.median)
+  if (s.n > 1) cell += ` (${m.fmt(s.min)}–${m.fmt(s.max)})`
+  /** @type {string[]} */
+  const ratios = []
+  /** @type {Array<[TargetName, string]>} */
+  const refs = [['haproxy', 'H'], ['direct', 'D']]
+  // The agent column is also compared with ftproxy ack (direct replicas): ×A.
+  if (t === 'agent') refs.push(['ack', 'A'])
+  for (const [ref, tag] of refs) {
+    const r = sum[m.key]?.[ref]
+    if (ref !== t && r && r.n > 0 && r.median > 0) {
+      ratios.push(`${(s.median / r.median).toFixed(2)}×${tag}`)
+    }
+  }
+  if (ratios.length) cell += ` ${ratios.join(' ')}`
+  if (s.failed > 0) cell += ` [${s.failed} failed]`
+  return cell
+}
+
+/** @type {Record<TargetName, string>} */
+const COLORS = {
+  direct: '#4d4d4d',
+  haproxy: '#1f77b4',
+  none: '#9ecae1',
+  ack: '#ff7f0e',
+  match: '#d62728',
+  agent: '#2ca02c',
+}
+// Chart geometry (px): the picture, one panel's width, the plot area's top and height.
+const CHART_W = 920
+const CHART_H = 380
+const PANEL_W = 430
+const TOP = 50
+const PLOT_H = 250
+
+/**
  * A hand-written SVG bar chart: requests/s per target, SET and GET, P1 and P16 panels (each
  * its own scale), median bars with min–max whiskers.
- * @param {Record<string, Partial<Record<TargetName, Summary & { failed: number }>>>} sum
+ * @param {Sums} sum
  */
 function chart (sum) {
-  const colors = { direct: '#4d4d4d', haproxy: '#1f77b4', none: '#9ecae1', ack: '#ff7f0e', match: '#d62728', agent: '#2ca02c' }
-  const W = 920
-  const H = 380
-  const panelW = 430
-  const top = 50
-  const plotH = 250
   /** @type {string[]} */
   const out = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    '<text x="10" y="20" font-size="14" font-weight="bold">redis-benchmark requests/s, 50 clients (median, whiskers: min–max)</text>',
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${CHART_W}" height="${CHART_H}" ` +
+      `viewBox="0 0 ${CHART_W} ${CHART_H}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${CHART_W}" height="${CHART_H}" fill="white"/>`,
+    '<text x="10" y="20" font-size="14" font-weight="bold">' +
+      'redis-benchmark requests/s, 50 clients (median, whiskers: min–max)</text>',
   ]
-  const panels = /** @type {Array<[string, string[]]>} */ ([['pipeline 1', ['set_p1', 'get_p1']], ['pipeline 16', ['set_p16', 'get_p16']]])
+  /** @type {Array<[string, string[]]>} */
+  const panels = [['pipeline 1', ['set_p1', 'get_p1']], ['pipeline 16', ['set_p16', 'get_p16']]]
   panels.forEach(([title, keys], pi) => {
-    const x0 = 60 + pi * (panelW + 20)
-    let max = 0
-    for (const k of keys) for (const t of targets) max = Math.max(max, sum[k]?.[t]?.max ?? 0)
-    if (!(max > 0)) max = 1
-    const step = niceStep(max / 4)
-    const top2 = Math.ceil(max / step) * step
-    const y = (/** @type {number} */ v) => top + plotH - (v / top2) * plotH
-    out.push(`<text x="${x0 + panelW / 2 - 40}" y="${top - 10}" font-weight="bold">${title}</text>`)
-    for (let v = 0; v <= top2 + 1e-9; v += step) {
-      out.push(`<line x1="${x0}" x2="${x0 + panelW - 40}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#ddd"/>`)
-      out.push(`<text x="${x0 - 5}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${kilo(v).replace(/\.0+(?=[kM])/, '')}</text>`)
-    }
-    const groupW = (panelW - 60) / keys.length
-    const barW = Math.min(30, (groupW - 20) / targets.length)
-    keys.forEach((k, gi) => {
-      const gx = x0 + 10 + gi * groupW
-      targets.forEach((t, ti) => {
-        const s = sum[k]?.[t]
-        const bx = gx + ti * barW
-        if (!s || s.n === 0) {
-          out.push(`<text x="${bx + barW / 2}" y="${top + plotH - 4}" text-anchor="middle" fill="#c00">✗</text>`)
-          return
-        }
-        out.push(`<rect x="${bx.toFixed(1)}" y="${y(s.median).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + plotH - y(s.median)).toFixed(1)}" fill="${colors[t]}"><title>${TITLE[t]} ${k}: ${kilo(s.median)} req/s</title></rect>`)
-        if (s.n > 1) {
-          const cx = (bx + (barW - 2) / 2).toFixed(1)
-          out.push(`<line x1="${cx}" x2="${cx}" y1="${y(s.max).toFixed(1)}" y2="${y(s.min).toFixed(1)}" stroke="black"/>`)
-        }
-        out.push(`<text x="${(bx + (barW - 2) / 2).toFixed(1)}" y="${(y(s.median) - 3).toFixed(1)}" text-anchor="middle" font-size="8">${kilo(s.median)}</text>`)
-      })
-      out.push(`<text x="${(gx + (targets.length * barW) / 2).toFixed(1)}" y="${top + plotH + 15}" text-anchor="middle">${k.startsWith('set') ? 'SET' : 'GET'}</text>`)
-    })
-    out.push(`<line x1="${x0}" x2="${x0}" y1="${top}" y2="${top + plotH}" stroke="black"/>`)
+    out.push(...chartPanel(sum, title, keys, 60 + pi * (PANEL_W + 20)))
   })
   targets.forEach((t, i) => {
     const lx = 60 + i * 150
-    out.push(`<rect x="${lx}" y="${H - 28}" width="12" height="12" fill="${colors[t]}"/>`)
-    out.push(`<text x="${lx + 16}" y="${H - 18}">${TITLE[t]}</text>`)
+    out.push(`<rect x="${lx}" y="${CHART_H - 28}" width="12" height="12" fill="${COLORS[t]}"/>`)
+    out.push(`<text x="${lx + 16}" y="${CHART_H - 18}">${TITLE[t]}</text>`)
   })
   out.push('</svg>', '')
   return out.join('\n')
+}
+
+/**
+ * One panel of the chart: its grid and scale, a group of bars per key.
+ * @param {Sums} sum
+ * @param {string} title
+ * @param {string[]} keys   metric keys, a group each
+ * @param {number} x0       the panel's left edge
+ * @returns {string[]}
+ */
+function chartPanel (sum, title, keys, x0) {
+  /** @type {string[]} */
+  const out = []
+  let max = 0
+  for (const k of keys) for (const t of targets) max = Math.max(max, sum[k]?.[t]?.max ?? 0)
+  if (!(max > 0)) max = 1
+  const step = niceStep(max / 4)
+  const top2 = Math.ceil(max / step) * step
+  const y = (/** @type {number} */ v) => TOP + PLOT_H - (v / top2) * PLOT_H
+  out.push(`<text x="${x0 + PANEL_W / 2 - 40}" y="${TOP - 10}" font-weight="bold">${title}</text>`)
+  for (let v = 0; v <= top2 + 1e-9; v += step) {
+    const yv = y(v).toFixed(1)
+    out.push(`<line x1="${x0}" x2="${x0 + PANEL_W - 40}" y1="${yv}" y2="${yv}" stroke="#ddd"/>`)
+    const tick = kilo(v).replace(/\.0+(?=[kM])/, '')
+    out.push(`<text x="${x0 - 5}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${tick}</text>`)
+  }
+  const groupW = (PANEL_W - 60) / keys.length
+  const barW = Math.min(30, (groupW - 20) / targets.length)
+  keys.forEach((k, gi) => {
+    const gx = x0 + 10 + gi * groupW
+    targets.forEach((t, ti) => {
+      out.push(...chartBar(sum[k]?.[t], `${TITLE[t]} ${k}`, COLORS[t], gx + ti * barW, barW, y))
+    })
+    const lx = (gx + (targets.length * barW) / 2).toFixed(1)
+    const test = k.startsWith('set') ? 'SET' : 'GET'
+    out.push(`<text x="${lx}" y="${TOP + PLOT_H + 15}" text-anchor="middle">${test}</text>`)
+  })
+  out.push(`<line x1="${x0}" x2="${x0}" y1="${TOP}" y2="${TOP + PLOT_H}" stroke="black"/>`)
+  return out
+}
+
+/**
+ * One bar: the median, a min–max whisker when several repetitions, its value above it; a
+ * cross when the figure failed (or was not measured).
+ * @param {Cell | undefined} s
+ * @param {string} what     the bar's tooltip, before its value
+ * @param {string} color
+ * @param {number} bx       the bar's left edge
+ * @param {number} barW     its slot's width
+ * @param {(v: number) => number} y   value ─▶ y coordinate
+ * @returns {string[]}
+ */
+function chartBar (s, what, color, bx, barW, y) {
+  if (!s || s.n === 0) {
+    const x = bx + barW / 2
+    return [`<text x="${x}" y="${TOP + PLOT_H - 4}" text-anchor="middle" fill="#c00">✗</text>`]
+  }
+  const top = y(s.median).toFixed(1)
+  const w = (barW - 2).toFixed(1)
+  const h = (TOP + PLOT_H - y(s.median)).toFixed(1)
+  const cx = (bx + (barW - 2) / 2).toFixed(1)
+  const out = [
+    `<rect x="${bx.toFixed(1)}" y="${top}" width="${w}" height="${h}" fill="${color}">` +
+      `<title>${what}: ${kilo(s.median)} req/s</title></rect>`,
+  ]
+  if (s.n > 1) {
+    const [y1, y2] = [y(s.max).toFixed(1), y(s.min).toFixed(1)]
+    out.push(`<line x1="${cx}" x2="${cx}" y1="${y1}" y2="${y2}" stroke="black"/>`)
+  }
+  const ty = (y(s.median) - 3).toFixed(1)
+  out.push(`<text x="${cx}" y="${ty}" text-anchor="middle" font-size="8">${kilo(s.median)}</text>`)
+  return out
 }
 
 /** @param {number} x */
@@ -711,7 +906,8 @@ function cpuAccount () {
     const [user = NaN, nice = NaN, system = NaN] = cpu.trim().split(/\s+/).slice(1).map(Number)
     const stat = readFileSync('/proc/self/stat', 'utf8')
     // utime, stime, cutime, cstime: fields 14-17, counted after the ') '
-    const [ut = NaN, st = NaN, cut = NaN, cst = NaN] = stat.slice(stat.lastIndexOf(')') + 2).split(' ').slice(11, 15).map(Number)
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ').slice(11, 15).map(Number)
+    const [ut = NaN, st = NaN, cut = NaN, cst = NaN] = fields
     const tck = 100 // USER_HZ: /proc/stat and /proc/<pid>/stat count in the same unit
     return { machine: (user + nice + system) / tck, ours: (ut + st + cut + cst) / tck }
   } catch {
@@ -727,7 +923,8 @@ function distHash () {
   try {
     const dist = path.join(ROOT, 'dist')
     const h = createHash('sha1')
-    for (const f of readdirSync(dist, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.js')).sort()) {
+    const files = readdirSync(dist, { recursive: true, encoding: 'utf8' })
+    for (const f of files.filter((f) => f.endsWith('.js')).sort()) {
       h.update(f).update(readFileSync(path.join(dist, f)))
     }
     return h.digest('hex').slice(0, 12)
@@ -739,17 +936,17 @@ function distHash () {
 /** @param {string} cmd @param {string[]} args */
 function versionOf (cmd, args) {
   try {
-    const [first = ''] = execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')
+    const out = execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    const [first = ''] = out.split('\n')
     return first.trim()
   } catch { return 'unknown' }
 }
 
 // ---- main -----------------------------------------------------------------------------------
 
-async function main () {
-  installCleanup()
-  const started = Date.now()
-  const meta = {
+/** What the run is: its date and mode, the machine, the tools, the build, the parameters. */
+function runMeta () {
+  return {
     date: new Date().toISOString(),
     mode: quick ? 'quick' : 'full',
     nproc: os.availableParallelism(),
@@ -765,68 +962,179 @@ async function main () {
     /** CPU busy fraction (all cores) in the second before the run: something else running? */
     busy_before: NaN,
   }
-  process.stderr.write(`bench: ${meta.mode}, ${P.reps} repetition(s), targets ${targets.join(', ')}, ${meta.nproc} cores, node ${meta.node}\n`)
+}
+
+/**
+ * @typedef {ReturnType<typeof runMeta>} Meta
+ *
+ * @typedef {object} RunFacts   how the run went, measured around it
+ * @property {number} seconds
+ * @property {number} foreign        CPU s other processes took during the run
+ * @property {number} foreignShare   the same as a share of the machine
+ * @property {string} distAfter      distHash() at the end
+ */
+
+/**
+ * Say what runs, and warn when the figures will mean little: the machine busy with something
+ * else, fewer idle connections than planned. Records the busy fraction in meta.busy_before.
+ * @param {Meta} meta
+ */
+async function preflight (meta) {
+  const cores = `${meta.nproc} cores, node ${meta.node}`
+  process.stderr.write(
+    `bench: ${meta.mode}, ${P.reps} repetition(s), targets ${targets.join(', ')}, ${cores}\n`)
   // Figures from a machine that is busy with something else mean little: say so.
   const busyBefore = meta.busy_before = await machineBusy(1000)
-  if (busyBefore > 0.1) process.stderr.write(`bench: WARNING: the machine was ${(busyBefore * 100).toFixed(0)}% busy before the run started: figures will be low and noisy\n`)
-  if (P.idleConns < (quick ? 2000 : 10000)) {
-    process.stderr.write(`bench: idle connections capped at ${P.idleConns}: the open-files hard limit is ${fdHard} (the front needs ~3 per connection)\n`)
+  if (busyBefore > 0.1) {
+    const pct = (busyBefore * 100).toFixed(0)
+    process.stderr.write(`bench: WARNING: the machine was ${pct}% busy before the run started: ` +
+      'figures will be low and noisy\n')
   }
-  const cpu0 = cpuAccount()
+  if (P.idleConns < (quick ? 2000 : 10000)) {
+    process.stderr.write(`bench: idle connections capped at ${P.idleConns}: the open-files ` +
+      `hard limit is ${fdHard} (the front needs ~3 per connection)\n`)
+  }
+}
+
+/**
+ * Every repetition of every target, in turn.
+ * @returns {Promise<RepResult[]>}
+ */
+async function runTargets () {
   /** @type {RepResult[]} */
   const raw = []
   for (let rep = 0; rep < P.reps; rep++) {
     // Rotate the order so no target always runs first (or last) in a repetition.
     const k = rep % targets.length
     const order = [...targets.slice(k), ...targets.slice(0, k)]
-    for (const t of order) {
-      const t0 = Date.now()
-      const r = await withDeadline(runTarget(t, rep + 1), 600000, `${t} repetition ${rep + 1}`).catch((err) => {
-        // Only a phase stuck past its own deadline gets here: clear the table for the next.
-        killAll()
-        /** @type {RepResult} */
-        const failed = { target: t, rep: rep + 1, figures: {}, errors: [String(err instanceof Error ? err.message : err)], events: [], extra: {} }
-        return failed
-      })
-      raw.push(r)
-      process.stderr.write(`  rep ${rep + 1} ${TITLE[t].padEnd(14)} ${((Date.now() - t0) / 1000).toFixed(1)} s${r.errors.length ? ` (${r.errors.length} error(s))` : ''}\n`)
-    }
+    for (const t of order) raw.push(await runBounded(t, rep + 1))
   }
-  const seconds = Math.round((Date.now() - started) / 1000)
-  const cpu1 = cpuAccount()
-  // Every child was reaped by now, so its CPU time is in ours.
-  const foreign = Math.max(0, (cpu1.machine - cpu0.machine) - (cpu1.ours - cpu0.ours))
-  const foreignShare = foreign / (seconds * meta.nproc)
-  const distAfter = distHash()
-  if (distAfter !== meta.dist) process.stderr.write(`bench: WARNING: dist/ was rebuilt during the run (${meta.dist} -> ${distAfter}): the ftproxy figures mix two builds\n`)
-  if (foreignShare > 0.05) process.stderr.write(`bench: WARNING: other processes used ${foreign.toFixed(0)} CPU s (${(foreignShare * 100).toFixed(0)}% of the machine) during the run\n`)
-  const sum = summarizeAll(raw)
-  const md = table(sum)
+  return raw
+}
 
+/**
+ * One repetition of one target, 10 minutes at most: past that it fails whole.
+ * @param {TargetName} t
+ * @param {number} rep    from 1
+ * @returns {Promise<RepResult>}
+ */
+async function runBounded (t, rep) {
+  const t0 = Date.now()
+  const run = withDeadline(runTarget(t, rep), 600000, `${t} repetition ${rep}`)
+  const r = await run.catch((err) => {
+    // Only a phase stuck past its own deadline gets here: clear the table for the next.
+    killAll()
+    /** @type {RepResult} */
+    const failed = {
+      target: t,
+      rep,
+      figures: {},
+      errors: [String(err instanceof Error ? err.message : err)],
+      events: [],
+      extra: {},
+    }
+    return failed
+  })
+  const took = ((Date.now() - t0) / 1000).toFixed(1)
+  const errors = r.errors.length ? ` (${r.errors.length} error(s))` : ''
+  process.stderr.write(`  rep ${rep} ${TITLE[t].padEnd(14)} ${took} s${errors}\n`)
+  return r
+}
+
+/**
+ * Warn when the figures are suspect: a rebuild of dist/ or other processes busy during the run.
+ * @param {Meta} meta
+ * @param {RunFacts} run
+ */
+function postflight (meta, run) {
+  if (run.distAfter !== meta.dist) {
+    process.stderr.write(`bench: WARNING: dist/ was rebuilt during the run (${meta.dist} -> ` +
+      `${run.distAfter}): the ftproxy figures mix two builds\n`)
+  }
+  if (run.foreignShare > 0.05) {
+    const pct = (run.foreignShare * 100).toFixed(0)
+    process.stderr.write(`bench: WARNING: other processes used ${run.foreign.toFixed(0)} CPU s ` +
+      `(${pct}% of the machine) during the run\n`)
+  }
+}
+
+/**
+ * Errors of every repetition, and the warn/error events the front and the agents logged.
+ * @param {RepResult[]} raw
+ */
+function notesOf (raw) {
+  /** @type {Array<[string, (e: Record<string, unknown>) => boolean]>} */
+  const sources = [['front', (e) => e.from !== 'agent'], ['agents', (e) => e.from === 'agent']]
   /** @type {string[]} */
   const notes = []
   for (const r of raw) {
-    for (const e of r.errors) notes.push(`${TITLE[r.target]} rep ${r.rep}: ${e.split('\n')[0]}`)
-    for (const [who, mine] of /** @type {Array<[string, (e: Record<string, unknown>) => boolean]>} */ ([['front', (e) => e.from !== 'agent'], ['agents', (e) => e.from === 'agent']])) {
+    const who = `${TITLE[r.target]} rep ${r.rep}`
+    for (const e of r.errors) notes.push(`${who}: ${e.split('\n')[0]}`)
+    for (const [source, mine] of sources) {
       const evs = [...new Set(r.events.filter(mine).map((e) => String(e.event)))]
-      if (evs.length) notes.push(`${TITLE[r.target]} rep ${r.rep}: ${who} logged ${evs.join(', ')}`)
+      if (evs.length) notes.push(`${who}: ${source} logged ${evs.join(', ')}`)
     }
   }
+  return notes
+}
 
-  const machine = `Machine: nproc ${meta.nproc} (${meta.cpu}), node ${meta.node}, ${meta.haproxy.replace(/ - https.*/, '')}, ${meta.redis.split(' sha=')[0]}; ${meta.date}; ${meta.mode} run, ${P.reps} repetition(s), ${seconds} s` +
-    `; CPU ${(busyBefore * 100).toFixed(0)}% busy before the start; other processes took ${(foreignShare * 100).toFixed(0)}% of the CPU during the run` +
-    `; ftproxy ${meta.git}, dist ${meta.dist}${distAfter !== meta.dist ? ` **rebuilt during the run (now ${distAfter}): figures mix two builds**` : ''}.`
-  const legend = [
-    `Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to direct (×D)` +
-      `${targets.includes('agent') && targets.includes('ack') ? '; ack via agents also to ftproxy ack (×A)' : ''}.`,
-    `redis-benchmark: -c ${P.clients} -n ${P.p1Requests} (P1) / ${P.p16Requests} (P16), -t set,get. ` +
-      `Echo (Node load generator against bench/echo.mjs): ${P.tputConns} connections × ${P.tputBytes >> 20} MiB in ${P.tputChunk >> 10} KiB writes; ` +
-      `latency: ${P.latConns} connections × ${P.latCount} sequential ${P.latSize}-byte round trips (after ${P.latWarmup} unrecorded). ` +
-      `ftproxy: two replicas; haproxy and direct: one server. ack via agents: output_commit ack, each replica through its own \`ftproxy agent\` process (loopback, no TLS); no idle figure. ` +
-      `CPU: the proxy process (the front), user+sys, per load; agents CPU: both agents together. Idle: ${P.idleConns} connections, ftproxy ack and haproxy.`,
+/**
+ * The "Machine:" line: where, when and how the figures were taken.
+ * @param {Meta} meta
+ * @param {RunFacts} run
+ */
+function machineLine (meta, run) {
+  const haproxy = meta.haproxy.replace(/ - https.*/, '')
+  const redis = meta.redis.split(' sha=')[0]
+  const busy = (meta.busy_before * 100).toFixed(0)
+  const foreign = (run.foreignShare * 100).toFixed(0)
+  const rebuilt = run.distAfter !== meta.dist
+    ? ` **rebuilt during the run (now ${run.distAfter}): figures mix two builds**`
+    : ''
+  return `Machine: nproc ${meta.nproc} (${meta.cpu}), node ${meta.node}, ${haproxy}, ${redis}; ` +
+    `${meta.date}; ${meta.mode} run, ${P.reps} repetition(s), ${run.seconds} s` +
+    `; CPU ${busy}% busy before the start; other processes took ${foreign}% of the CPU ` +
+    'during the run' +
+    `; ftproxy ${meta.git}, dist ${meta.dist}${rebuilt}.`
+}
+
+/** What the table's cells are and how they were measured (a paragraph each). */
+function legend () {
+  const alsoAck = targets.includes('agent') && targets.includes('ack')
+    ? '; ack via agents also to ftproxy ack (×A)'
+    : ''
+  const mib = P.tputBytes >> 20
+  const kib = P.tputChunk >> 10
+  return [
+    'Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to ' +
+      `direct (×D)${alsoAck}.`,
+    `redis-benchmark: -c ${P.clients} -n ${P.p1Requests} (P1) / ${P.p16Requests} (P16), ` +
+      '-t set,get. ' +
+      'Echo (Node load generator against bench/echo.mjs): ' +
+      `${P.tputConns} connections × ${mib} MiB in ${kib} KiB writes; ` +
+      `latency: ${P.latConns} connections × ${P.latCount} sequential ${P.latSize}-byte ` +
+      `round trips (after ${P.latWarmup} unrecorded). ` +
+      'ftproxy: two replicas; haproxy and direct: one server. ack via agents: output_commit ' +
+      'ack, each replica through its own `ftproxy agent` process (loopback, no TLS); ' +
+      'no idle figure. ' +
+      'CPU: the proxy process (the front), user+sys, per load; agents CPU: both agents ' +
+      `together. Idle: ${P.idleConns} connections, ftproxy ack and haproxy.`,
   ]
-  const report = [
-    '# ftproxy benchmark', '', machine, '', md, '', ...legend.map((l) => `${l}\n`),
+}
+
+/**
+ * Print the table and the notes, write bench/results/results.{json,md} and chart.svg.
+ * @param {Meta} meta
+ * @param {RunFacts} run
+ * @param {RepResult[]} raw
+ */
+function report (meta, run, raw) {
+  const sum = summarizeAll(raw)
+  const md = table(sum)
+  const notes = notesOf(raw)
+  const machine = machineLine(meta, run)
+  const doc = [
+    '# ftproxy benchmark', '', machine, '', md, '', ...legend().map((l) => `${l}\n`),
     ...(notes.length ? ['Notes:', '', ...notes.map((n) => `* ${n}`), ''] : []),
   ].join('\n')
 
@@ -834,11 +1142,39 @@ async function main () {
   if (notes.length) process.stdout.write(`\nNotes:\n${notes.map((n) => `* ${n}`).join('\n')}\n`)
 
   mkdirSync(RESULTS, { recursive: true })
-  const round = (/** @type {string} */ _k, /** @type {unknown} */ v) => typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : v
-  writeFileSync(path.join(RESULTS, 'results.json'), JSON.stringify({ meta: { ...meta, seconds, foreign_cpu_s: foreign, dist_after: distAfter }, summary: sum, raw, notes }, round, 1) + '\n')
-  writeFileSync(path.join(RESULTS, 'results.md'), report)
+  const round = (/** @type {string} */ _k, /** @type {unknown} */ v) => {
+    return typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : v
+  }
+  const runMetaOut = {
+    ...meta,
+    seconds: run.seconds,
+    foreign_cpu_s: run.foreign,
+    dist_after: run.distAfter,
+  }
+  const json = JSON.stringify({ meta: runMetaOut, summary: sum, raw, notes }, round, 1)
+  writeFileSync(path.join(RESULTS, 'results.json'), json + '\n')
+  writeFileSync(path.join(RESULTS, 'results.md'), doc)
   writeFileSync(path.join(RESULTS, 'chart.svg'), chart(sum))
-  process.stderr.write(`bench: ${seconds} s; wrote bench/results/results.json, results.md, chart.svg\n`)
+  process.stderr.write(
+    `bench: ${run.seconds} s; wrote bench/results/results.json, results.md, chart.svg\n`)
+}
+
+async function main () {
+  installCleanup()
+  const started = Date.now()
+  const meta = runMeta()
+  await preflight(meta)
+  const cpu0 = cpuAccount()
+  const raw = await runTargets()
+  const seconds = Math.round((Date.now() - started) / 1000)
+  const cpu1 = cpuAccount()
+  // Every child was reaped by now, so its CPU time is in ours.
+  const foreign = Math.max(0, (cpu1.machine - cpu0.machine) - (cpu1.ours - cpu0.ours))
+  const foreignShare = foreign / (seconds * meta.nproc)
+  /** @type {RunFacts} */
+  const run = { seconds, foreign, foreignShare, distAfter: distHash() }
+  postflight(meta, run)
+  report(meta, run, raw)
   if (profDir) process.stderr.write(`bench: CPU profiles of the fronts in ${profDir}\n`)
 }
 
