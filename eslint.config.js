@@ -1,6 +1,6 @@
 // Lint and format gate: neostandard (no semicolons, 2-space indent, single quotes, space before
-// function parens) plus the size limits of issue 8. `npm run lint` fails on any problem,
-// warnings included; `npm run lint:fix` applies the fixable ones.
+// function parens) plus size limits (lines, files, functions). `npm run lint` fails on any
+// problem, warnings included; `npm run lint:fix` applies the fixable ones.
 import neostandard, { plugins } from 'neostandard'
 
 // Counted as eslint counts them: blank lines and comments do not count.
