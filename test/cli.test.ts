@@ -9,7 +9,8 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { Client, ROOT, demoServer } from './helpers/cluster.js'
-import { Cli, alive, freePorts, runCli, waitGone } from './helpers/proc.js'
+import { Cli, alive, runCli, waitGone } from './helpers/proc.js'
+import { freePorts } from './helpers/ports.js'
 import { until } from './helpers/until.js'
 
 const PACKAGE = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as

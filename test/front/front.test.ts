@@ -6,6 +6,7 @@ import type { Test } from 'tap'
 import net from 'node:net'
 import { Client, TestFront, demoPair, demoServer, frontYaml } from '../helpers/cluster.js'
 import { until } from '../helpers/until.js'
+import { listenLocal } from '../helpers/ports.js'
 
 t.test('backup loss with on_backup_loss: continue', async (tt) => {
   const { b, f } = await demoPair(tt, 'on_backup_loss: continue')
@@ -168,7 +169,7 @@ async function neverReadsFirst (tt: Test): Promise<number> {
     })
     socket.on('error', () => {})
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await listenLocal(server)
   tt.teardown(() => { server.close(); server.unref() })
   return (server.address() as net.AddressInfo).port
 }

@@ -7,8 +7,9 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import {
-  Client, TestFront, agentInProcess, freePort, frontYaml, haveRedis, redisServer,
+  Client, TestFront, agentInProcess, frontYaml, haveRedis, redisServer,
 } from '../helpers/cluster.js'
+import { freePort } from '../helpers/ports.js'
 import { until } from '../helpers/until.js'
 
 const skip = haveRedis() ? false : 'redis-server not installed'

@@ -16,21 +16,10 @@ import { Front } from '../../lib/front/front.js'
 import { createLogger } from '../../lib/logger.js'
 import { EventLog, type Event, type EventPred } from './events.js'
 import { until, untilValue } from './until.js'
+import { freePort } from './ports.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const BIN = path.join(ROOT, 'bin/ftproxy')
-
-/** A port the kernel just handed out (for servers whose port must be known before they start). */
-export function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 export interface Server {
   name: string

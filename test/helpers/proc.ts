@@ -5,7 +5,6 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import net from 'node:net'
 import type { Test } from 'tap'
 import { BIN, ROOT } from './cluster.js'
 import { EventLog, type Event, type EventPred } from './events.js'
@@ -140,17 +139,4 @@ function killIfDemoServer (pid: number): void {
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
     if (cmdline.includes(BIN) && cmdline.includes('demo-server')) process.kill(pid, 'SIGKILL')
   } catch {}
-}
-
-/** n distinct ports the kernel just handed out (all held at once, so no two are the same). */
-export async function freePorts (n: number): Promise<number[]> {
-  const listening = (): Promise<net.Server> => new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => resolve(s))
-  })
-  const servers = await Promise.all(Array.from({ length: n }, listening))
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port)
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
-  return ports
 }

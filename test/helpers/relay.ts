@@ -4,6 +4,7 @@
 // survive or report.
 
 import net from 'node:net'
+import { listenLocal } from './ports.js'
 import type { Test } from 'tap'
 
 export class Relay {
@@ -22,7 +23,7 @@ export class Relay {
 
   static async start (t: Test, target: number): Promise<Relay> {
     const r = new Relay(target)
-    await new Promise<void>((resolve) => r.server.listen(0, '127.0.0.1', resolve))
+    await listenLocal(r.server)
     r.port = (r.server.address() as net.AddressInfo).port
     t.teardown(() => r.close())
     return r

@@ -9,6 +9,7 @@ import net from 'node:net'
 import { InputLog, type Entry } from '../../lib/front/log.js'
 import { Applier, type ApplierOptions } from '../../lib/replica/applier.js'
 import { until } from '../helpers/until.js'
+import { listenLocal } from '../helpers/ports.js'
 
 // One accepted connection, as the server saw it.
 interface Peer {
@@ -63,7 +64,7 @@ async function server (t: Test, opts: ServerOpts = {}): Promise<TestServer> {
     socket.on('close', () => { p.closed = true })
     opts.onPeer?.(p)
   })
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
+  await listenLocal(srv)
   t.teardown(() => {
     for (const p of peers) p.socket.destroy()
     return new Promise<void>((resolve) => srv.close(() => resolve()))
@@ -157,7 +158,7 @@ function applier (
 // A port nothing listens on: the kernel just handed it out and it was closed again.
 async function deadPort (): Promise<number> {
   const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+  await listenLocal(s)
   const { port } = s.address() as net.AddressInfo
   await new Promise<void>((resolve) => s.close(() => resolve()))
   return port
