@@ -29,8 +29,10 @@ export async function main (argv: string[]): Promise<number> {
   const cli = yargs(argv)
     .scriptName('ftproxy')
     .usage(USAGE)
+  // In the order --help lists them.
   addFrontCommands(cli, outcome)
   addAgentCommand(cli, outcome)
+  addAdminCommands(cli, outcome)
   addDemoServerCommand(cli, outcome)
   cli
     .demandCommand(1, 'name a command (see --help)')
@@ -60,6 +62,10 @@ function addFrontCommands (cli: Argv, outcome: Outcome): void {
       (y) => y
         .positional('file', { type: 'string', demandOption: true, describe: 'YAML config file' }),
       async (args) => { outcome.code = await checkConfig(args.file) })
+}
+
+function addAdminCommands (cli: Argv, outcome: Outcome): void {
+  cli
     .command('status', 'show the running front\'s status (from its admin endpoint)',
       (y) => adminOptions(y)
         .option('json', { type: 'boolean', default: false, describe: 'print the raw JSON' }),
@@ -108,9 +114,11 @@ function addDemoServerCommand (cli: Argv, outcome: Outcome): void {
         type: 'number', describe: 'answer differently after N commands (divergence testing)',
       }),
     async (args) => {
-      outcome.code = await demoServer({
+      const code = await demoServer({
         host: args.host, port: args.port, divergeAfter: args['diverge-after'],
       })
+      // Keep a usage error's code: yargs still runs the handler after fail().
+      if (code !== 0) outcome.code = code
     })
 }
 

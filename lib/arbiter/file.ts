@@ -17,7 +17,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { FtproxyError } from '../errors.js'
-import { writeFileAtomicSync } from '../util/atomic-write.js'
+import { writeFileAtomic } from '../util/atomic-write.js'
 import { listen } from '../util/listen.js'
 import { initialState } from './arbiter.js'
 import type { Arbiter, ArbiterState } from './arbiter.js'
@@ -117,7 +117,7 @@ export class FileArbiter implements Arbiter {
     if (current.epoch !== expectEpoch) return false
     const text = JSON.stringify({ ...record, updated_at: new Date().toISOString() }, null, 2) + '\n'
     try {
-      writeFileAtomicSync(this.file, text)
+      await writeFileAtomic(this.file, text)
     } catch (err) {
       const message = `${this.file}: cannot write: ${(err as Error).message}`
       const cause = (err as NodeJS.ErrnoException).code
