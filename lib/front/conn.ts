@@ -193,7 +193,7 @@ export class Conn {
 
   /** Replica r left service: it holds nothing back any more. */
   dropReplica (r: Replica): void {
-    this.stream.drop(r.index)
+    this.stream.drop(r.index, performance.now())
     this.side(r).open = false
     this.release()
     this.maybeForget()
@@ -351,7 +351,7 @@ export class Conn {
           released: m.expected.toString('hex'),
           replica_bytes: m.actual.toString('hex'),
         })
-        this.stream.drop(r.index)
+        this.stream.drop(r.index, performance.now())
         this.gone = true
         this.socket.destroy()
       } else {

@@ -187,13 +187,18 @@ export class OutputStream {
     }
   }
 
-  /** Replica r is gone (down, stale, diverged): it no longer holds anything back. */
-  drop (r: number): void {
+  /**
+   * Replica r is gone (down, stale, diverged): it no longer holds anything back, and every
+   * comparison that involves it goes with it. Others' debts are counted afresh from `now`:
+   * a debt towards bytes only r produced would otherwise never be paid, and the replica
+   * owing it would be judged stalled.
+   */
+  drop (r: number, now: number): void {
     const side = this.side(r)
     side.live = false
     side.ahead = []
     side.aheadBytes = 0
-    side.oweTarget = -1
+    this.clearDebts(now)
     this.trim()
   }
 
@@ -203,7 +208,7 @@ export class OutputStream {
    * (its next pushes are compared), and everything after comes from it.
    */
   promote (to: number, dep: number, now: number): Mismatch[] {
-    this.drop(this.primary)
+    this.drop(this.primary, now)
     let keep = this.written
     for (const s of this.sides) if (s.live) keep = Math.max(keep, Math.min(s.produced, this.end))
     this.truncate(Math.min(keep, this.end))

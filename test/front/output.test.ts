@@ -279,9 +279,9 @@ t.test('matchedByBackups', async (t) => {
   t.equal(s.matchedByBackups(), 7, 'the lowest backup')
   s.push(2, SAMPLE.subarray(7, 30), 0, 0)
   t.equal(s.matchedByBackups(), 12, 'ahead bytes count only up to end')
-  s.drop(1)
+  s.drop(1, 0)
   t.equal(s.matchedByBackups(), 20, 'a dropped backup no longer counts')
-  s.drop(2)
+  s.drop(2, 0)
   t.equal(s.matchedByBackups(), 20, 'no backup: end')
   const none = new OutputStream([true, false], 0)
   none.push(0, SAMPLE, 0, 0)
@@ -353,13 +353,14 @@ t.test('drop() of a lagging backup frees memory', async (t) => {
   s.commitTo(s.end)
   s.take()
   t.equal(s.held, 9 * SAMPLE.length, 'b lags by nine chunks')
-  s.drop(1)
+  s.drop(1, 0)
   t.equal(s.held, 0, 'dropping it frees them')
   t.equal(s.isLive(1), false)
   t.equal(s.aheadOf(2), 5)
-  s.drop(2)
+  s.drop(2, 0)
   t.equal(s.aheadOf(2), 0, 'a dropped backup\'s ahead bytes are freed')
-  t.same(s.stalled(1e9, 1), [0], 'only the primary may still owe (c was ahead of it)')
+  // c was ahead of the primary; with c gone, nobody owes its bytes any more.
+  t.same(s.stalled(1e9, 1), [], 'no debt towards a dropped backup')
 })
 
 t.test('promote: failover splicing', async (t) => {
@@ -557,7 +558,7 @@ t.test('stall obligations', async (t) => {
     s.suspend(1, false, 20000)
     t.same(s.stalled(20100, 100), [2], 'the clock restarts at resume')
     t.same(s.stalled(20101, 100), [1, 2])
-    s.drop(2)
+    s.drop(2, 0)
     t.same(s.stalled(30000, 100), [1], 'a dropped replica never stalls')
   })
 
@@ -616,7 +617,7 @@ function randomRun (seed: number): Run {
       if (rnd() < 0.02) {
         // A backup goes down (stale, diverged…): it no longer holds anything back.
         const victim = pick([0, 1, 2].filter((r) => s.isLive(r) && r !== s.primary))
-        if (victim !== undefined) s.drop(victim)
+        if (victim !== undefined) s.drop(victim, now)
       }
       const feed = pick(feeds.filter((f) => s.isLive(f.r) && f.pieces.length > 0))
       const piece = feed?.pieces.shift()
@@ -668,4 +669,50 @@ t.test('random chunkings, interleavings and failovers release the stream exactly
   }
   t.equal(failures, 0, `${runs} seeded runs`)
   t.ok(behind > runs / 20, `${behind} runs promoted a backup that was behind the released offset`)
+})
+
+t.test('a dropped backup takes its debts along: nobody owes bytes only it produced', async (t) => {
+  const s = new OutputStream([true, true], 0)
+  s.push(1, Buffer.from('ok!'), 0, 0) // the backup runs one byte ahead
+  s.push(0, Buffer.from('ok'), 1, 10) // the primary matches it, one byte short
+  t.same(s.stalled(110, 50), [0], 'the primary owes the byte the backup produced')
+  s.drop(1, 200) // the backup diverged on another connection
+  t.same(s.stalled(200 + 60_000, 50), [], 'once the backup is gone, nobody owes its bytes')
+  s.push(0, Buffer.from('!'), 2, 300)
+  t.equal(s.end, 3, 'the primary goes on')
+})
+
+// Replicas that produce different amounts (a backup may run ahead with bytes the primary
+// never produces), dropped at random points: after every step, a replica judged stalled
+// owes bytes that the reference or a live replica produced, never bytes of a dropped one.
+t.test('random drops: no live replica is judged stalled for a dropped one', async (t) => {
+  const bad: unknown[] = []
+  for (let seed = 1; seed <= 400 && bad.length === 0; seed++) {
+    const rnd = mulberry32(seed)
+    const int = (n: number): number => Math.floor(rnd() * n)
+    const stream = Buffer.from(Array.from({ length: 1 + int(60) }, () => 0x61 + int(3)))
+    const feeds = [0, 1, 2].map((r) => {
+      const own = r === 0 ? stream : Buffer.concat([stream, Buffer.alloc(int(3), '!')])
+      const mine = own.subarray(0, int(own.length + 1))
+      return { r, pieces: cut(mine, Array.from({ length: int(6) }, () => int(mine.length + 1))) }
+    })
+    const s = new OutputStream([true, true, true], 0)
+    for (let now = 0; ; now += 1 + int(5)) {
+      const live = feeds.filter((f) => s.isLive(f.r))
+      if (rnd() < 0.15 && live.length > 1) {
+        const victim = live[1 + int(live.length - 1)]
+        if (victim) s.drop(victim.r, now)
+      }
+      const feed = live.filter((f) => f.pieces.length > 0)[int(live.length)]
+      const piece = feed?.pieces.shift()
+      if (feed && piece) s.push(feed.r, piece, 0, now)
+      const owedTo = (r: number): number => Math.max(s.end, ...[0, 1, 2]
+        .filter((o) => o !== r && s.isLive(o)).map((o) => s.producedBy(o)))
+      for (const r of s.stalled(now + 1e9, 0)) {
+        if (!(s.producedBy(r) < owedTo(r))) bad.push({ seed, now, r, produced: s.producedBy(r) })
+      }
+      if (live.every((f) => f.pieces.length === 0)) break
+    }
+  }
+  t.same(bad, [], 'only debts towards live producers')
 })
