@@ -204,7 +204,11 @@ export class Front extends EventEmitter<FrontEvents> {
     const log = { ...this.cfg.log, level: next.log.level }
     this.cfg = { ...this.cfg, log, health_check: next.health_check, limits: next.limits }
     this.logger.setLevel(next.log.level)
-    for (const r of this.replicas) r.health.retime(next.health_check)
+    // A check's timer restarts only when its timing changed: a reload that restarted it every
+    // time would, repeated faster than the interval, keep every check from ever running.
+    if (applied.includes('health_check')) {
+      for (const r of this.replicas) r.health.retime(next.health_check)
+    }
     this.logger.info('reload', { file: next.file, applied, restart_needed: restart })
     return { applied, restart }
   }
