@@ -46,6 +46,12 @@ function splitHostPort (s: string): [host: string, port: string] {
   if (!/^[A-Za-z0-9._-]+$/.test(host)) {
     throw new RangeError(`invalid address '${s}': '${host}' is not a host name or IP address`)
   }
+  // getaddrinfo would take '256.1.1.1' as a name and '127.1' or '010.0.0.1' as inet_aton
+  // numbers: digits and dots must be a plain dotted quad.
+  if (/^[0-9.]+$/.test(host) && !isIPv4(host)) {
+    throw new RangeError(`invalid address '${s}': '${host}' is not a valid IPv4 address ` +
+      '(four numbers from 0 to 255, no leading zeros)')
+  }
   return [host, s.slice(colon + 1)]
 }
 
@@ -67,4 +73,44 @@ export function isLoopback (host: string): boolean {
   if (isIPv4(host)) return LOOPBACK.check(host, 'ipv4')
   if (isIPv6(host)) return LOOPBACK.check(host, 'ipv6')
   return false
+}
+
+/**
+ * Would a connect to `target` reach a listener bound at `listen`? Decided without DNS, so the
+ * same answer on every machine: equal ports, and either the same address (IPv6 in any
+ * spelling, IPv4-mapped as IPv4), or 'localhost' against 127.0.0.1 or ::1 (what it resolves
+ * to), or a loopback target against a wildcard listen (0.0.0.0, ::). A connect to 0.0.0.0 or
+ * :: goes to this machine, so such a target counts as loopback. Other names are compared as
+ * written (case aside): 'db.example.com' is not resolved.
+ */
+export function reaches (target: HostPort, listen: HostPort): boolean {
+  if (target.port !== listen.port) return false
+  const to = addressesOf(target.host, true)
+  const at = addressesOf(listen.host, false)
+  if (to.some((a) => at.includes(a))) return true
+  const loopbackTarget = to.some(isLoopback)
+  const wildcard = canonical(listen.host)
+  if (wildcard === '::') return loopbackTarget
+  if (wildcard === '0.0.0.0') return loopbackTarget && to.some((a) => isIPv4(a))
+  return false
+}
+
+// The addresses a host stands for, canonical. As a connect target, a wildcard means loopback.
+function addressesOf (host: string, asTarget: boolean): string[] {
+  const h = canonical(host)
+  if (h === 'localhost') return ['127.0.0.1', '::1']
+  if (asTarget && h === '0.0.0.0') return ['127.0.0.1']
+  if (asTarget && h === '::') return ['::1']
+  return [h]
+}
+
+// One spelling per address: IPv6 compressed and lower case, IPv4-mapped IPv6 as IPv4, names
+// in lower case.
+function canonical (host: string): string {
+  if (!isIPv6(host)) return host.toLowerCase()
+  const h = new URL(`http://[${host}]/`).hostname.slice(1, -1)
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(h)
+  if (mapped == null) return h
+  const n = (parseInt(mapped[1] ?? '0', 16) << 16 | parseInt(mapped[2] ?? '0', 16)) >>> 0
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.')
 }

@@ -23,13 +23,37 @@ export interface AdminOptions {
   /** When set, every request needs `Authorization: Bearer <token>`. */
   token?: string
   log: Logger
+  /** Overrides of ADMIN_LIMITS (tests use short ones). */
+  limits?: Partial<AdminLimits>
 }
+
+/** Durations in milliseconds. */
+interface AdminLimits {
+  /** Connections open at once; one more is closed as soon as it is accepted, and counted. */
+  maxConnections: number
+  /** A connection with no request under way (new, or kept alive after one) is closed. */
+  idleTimeout: number
+  /** A request's headers must have arrived this long after its first byte. */
+  headersTimeout: number
+  /** A whole request, body included, must have arrived this long after its first byte. */
+  requestTimeout: number
+}
+
+// Unauthenticated clients can open connections: each costs the front a descriptor, so they are
+// few and short-lived, like HAProxy's `timeout http-request` and `http-keep-alive`. Scrapers
+// and the CLI send a request at once and are done in milliseconds.
+const ADMIN_LIMITS: Readonly<AdminLimits> = Object.freeze({
+  maxConnections: 64,
+  idleTimeout: 5000,
+  headersTimeout: 5000,
+  requestTimeout: 10000,
+})
+
+/** At most one admin_connections_full line per this long, however many are refused. */
+const FULL_LOG_INTERVAL = 10000
 
 /** Largest accepted request body (POST /failover takes `{"to": "b"}`). */
 const MAX_BODY = 4 * 1024
-
-/** Slow or stuck clients are cut off after this long. */
-const REQUEST_TIMEOUT = 5000
 
 const ROLES: Role[] = ['primary', 'backup', 'stale', 'down']
 
@@ -68,6 +92,9 @@ export class Admin {
 
   private server?: http.Server
   private bound?: HostPort
+  /** Connections closed at accept because maxConnections were open. */
+  private refused = 0
+  private fullLoggedAt = -Infinity
   /** front.status() taken once per scrape, shared by every collector. */
   private scrape?: FrontStatus
 
@@ -101,9 +128,7 @@ export class Admin {
   }
 
   async start (): Promise<HostPort> {
-    const server = http.createServer((req, res) => { void this.onRequest(req, res) })
-    server.headersTimeout = REQUEST_TIMEOUT
-    server.requestTimeout = REQUEST_TIMEOUT
+    const server = this.createServer({ ...ADMIN_LIMITS, ...this.opts.limits })
     this.server = server
     await listen(server, { port: this.opts.listen.port, host: this.opts.listen.host })
     server.on('error', (err) => this.log.error('admin_error', { error: err.message }))
@@ -113,6 +138,37 @@ export class Admin {
     this.front.onCommitWait = (s) => this.commitWait.observe(s)
     this.log.info('admin_listening', { address: formatHostPort(this.bound) })
     return this.bound
+  }
+
+  private createServer (limits: AdminLimits): http.Server {
+    const server = http.createServer({
+      headersTimeout: limits.headersTimeout,
+      requestTimeout: limits.requestTimeout,
+      // Node checks those two only this often (30 s by default): a slow client would get
+      // up to 30 s more.
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(limits.headersTimeout / 4)),
+    }, (req, res) => {
+      // Handling may take a while (a switchover): only the client's silence is timed. Node
+      // sets keepAliveTimeout again once the response is sent.
+      req.socket.setTimeout(0)
+      void this.onRequest(req, res)
+    })
+    server.keepAliveTimeout = limits.idleTimeout
+    server.maxConnections = limits.maxConnections
+    // Before its first byte, a connection has no header timer: without this one, a client
+    // that connects and says nothing holds a descriptor forever. Node closes it on timeout.
+    server.on('connection', (socket: net.Socket) => socket.setTimeout(limits.idleTimeout))
+    server.on('drop', () => this.onDrop(limits.maxConnections))
+    return server
+  }
+
+  // Node has closed the connection already; count it, and say so without flooding the log.
+  private onDrop (max: number): void {
+    this.refused++
+    const now = Date.now()
+    if (now - this.fullLoggedAt < FULL_LOG_INTERVAL) return
+    this.fullLoggedAt = now
+    this.log.warn('admin_connections_full', { max_connections: max, refused: this.refused })
   }
 
   async close (): Promise<void> {
@@ -287,6 +343,13 @@ export class Admin {
     this.total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
     this.total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.',
       'divergences')
+    const refused = (): number => this.refused
+    this.registry.registerMetric(new Counter({
+      name: 'ftproxy_admin_connections_refused_total',
+      help: 'Admin connections closed at once because the admin endpoint had its maximum open.',
+      registers: [],
+      collect () { this.reset(); this.inc(refused()) },
+    }))
   }
 
   /** The status this scrape reads (one front.status() per scrape). */

@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'ERR_FTPROXY_NO_REPLICA'      // no replica can serve
   | 'ERR_FTPROXY_CONNECT_TIMEOUT' // a connect to a replica timed out
   | 'ERR_FTPROXY_FENCED'          // a peer refused an epoch older than it has seen
+  | 'ERR_FTPROXY_EPOCH_JUMP'      // an agent refused an epoch far beyond the newest it has seen
   | 'ERR_FTPROXY_FRAME'           // a log-channel frame could not be decoded or encoded
   | 'ERR_FTPROXY_PROTOCOL'        // a log-channel peer broke the handshake or protocol
   | 'ERR_FTPROXY_HEARTBEAT'       // nothing heard on a log channel within timeouts.heartbeat

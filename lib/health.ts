@@ -1,11 +1,15 @@
 // Health of one server: a TCP connect every `interval`, down after `fall` failures in a row,
 // up after `rise` successes (HAProxy's check semantics). probeNow() is the fast path: an app
 // socket was reset, or an output end needs confirming; a refused connect then is final.
+// A probe the front could not make for want of its own descriptors, buffers, memory or local
+// ports (isLocalResourceError) says nothing about the server: it is neither a success nor a
+// failure, and is reported once per burst ('local_error').
 
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { HostPort } from './address.js'
+import { isLocalResourceError } from './util/fds.js'
 
 export type Health = 'unknown' | 'up' | 'down'
 
@@ -59,13 +63,22 @@ export async function waitReachable (address: HostPort, opts: WaitOptions): Prom
   }
 }
 
-export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }> {
+interface HealthEvents {
+  up: []
+  down: [reason: string]
+  /** A probe failed for want of the front's own resources: the first of a burst (ignored). */
+  local_error: [err: Error]
+}
+
+export class HealthCheck extends EventEmitter<HealthEvents> {
   state: Health = 'unknown'
   private fails = 0
   private oks = 0
+  /** In a burst of probes that failed for want of local resources (reported at its start). */
+  private starved = false
   private timer?: NodeJS.Timeout
   private running = false
-  private batch?: Promise<boolean>
+  private batch?: Promise<boolean | null>
 
   constructor (private opts: HealthOptions) {
     super()
@@ -82,6 +95,11 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
     this.timer = undefined
   }
 
+  /** Timeout of one probe (ms). */
+  get timeout (): number {
+    return this.opts.timeout
+  }
+
   /** New timings (SIGHUP); the address stays. */
   retime (opts: Omit<HealthOptions, 'address'>): void {
     this.opts = { ...opts, address: this.opts.address }
@@ -91,11 +109,14 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
   /**
    * Probe at once; a refused connect marks the server down without waiting for `fall`. Callers in
    * the same turn of the event loop share one probe, which starts after all of them asked.
+   * Resolves true (it answered), false (it did not) or null (the front could not probe: its
+   * own resources ran out; nothing is marked).
    */
-  probeNow (): Promise<boolean> {
+  probeNow (): Promise<boolean | null> {
     this.batch ??= new Promise((resolve) => setImmediate(() => {
       this.batch = undefined
       void probe(this.opts.address, this.opts.timeout).then((err) => {
+        if (this.inconclusive(err)) return resolve(null)
         // Refused or reset: nothing listens, final. A timeout may be a busy server: it counts
         // towards `fall` like any failed check.
         const code = (err as NodeJS.ErrnoException | null)?.code
@@ -116,9 +137,22 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
     this.running = true
     const err = await probe(this.opts.address, this.opts.timeout)
     this.running = false
-    if (this.timer === undefined) return
+    if (this.timer === undefined || this.inconclusive(err)) return
     const reason = err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : ''
     this.mark(err === null, reason, false)
+  }
+
+  // A probe that failed for want of the front's own resources proves nothing either way.
+  private inconclusive (err: Error | null): boolean {
+    if (err === null || !isLocalResourceError(err)) {
+      this.starved = false
+      return false
+    }
+    if (!this.starved) {
+      this.starved = true
+      this.emit('local_error', err)
+    }
+    return true
   }
 
   private mark (ok: boolean, reason: string, now: boolean): void {
@@ -143,6 +177,8 @@ export class HealthCheck extends EventEmitter<{ up: [], down: [reason: string] }
 /** Gap between the two probes that confirm an output end came from a live server. */
 const END_CONFIRM_MS = 25
 
+const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
 /**
  * Whether a server that ended a connection is still alive. A killed server's sockets close a
  * moment before its listener does, so one probe that connects proves little: ask again once
@@ -154,10 +190,19 @@ export async function aliveAfterEnd (
   check: HealthCheck,
   still: () => boolean = () => true
 ): Promise<boolean> {
-  await check.probeNow()
+  await probeConclusively(check, still)
   if (check.state === 'down' || !still()) return false
-  await new Promise((resolve) => setTimeout(resolve, END_CONFIRM_MS))
+  await pause(END_CONFIRM_MS)
   if (!still()) return false
-  await check.probeNow()
+  await probeConclusively(check, still)
   return (check.state as Health) !== 'down'
+}
+
+// A probe the front could not make (out of its own descriptors) is asked again, for at most
+// one probe timeout; still none: the state stands, as after a probe that timed out.
+async function probeConclusively (check: HealthCheck, still: () => boolean): Promise<void> {
+  const deadline = performance.now() + check.timeout
+  while (await check.probeNow() === null && still() && performance.now() < deadline) {
+    await pause(END_CONFIRM_MS)
+  }
 }

@@ -259,8 +259,8 @@ t.test('bad requests get a 4xx with a JSON error', async (tt) => {
   tt.match(raw, /\{"error":"[^"]+"\}/)
 })
 
-t.test('other switchover errors are a 500 with a JSON error', async (tt) => {
-  // A stand-in front: the arbiter is lost mid-switchover (hard to provoke with real processes).
+// A stand-in front: enough for the admin endpoint, with no replicas behind it.
+function stubFront (switchover: () => Promise<unknown>): Front {
   const front = {
     counters: newCounters(),
     status: () => ({
@@ -276,15 +276,20 @@ t.test('other switchover errors are a 500 with a JSON error', async (tt) => {
       output_held_bytes: 0,
       last_failover: null,
     }),
-    switchover: async () => {
-      throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for epoch 2')
-    },
+    switchover,
     on: () => front,
     off: () => front,
   }
+  return front as unknown as Front
+}
+
+t.test('other switchover errors are a 500 with a JSON error', async (tt) => {
+  // The arbiter is lost mid-switchover (hard to provoke with real processes).
+  const front = stubFront(async () => {
+    throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'lost the test-and-set for epoch 2')
+  })
   const { events, stream } = eventLog()
-  const admin = new Admin(front as unknown as Front,
-    { listen: LISTEN, log: createLogger({ level: 'debug', stream }) })
+  const admin = new Admin(front, { listen: LISTEN, log: createLogger({ level: 'debug', stream }) })
   tt.teardown(() => admin.close())
   const { port } = await admin.start()
   const res = await fetch(`http://127.0.0.1:${port}/failover`, { method: 'POST' })
@@ -320,4 +325,151 @@ t.test('commit waits are measured in ack mode', async (tt) => {
   const count = Number(/^ftproxy_commit_wait_seconds_count (\d+)/m.exec(text)?.[1])
   tt.ok(count > 0, `releases observed (${count})`)
   c.close()
+})
+
+// ---------------------------------------------------------------------------------------------
+// Descriptor exhaustion: the admin port is open to anyone who can connect (the token is checked
+// per request), so idle, slow and surplus connections must not pile up.
+
+/** A raw keep-alive HTTP/1.1 connection, to see exactly what the server does with it. */
+class RawConn {
+  readonly socket: net.Socket
+  data = ''
+  closed = false
+  closedAt = 0
+  readonly openedAt = Date.now()
+
+  private constructor (socket: net.Socket) {
+    this.socket = socket
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => { this.data += d })
+    socket.on('error', () => {}) // a reset is a close here
+    socket.on('close', () => { this.closed = true; this.closedAt = Date.now() })
+  }
+
+  static async open (tt: Test, admin: Admin): Promise<RawConn> {
+    const socket = net.connect(admin.address.port, admin.address.host)
+    tt.teardown(() => { socket.destroy() })
+    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject))
+    return new RawConn(socket)
+  }
+
+  /** One GET on this connection (kept alive): the status and body of its response. */
+  async get (path: string): Promise<{ status: number, body: string }> {
+    const from = this.data.length
+    this.socket.write(`GET ${path} HTTP/1.1\r\nhost: admin\r\n\r\n`)
+    let res: { status: number, body: string } | undefined
+    await until(() => (res = parseResponse(this.data.slice(from))) ?? this.closed,
+      `response to GET ${path}`)
+    if (res === undefined) throw new Error(`closed before a response to GET ${path}`)
+    return res
+  }
+}
+
+/** A complete response with a content-length, or undefined while it is incomplete. */
+function parseResponse (text: string): { status: number, body: string } | undefined {
+  const end = text.indexOf('\r\n\r\n')
+  if (end < 0) return undefined
+  const head = text.slice(0, end)
+  const length = Number(/^content-length: *(\d+)/im.exec(head)?.[1] ?? NaN)
+  const body = text.slice(end + 4)
+  if (!(body.length >= length)) return undefined
+  return { status: Number(head.split(' ')[1]), body: body.slice(0, length) }
+}
+
+async function stubAdmin (
+  tt: Test,
+  limits: NonNullable<ConstructorParameters<typeof Admin>[1]['limits']>,
+  switchover = async (): Promise<unknown> => { throw new Error('not in this test') }
+): Promise<{ admin: Admin, events: Event[] }> {
+  const { events, stream } = eventLog()
+  const front = stubFront(switchover)
+  const admin = new Admin(front,
+    { listen: LISTEN, log: createLogger({ level: 'debug', stream }), limits })
+  tt.teardown(() => admin.close())
+  await admin.start()
+  return { admin, events }
+}
+
+t.test('idle admin connections are closed after the idle timeout', async (tt) => {
+  const IDLE = 300
+  const { admin } = await stubAdmin(tt, { idleTimeout: IDLE })
+  // One that never says a word (it had no timer at all), one kept alive after a request.
+  const silent = await RawConn.open(tt, admin)
+  const keptAlive = await RawConn.open(tt, admin)
+  tt.equal((await keptAlive.get('/status')).status, 200)
+  await until(() => silent.closed, 'the silent connection closed by the server', IDLE + 3000)
+  tt.ok(silent.closedAt - silent.openedAt >= IDLE * 0.8,
+    `not before the idle timeout (${silent.closedAt - silent.openedAt} ms)`)
+  tt.equal(silent.data, '', 'closed without a word')
+  // Node adds 1 s to keepAliveTimeout, against races with clients reusing the connection.
+  await until(() => keptAlive.closed, 'the kept-alive connection closed', IDLE + 3000)
+})
+
+t.test('a request that takes longer than the idle timeout is answered', async (tt) => {
+  const IDLE = 300
+  let finish = (): void => {}
+  const switched = new Promise<void>((resolve) => { finish = resolve })
+  const { admin } = await stubAdmin(tt, { idleTimeout: IDLE }, async () => {
+    await switched
+    return { from: 'a', to: 'b' }
+  })
+  // A silent connection opened after the request: once the server has closed it, the request
+  // has been under way for longer than the idle timeout.
+  const request = fetch(`http://${formatHostPort(admin.address)}/failover`, { method: 'POST' })
+  const silent = await RawConn.open(tt, admin)
+  await until(() => silent.closed, 'the silent connection closed', IDLE + 3000)
+  finish()
+  const res = await request
+  tt.equal(res.status, 200)
+  tt.match(await json(res), { switchover: { from: 'a', to: 'b' } })
+})
+
+t.test('a client that sends its headers slowly is cut off at the headers timeout', async (tt) => {
+  const HEADERS = 500
+  const { admin } = await stubAdmin(tt, { headersTimeout: HEADERS, idleTimeout: 10000 })
+  const slow = await RawConn.open(tt, admin)
+  // One byte every 100 ms, for ever: never idle, never done.
+  const text = 'GET /status HTTP/1.1\r\nx-slow: '
+  let sent = 0
+  const drip = setInterval(() => {
+    if (!slow.closed) slow.socket.write(text[sent] ?? 'x')
+    sent++
+  }, 100)
+  tt.teardown(() => clearInterval(drip))
+  await until(() => slow.closed, 'the slow client cut off', HEADERS + 2500)
+  const lasted = slow.closedAt - slow.openedAt
+  tt.ok(lasted >= HEADERS * 0.8, `not before the headers timeout (${lasted} ms)`)
+  tt.ok(sent > 3, `it was sending all along (${sent} bytes)`)
+  tt.match(slow.data, /^(HTTP\/1\.1 408 |$)/, 'a 408, or nothing')
+})
+
+t.test('past max connections, one more is closed at once; open ones still work', async (tt) => {
+  const { admin, events } = await stubAdmin(tt, { maxConnections: 2 })
+  const a = await RawConn.open(tt, admin)
+  const b = await RawConn.open(tt, admin)
+  // A response on each proves the server has accepted both.
+  tt.equal((await a.get('/status')).status, 200)
+  tt.equal((await b.get('/status')).status, 200)
+
+  const extra = await RawConn.open(tt, admin)
+  await until(() => extra.closed, 'the connection over the cap closed', 2000)
+  tt.ok(extra.closedAt - extra.openedAt < 1000, 'closed at once')
+  tt.equal(extra.data, '', 'without a word')
+
+  tt.equal((await a.get('/status')).status, 200, 'an open connection still serves')
+  // What /metrics serves (its chunked body is not worth parsing by hand here).
+  tt.equal(metric(await admin.registry.metrics(), 'ftproxy_admin_connections_refused_total'), 1,
+    'counted')
+  tt.match(events.find((e) => e.event === 'admin_connections_full'),
+    { level: 'warn', max_connections: 2, refused: 1 })
+
+  // Once one closes, a new connection gets in.
+  b.socket.end()
+  await until(async () => {
+    const c = await RawConn.open(tt, admin)
+    const ok = (await c.get('/status').catch(() => undefined))?.status === 200
+    c.socket.destroy()
+    return ok
+  }, 'a new connection served after one closed')
 })

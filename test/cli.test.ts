@@ -179,6 +179,25 @@ t.test('check-config', async (t) => {
         '  - name: b\n    address: 127.0.0.1\n',
       want: [['replicas[1].address', 5]]
     },
+    'a replica that is the front itself, spelt differently': {
+      yaml: 'listen: 127.0.0.1:7740\nreplicas:\n  - name: a\n    address: localhost:7740\n' +
+        '  - name: b\n    address: 127.0.0.1:7102\n',
+      want: [['replicas[0].address', 4]]
+    },
+    'a replica on the admin port': {
+      yaml: `admin: { listen: "[::1]:7901" }\n${replicas}  - name: c\n    agent: localhost:7901\n`,
+      want: [['replicas[2].agent', 8]]
+    },
+    'an IPv4 address out of range': {
+      yaml: 'replicas:\n  - name: a\n    address: 256.1.1.1:7101\n' +
+        '  - name: b\n    address: 127.0.0.1:7102\n',
+      want: [['replicas[0].address', 3]]
+    },
+    'a replica on port 0': {
+      yaml: 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n' +
+        '  - name: b\n    address: 127.0.0.1:0\n',
+      want: [['replicas[1].address', 5]]
+    },
     'several errors at once': {
       yaml: `colour: blue\n${replicas}limits: { max_lag: 8MB }\nlog: { format: xml }\n`,
       want: [['colour', 1], ['limits.max_lag', 7], ['log.format', 8]]
@@ -193,6 +212,29 @@ t.test('check-config', async (t) => {
       for (const [key, line] of want) namesKeyAt(t, r.stderr, file, line, key)
     })
   }
+
+  t.test('exits 1 on tls files that are not PEM, naming each key', async (t) => {
+    const dir = t.testdir({ 'x.pem': 'not a certificate\n' })
+    const file = path.join(dir, 'bad.yaml')
+    const pem = path.join(dir, 'x.pem')
+    writeFileSync(file, `${replicas}  - name: c\n    agent: 127.0.0.1:7200\n` +
+      `    tls:\n      cert: ${pem}\n      key: ${pem}\n      ca: ${pem}\n`)
+    const r = await runCli(t, ['check-config', file])
+    t.equal(r.code, 1)
+    t.equal(r.stdout, '', 'prints no config')
+    for (const [key, line] of [['cert', 9], ['key', 10], ['ca', 11]] as const) {
+      namesKeyAt(t, r.stderr, file, line, `replicas[2].tls.${key}`)
+    }
+  })
+
+  t.test('exits 1 on a config over 1 MiB, without parsing it', async (t) => {
+    const file = path.join(t.testdir({}), 'huge.yaml')
+    writeFileSync(file, replicas + '# padding\n'.repeat(5 * 1024 * 1024 / 10))
+    const r = await runCli(t, ['check-config', file])
+    t.equal(r.code, 1)
+    t.equal(r.stdout, '')
+    t.match(r.stderr, file)
+  })
 
   t.test('exits 1 on a missing file, naming it', async (t) => {
     const file = path.join(t.testdir({}), 'missing.yaml')

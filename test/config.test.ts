@@ -1,9 +1,11 @@
 import t from 'tap'
 import assert from 'node:assert'
 import type { Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { formatHostPort, isLoopback, parseHostPort } from '../lib/address.js'
+import { formatHostPort, isLoopback, parseHostPort, reaches } from '../lib/address.js'
 import {
   AGENT_DEFAULTS,
   agentConfigFromFlags,
@@ -132,7 +134,9 @@ t.test('parseHostPort and formatHostPort', async (t) => {
   t.same(parseHostPort('127.0.0.1:0'), { host: '127.0.0.1', port: 0 })
   t.same(parseHostPort('[::]:80'), { host: '::', port: 80 })
   const bad: unknown[] = ['127.0.0.1', '::1:7000', '[::1]7000', '[::1]', 'host:65536', 'host:-1',
-    ':7000', 'host:', '[not-v6]:1', 'host:1.5', 'a b:1', 'host:123456', '', 7000, null]
+    ':7000', 'host:', '[not-v6]:1', 'host:1.5', 'a b:1', 'host:123456', '', 7000, null,
+    // Digits and dots that are not a dotted quad: getaddrinfo would guess what they mean.
+    '256.1.1.1:7000', '1.2.3.256:1', '127.1:7000', '010.0.0.1:1', '1.2.3.4.5:1', '2130706433:1']
   for (const s of bad) t.throws(() => parseHostPort(s as string), `${String(s)} is refused`)
 
   t.equal(formatHostPort({ host: '::1', port: 7000 }), '[::1]:7000')
@@ -232,6 +236,8 @@ t.test('each kind of bad value names its path and line', async (t) => {
     bad('empty section', 'log', 1, 'log:', ...TWO_REPLICAS),
     bad('admin on the front port', 'admin.listen', 3,
       'listen: 127.0.0.1:7000', 'admin:', '  listen: 127.0.0.1:7000', ...TWO_REPLICAS),
+    bad('admin on the front port, spelt differently', 'admin.listen', 2,
+      'listen: 0.0.0.0:7000', 'admin: { listen: "localhost:7000" }', ...TWO_REPLICAS),
     bad('empty admin token', 'admin.token', 1, 'admin: { token: "" }', ...TWO_REPLICAS),
     bad('unknown nested key', 'health_check.falls', 8,
       ...TWO_REPLICAS, 'health_check:', '  interval: 1s', '  falls: 3'),
@@ -276,6 +282,56 @@ t.test('replica problems', async (t) => {
     hasIssue(t, issuesOf(t, yaml(
       'listen: 127.0.0.1:7101', ...TWO_REPLICAS
     )), 'replicas[0].address', 4)
+  })
+  // [listen, the replica's key and address]: each is the front itself.
+  const itself: Array<[string, string]> = [
+    ['127.0.0.1:7740', 'address: localhost:7740'],
+    ['localhost:7740', 'address: "[::1]:7740"'],
+    ['"[::1]:7740"', 'agent: LOCALHOST:7740'],
+    ['0.0.0.0:7740', 'address: 127.0.0.9:7740'],
+    ['"[::]:7740"', 'agent: "[0:0:0:0:0:0:0:1]:7740"'],
+    ['"[::]:7740"', 'address: 0.0.0.0:7740'],
+    ['127.0.0.1:7740', 'address: "[::ffff:127.0.0.1]:7740"'],
+  ]
+  for (const [listen, replica] of itself) {
+    t.test(`the front itself: ${replica} while listening on ${listen}`, async (t) => {
+      const issues = issuesOf(t, yaml(
+        `listen: ${listen}`, ...TWO_REPLICAS, '  - name: c', `    ${replica}`
+      ))
+      hasIssue(t, issues, `replicas[2].${replica.split(':')[0] ?? ''}`, 8)
+      t.match(issues[0]?.message, /must differ from listen/)
+    })
+  }
+  t.test('replica on the admin port', async (t) => {
+    const issues = issuesOf(t, yaml(
+      'admin: { listen: 127.0.0.1:7901 }', ...TWO_REPLICAS,
+      '  - name: c', '    agent: localhost:7901'
+    ))
+    hasIssue(t, issues, 'replicas[2].agent', 8)
+    t.match(issues[0]?.message, /admin\.listen/)
+    // The default admin.listen counts too.
+    hasIssue(t, issuesOf(t, yaml(...TWO_REPLICAS, '  - name: c', '    address: 127.0.0.1:7900')),
+      'replicas[2].address', 7)
+  })
+  t.test('loopback addresses that are not the front are allowed', async (t) => {
+    const c = parseConfig(yaml('listen: 127.0.0.1:7740', 'admin: { listen: "[::1]:7900" }',
+      'replicas:', '  - { name: a, address: 127.0.0.2:7740 }',
+      '  - { name: b, address: "[::1]:7740" }', '  - { name: c, address: 127.0.0.1:7900 }'),
+    'ok.yaml', CWD)
+    t.equal(c.replicas.length, 3)
+  })
+  t.test('an IPv4 address out of range', async (t) => {
+    hasIssue(t, issuesOf(t, yaml(
+      'replicas:', '  - name: a', '    address: 256.1.1.1:7101', '  - name: b', '    agent: h:1'
+    )), 'replicas[0].address', 3)
+  })
+  t.test('replica port 0', async (t) => {
+    const issues = issuesOf(t, yaml(
+      'listen: 127.0.0.1:0', 'admin: { listen: 127.0.0.1:0 }',
+      'replicas:', '  - name: a', '    address: 127.0.0.1:0', '  - name: b', '    agent: h:0'
+    ))
+    t.same(issues.map((i) => [i.path, i.line]),
+      [['replicas[0].address', 5], ['replicas[1].agent', 7]], 'listen and admin may be port 0')
   })
   t.test('bad name', async (t) => {
     hasIssue(t, issuesOf(t, yaml(
@@ -608,32 +664,43 @@ t.test('agent replicas', async (t) => {
   })
 })
 
+// PEM files in dir: two self-signed EC certificates and keys (front, other: EC is quick to
+// make), and broken ones: not PEM, a certificate whose DER is damaged, an encrypted key.
+function makePems (dir: string): void {
+  const p = (name: string): string => join(dir, name)
+  for (const name of ['front', 'other']) {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec',
+      '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}`,
+      '-keyout', p(`${name}.key`), '-out', p(`${name}.crt`)], { stdio: 'ignore' })
+  }
+  execFileSync('openssl', ['pkey', '-in', p('front.key'), '-aes256', '-passout', 'pass:secret',
+    '-out', p('encrypted.key')], { stdio: 'ignore' })
+  writeFileSync(p('text.crt'), 'not a certificate\n')
+  const lines = readFileSync(p('front.crt'), 'utf8').split('\n')
+  lines[2] = 'A'.repeat(lines[2]?.length ?? 64)
+  writeFileSync(p('damaged.crt'), lines.join('\n'))
+}
+
+const tlsLines = (dir: string, cert: string, key: string, ca: string): string[] =>
+  ['    tls:', `      cert: ${join(dir, cert)}`, `      key: ${join(dir, key)}`,
+    `      ca: ${join(dir, ca)}`]
+
+// A front config whose replica b has tls at lines 6-9 (cert 7, key 8, ca 9).
+const agentReplica = (tls: string[]): string => yaml(
+  'replicas:', '  - name: a', '    address: 127.0.0.1:7101', '  - name: b',
+  '    agent: 10.0.0.2:7200', ...tls)
+
 t.test('loadConfig checks the files tls names', async (t) => {
-  const dir = t.testdir({
-    'front.crt': 'cert',
-    'front.key': 'key',
-    certs: {}
-  })
-  const front = (tls: string) => yaml(
-    'replicas:', //                    1
-    '  - name: a', //                  2
-    '    address: 127.0.0.1:7101', //  3
-    '  - name: b', //                  4
-    '    agent: 10.0.0.2:7200', //     5
-    '    tls:', //                     6
-    tls //                           7-9
-  )
+  const dir = t.testdir({ certs: {} })
+  makePems(dir)
   const good = join(dir, 'good.yaml')
   const bad = join(dir, 'bad.yaml')
-  const { writeFile } = await import('node:fs/promises')
-  const tlsLines = (cert: string, ca: string): string =>
-    `      cert: ${dir}/${cert}\n      key: ${dir}/front.key\n      ca: ${dir}/${ca}`
-  await writeFile(good, front(tlsLines('front.crt', 'front.crt')))
-  await writeFile(bad, front(tlsLines('missing.crt', 'certs')))
+  writeFileSync(good, agentReplica(tlsLines(dir, 'front.crt', 'front.key', 'other.crt')))
+  writeFileSync(bad, agentReplica(tlsLines(dir, 'missing.crt', 'front.key', 'certs')))
 
   const c = await loadConfig(good)
   t.same(c.replicas[1]?.tls,
-    { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'front.crt') })
+    { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'other.crt') })
 
   const err = await loadConfig(bad).catch((e: unknown) => e) as ConfigError
   t.ok(err instanceof ConfigError)
@@ -644,9 +711,63 @@ t.test('loadConfig checks the files tls names', async (t) => {
   t.match(err.message, /bad\.yaml:7: replicas\[1\]\.tls\.cert/)
 
   // parseConfig stays pure: the same text parses without touching the files.
-  const { readFile } = await import('node:fs/promises')
-  t.ok(parseConfig(await readFile(bad, 'utf8'), bad, CWD).replicas[1]?.tls,
+  t.ok(parseConfig(readFileSync(bad, 'utf8'), bad, CWD).replicas[1]?.tls,
     'parseConfig does not check files')
+})
+
+t.test('loadConfig refuses PEM files that TLS could not use', async (t) => {
+  const dir = t.testdir({})
+  makePems(dir)
+  const issuesFor = async (cert: string, key: string, ca: string): Promise<ConfigIssue[]> => {
+    const file = join(dir, `${cert}-${key}-${ca}.yaml`)
+    writeFileSync(file, agentReplica(tlsLines(dir, cert, key, ca)))
+    const err = await loadConfig(file).catch((e: unknown) => e)
+    t.ok(err instanceof ConfigError, `${cert}, ${key}, ${ca}: refused`)
+    t.equal((err as ConfigError).code, 'ERR_FTPROXY_CONFIG')
+    return (err as ConfigError).issues ?? []
+  }
+  const where = (issues: ConfigIssue[]) => issues.map((i) => [i.path, i.line])
+
+  const unparsable = await issuesFor('text.crt', 'encrypted.key', 'damaged.crt')
+  t.same(where(unparsable),
+    [['replicas[1].tls.cert', 7], ['replicas[1].tls.key', 8], ['replicas[1].tls.ca', 9]],
+    'not PEM, an encrypted key, a damaged certificate')
+
+  const mismatch = await issuesFor('front.crt', 'other.key', 'other.crt')
+  t.same(where(mismatch), [['replicas[1].tls.key', 8]], 'a key that is not the certificate\'s')
+  t.match(mismatch[0]?.message, /does not match/)
+
+  t.same(where(await issuesFor('front.key', 'front.crt', 'front.crt')),
+    [['replicas[1].tls.cert', 7], ['replicas[1].tls.key', 8]], 'key and certificate swapped')
+})
+
+t.test('a config file over 1 MiB is refused before it is parsed', async (t) => {
+  const dir = t.testdir({})
+  const MiB = 1024 * 1024
+  const front = yaml(...TWO_REPLICAS)
+  const agent = yaml('server: 127.0.0.1:6379')
+  // Padded with comments up to the cap: still a config.
+  const padTo = (text: string, size: number): string =>
+    text + '#'.repeat(size - Buffer.byteLength(text) - 1) + '\n'
+  const write = (name: string, text: string): string => {
+    writeFileSync(join(dir, name), text)
+    return join(dir, name)
+  }
+  t.equal((await loadConfig(write('max.yaml', padTo(front, MiB)))).replicas.length, 2)
+  t.equal((await loadAgentConfig(write('agent-max.yaml', padTo(agent, MiB)))).server.port, 6379)
+
+  const over = [
+    () => loadConfig(write('over.yaml', padTo(front, MiB + 1))),
+    () => loadAgentConfig(write('agent-over.yaml', padTo(agent, MiB + 1))),
+    // 50 MiB took 2 GiB of memory to parse: now it is not read past the cap.
+    () => loadConfig(write('huge.yaml', front + '# x\n'.repeat(50 * MiB / 4))),
+  ]
+  for (const load of over) {
+    const err = await (load() as Promise<unknown>).catch((e: unknown) => e)
+    t.ok(err instanceof ConfigError)
+    t.equal((err as ConfigError).code, 'ERR_FTPROXY_CONFIG')
+    t.same((err as ConfigError).issues.map((i) => i.path), [''], 'about the file as a whole')
+  }
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -717,6 +838,11 @@ t.test('agent config: problems name their key and line', async (t) => {
     bad('server is listen', 'server', 2,
       ['listen: 127.0.0.1:7201', 'server: 127.0.0.1:7201'],
       /connect to itself/),
+    bad('server is listen, spelt differently', 'server', 2,
+      ['listen: 0.0.0.0:7201', 'server: localhost:7201'],
+      /connect to itself/),
+    bad('server port 0', 'server', 1, ['server: 127.0.0.1:0'], /port 0/),
+    bad('server out of range', 'server', 1, ['server: 127.0.0.256:6379']),
     bad('unknown key', 'state-dir', 2,
       ['server: h:1', 'state-dir: /x'],
       /did you mean 'state_dir'/),
@@ -838,13 +964,12 @@ t.test('config/agent.yaml parses and round-trips', async (t) => {
 
 t.test('loadAgentConfig', async (t) => {
   const dir = t.testdir({
-    'agent.crt': 'cert',
-    'agent.key': 'key',
-    'ca.crt': 'ca',
-    'good.yaml': 'server: h:1\ntls: { cert: agent.crt, key: agent.key, ca: ca.crt }\n',
-    'bad.yaml': 'server: h:1\ntls:\n  cert: agent.crt\n  key: nope.key\n  ca: ca.crt\n',
+    'good.yaml': 'server: h:1\ntls: { cert: front.crt, key: front.key, ca: other.crt }\n',
+    'bad.yaml': 'server: h:1\ntls:\n  cert: front.crt\n  key: nope.key\n  ca: other.crt\n',
+    'mismatch.yaml': 'server: h:1\ntls:\n  cert: front.crt\n  key: other.key\n  ca: text.crt\n',
     'invalid.yaml': 'server: h\n'
   })
+  makePems(dir)
   // Relative tls paths are taken from the working directory, like state_dir.
   const cwd = process.cwd()
   process.chdir(dir)
@@ -852,12 +977,16 @@ t.test('loadAgentConfig', async (t) => {
   const c = await loadAgentConfig('good.yaml')
   t.equal(c.file, join(dir, 'good.yaml'))
   t.same(c.tls,
-    { cert: join(dir, 'agent.crt'), key: join(dir, 'agent.key'), ca: join(dir, 'ca.crt') })
+    { cert: join(dir, 'front.crt'), key: join(dir, 'front.key'), ca: join(dir, 'other.crt') })
 
   const err = await loadAgentConfig('bad.yaml').catch((e: unknown) => e) as ConfigError
   t.ok(err instanceof ConfigError)
   t.same(err.issues.map((i) => [i.path, i.line]), [['tls.key', 4]])
 
+  await t.rejects(loadAgentConfig('mismatch.yaml'), {
+    code: 'ERR_FTPROXY_CONFIG',
+    issues: [{ path: 'tls.key', line: 4 }, { path: 'tls.ca', line: 5 }],
+  }, 'a key that is not the certificate\'s, and a CA that is not PEM')
   await t.rejects(loadAgentConfig('invalid.yaml'),
     { code: 'ERR_FTPROXY_CONFIG', issues: [{ path: 'server', line: 1 }] })
   await t.rejects(loadAgentConfig('missing.yaml'),
@@ -875,4 +1004,21 @@ t.test('isLoopback', async (t) => {
   for (const h of others) {
     t.equal(isLoopback(h), false, `${h} is not loopback`)
   }
+})
+
+t.test('reaches: would a connect land on that listener', async (t) => {
+  const hp = parseHostPort
+  const yes: Array<[string, string]> = [
+    ['localhost:1', '127.0.0.1:1'], ['127.0.0.1:1', 'localhost:1'], ['[::1]:1', 'localhost:1'],
+    ['[0:0:0:0:0:0:0:1]:1', '[::1]:1'], ['[::ffff:127.0.0.1]:1', '127.0.0.1:1'],
+    ['127.0.0.5:1', '0.0.0.0:1'], ['[::1]:1', '[::]:1'], ['127.0.0.1:1', '[::]:1'],
+    ['0.0.0.0:1', '127.0.0.1:1'], ['[::]:1', '[::1]:1'], ['DB.example.com:1', 'db.example.com:1'],
+    ['10.0.0.2:1', '10.0.0.2:1'],
+  ]
+  for (const [to, at] of yes) t.ok(reaches(hp(to), hp(at)), `${to} reaches ${at}`)
+  const no: Array<[string, string]> = [
+    ['localhost:1', 'localhost:2'], ['127.0.0.2:1', '127.0.0.1:1'], ['[::1]:1', '0.0.0.0:1'],
+    ['10.0.0.2:1', '0.0.0.0:1'], ['10.0.0.2:1', '127.0.0.1:1'], ['db:1', '127.0.0.1:1'],
+  ]
+  for (const [to, at] of no) t.notOk(reaches(hp(to), hp(at)), `${to} does not reach ${at}`)
 })

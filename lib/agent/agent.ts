@@ -28,8 +28,14 @@ import { PROTOCOL_VERSION, splitData, type Frame, type HelloFrame } from '../cha
 import { writeFileAtomicSync } from '../util/atomic-write.js'
 import { listen } from '../util/listen.js'
 import { Session, uncredited, type Output } from './session.js'
+import { Admission, HANDSHAKE_MS, Handshakes } from './handshakes.js'
 
-const HANDSHAKE_MS = 5000
+/**
+ * The furthest an epoch may move past the newest one seen, in one step. Honest epochs move by
+ * one per front start, failover or stale-set change; a jump past this is a bug or an attack,
+ * and taking it would fence every honest front for good.
+ */
+export const MAX_EPOCH_JUMP = 2 ** 20
 
 const INSECURE_NOTE = 'no tls: anyone who reaches this address can drive the server; ' +
   'configure tls (mutual) or bind 127.0.0.1'
@@ -46,10 +52,12 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private heartbeatTimer?: NodeJS.Timeout
   private bound?: HostPort
   private readonly epochFile: string
+  private readonly handshakes: Handshakes
 
   constructor (private readonly cfg: AgentConfig, opts: { log?: Logger } = {}) {
     super()
     this.log = opts.log ?? nullLogger()
+    this.handshakes = new Handshakes(this.log)
     this.health = new HealthCheck({ address: cfg.server, ...cfg.health_check })
     this.epochFile = path.join(cfg.state_dir, 'epoch.json')
   }
@@ -97,6 +105,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       else resolve()
     })
     this.channel?.destroy()
+    this.handshakes.destroyAll()
     this.session?.applier.close()
     await closed
     await this.supervisor?.stop()
@@ -124,12 +133,21 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
         ca: fs.readFileSync(t.ca),
         requestCert: true,
         rejectUnauthorized: true,
+        handshakeTimeout: HANDSHAKE_MS,
       })
       : net.createServer()
     this.server = server
-    const onConnection = (socket: net.Socket): void => this.onConnection(socket)
-    server.on(t ? 'secureConnection' : 'connection', onConnection)
-    server.on('tlsClientError', (err) => this.log.warn('tls_refused', { error: err.message }))
+    // Counted from the TCP accept: a TLS handshake that never ends is pending too.
+    server.on('connection', (socket: net.Socket) => {
+      if (this.handshakes.arrive(socket) && !t) this.onConnection(socket)
+    })
+    if (t) server.on('secureConnection', (socket: net.Socket) => this.onConnection(socket))
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+      // With a listener here, Node leaves the socket open, even after a handshake timeout.
+      socket.destroy()
+      const reason = err.code ?? 'tls'
+      this.handshakes.refused(reason, { error: err.message }, 'tls_refused')
+    })
     await listen(server, { host: at.host, port: at.port })
     const a = server.address() as net.AddressInfo
     const bound = this.bound = { host: a.address, port: a.port }
@@ -144,28 +162,43 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   }
 
   private onConnection (socket: net.Socket): void {
-    const ch = new Channel(socket)
-    const timer = setTimeout(() => { if (this.channel !== ch) ch.destroy() }, HANDSHAKE_MS)
+    const a = new Admission()
+    const ch = new Channel(socket, { admit: (len) => this.handshakes.admit(a, len) })
+    const timer = setTimeout(() => {
+      if (a.accepted) return
+      if (!ch.closed) this.handshakes.refused('timeout', { limit_ms: HANDSHAKE_MS })
+      ch.destroy()
+    }, HANDSHAKE_MS)
     timer.unref()
-    ch.on('frame', (f) => this.onFrame(ch, f))
-    ch.on('error', (err) => this.log.debug('channel_error', { error: err.message }))
+    ch.on('frame', (f) => this.onFrame(ch, f, a))
+    ch.on('error', (err) => {
+      if (a.accepted || !(err instanceof FtproxyError)) {
+        const code = (err as NodeJS.ErrnoException).code
+        return this.log.debug('channel_error', { error: err.message, code })
+      }
+      // Garbage, or a frame larger than a handshake may send: closed, nothing changed.
+      this.handshakes.refused('frame', { frame: err.details.reason, error: err.message })
+    })
     ch.on('close', () => {
       clearTimeout(timer)
+      this.handshakes.closed(a)
       if (this.channel !== ch) return
       this.channel = null
       this.log.warn('channel_down', { front: this.session?.frontId })
     })
   }
 
-  private onFrame (ch: Channel, f: Frame): void {
-    if (f.epoch < this.epoch) {
-      this.log.warn('fenced', { epoch: f.epoch, newest: this.epoch })
-      return ch.fail(fenced(this.epoch, `epoch ${f.epoch} is older than ${this.epoch}`))
-    }
-    if (f.epoch > this.epoch && !this.raiseEpoch(f.epoch, ch)) return
-    if (this.channel !== ch) {
-      if (f.type === 'HELLO') return this.hello(ch, f)
+  private onFrame (ch: Channel, f: Frame, a: Admission): void {
+    if (!a.accepted) {
+      // Nothing before a valid HELLO changes anything: not the epoch, a session or the server.
+      if (f.type === 'HELLO') return this.hello(ch, f, a)
+      this.handshakes.refused('not_hello', { type: f.type })
       return ch.fail(protocolError(this.epoch, `expected HELLO, got ${f.type}`))
+    }
+    if (this.channel !== ch) return // replaced or failed: closing
+    if (!this.takeEpoch(ch, f.epoch)) {
+      this.channel = null
+      return
     }
     // The channel is set only by hello(), which sets the session first.
     const s = this.session as Session
@@ -197,11 +230,13 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     }
   }
 
-  private hello (ch: Channel, f: HelloFrame): void {
+  private hello (ch: Channel, f: HelloFrame, a: Admission): void {
     if (f.version !== PROTOCOL_VERSION) {
       const message = `protocol version ${f.version}; this agent speaks ${PROTOCOL_VERSION}`
       return ch.fail(protocolError(this.epoch, message))
     }
+    // A valid HELLO: its epoch is recorded even when the server is down, to fence older fronts.
+    if (!this.takeEpoch(ch, f.epoch)) return
     if (this.serverDown !== null) {
       return ch.fail({
         type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: this.serverDown,
@@ -218,6 +253,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       this.channel.destroy()
     }
     this.channel = ch
+    this.handshakes.accept(a)
     const s = this.takeSession(held, f)
     ch.send({
       type: 'WELCOME',
@@ -338,6 +374,29 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     this.channel = null
     this.session?.applier.close()
     this.session = null
+  }
+
+  // An epoch older than the newest seen is fenced, one too far ahead refused, a newer one
+  // recorded before anything acts on it. False: `ch` has been failed.
+  private takeEpoch (ch: Channel, epoch: number): boolean {
+    if (epoch < this.epoch) {
+      this.log.warn('fenced', { epoch, newest: this.epoch })
+      ch.fail(fenced(this.epoch, `epoch ${epoch} is older than ${this.epoch}`))
+      return false
+    }
+    if (epoch - this.epoch > MAX_EPOCH_JUMP) {
+      const fields = { epoch, newest: this.epoch, max_jump: MAX_EPOCH_JUMP, file: this.epochFile }
+      this.log.error('epoch_jump_refused', fields)
+      ch.fail({
+        type: 'ERROR',
+        epoch: this.epoch,
+        code: 'ERR_FTPROXY_EPOCH_JUMP',
+        message: `epoch ${epoch} is more than ${MAX_EPOCH_JUMP} past the newest seen, ` +
+          `${this.epoch}; if it is right, write it to ${this.epochFile}`,
+      })
+      return false
+    }
+    return epoch === this.epoch || this.raiseEpoch(epoch, ch)
   }
 
   // Fencing is only as good as the record of the newest epoch: one that cannot be written

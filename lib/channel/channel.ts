@@ -4,7 +4,7 @@
 
 import { EventEmitter } from 'node:events'
 import type net from 'node:net'
-import { FrameDecoder, encode, type Frame } from './codec.js'
+import { FrameDecoder, encode, type Frame, type FrameDecoderOptions } from './codec.js'
 
 export interface ChannelEvents {
   frame: [frame: Frame]
@@ -17,7 +17,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private readonly decoder: FrameDecoder
   closed = false
 
-  constructor (readonly socket: net.Socket, opts: { maxFrame?: number } = {}) {
+  constructor (readonly socket: net.Socket, opts: FrameDecoderOptions = {}) {
     super()
     this.decoder = new FrameDecoder(opts)
     socket.setNoDelay(true)
@@ -68,6 +68,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   }
 
   private onData (chunk: Buffer): void {
+    // Failed or destroyed: what still arrives is neither decoded nor held.
+    if (this.closed) return
     let frames: Frame[]
     try {
       frames = this.decoder.push(chunk)

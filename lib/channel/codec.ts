@@ -17,13 +17,14 @@ import {
 } from './frames.js'
 
 export {
-  PROTOCOL_VERSION, MAGIC, DEFAULT_MAX_FRAME, MAX_DATA, MAX_STRING, FrameType,
+  PROTOCOL_VERSION, MAGIC, DEFAULT_MAX_FRAME, MAX_DATA, MAX_STRING, FrameType, helloLen,
 } from './frames.js'
 export type { FrameName, HelloFrame, WelcomeFrame, OutFrame, Frame } from './frames.js'
 
 /** details.reason of an ERR_FTPROXY_FRAME error: stable, unlike the message. */
 type FrameErrorReason =
   | 'length'     // len < 5 or > maxFrame; on encode, the frame would exceed DEFAULT_MAX_FRAME
+  | 'refused'    // the decoder's admit() refused the frame's length
   | 'type'       // unknown frame type
   | 'truncated'  // the body ends before its last field
   | 'trailing'   // bytes after the last field
@@ -333,6 +334,13 @@ export interface FrameDecoderOptions {
    * @default DEFAULT_MAX_FRAME
    */
   maxFrame?: number
+  /**
+   * Asked once a frame's length field is complete, before any of its body is held, with that
+   * length and the number of frames decoded before it. False refuses the frame
+   * (ERR_FTPROXY_FRAME, reason 'refused'). For limits that depend on the conversation, such
+   * as the size of what a peer may send before its handshake is accepted.
+   */
+  admit?: (len: number, index: number) => boolean
 }
 
 /**
@@ -343,11 +351,14 @@ export interface FrameDecoderOptions {
  */
 export class FrameDecoder {
   readonly maxFrame: number
+  private readonly admit: ((len: number, index: number) => boolean) | undefined
   private parts: Buffer[] = []
   private held = 0
   /** 4 + len of the partial frame once its length field is complete; 0 before. */
   private need = 0
   private error: unknown = null
+  /** Frames decoded so far. */
+  private decoded = 0
 
   constructor (opts: FrameDecoderOptions = {}) {
     const maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME
@@ -356,6 +367,7 @@ export class FrameDecoder {
       throw new RangeError(`maxFrame must be an integer in ${range}, got ${maxFrame}`)
     }
     this.maxFrame = maxFrame
+    this.admit = opts.admit
   }
 
   /** Bytes of the partial frame held. */
@@ -391,13 +403,20 @@ export class FrameDecoder {
       this.parts = []
       this.held = this.need = 0
       frames.push(decodeFrame(buf, 4, buf.length))
+      this.decoded++
     }
     // Whole frames inside the chunk: decoded in place.
     while (chunk.length - pos >= 4) {
-      const end = pos + 4 + this.checkLen(chunk.readUInt32BE(pos))
-      if (end > chunk.length) break
-      frames.push(decodeFrame(chunk, pos + 4, end))
-      pos = end
+      const need = 4 + this.checkLen(chunk.readUInt32BE(pos))
+      if (pos + need > chunk.length) {
+        // A partial frame, its length checked (once: admit() may count what it admits).
+        this.need = need
+        this.add(chunk.subarray(pos))
+        return frames
+      }
+      frames.push(decodeFrame(chunk, pos + 4, pos + need))
+      this.decoded++
+      pos += need
     }
     if (pos < chunk.length) this.fill(chunk.subarray(pos))
     return frames
@@ -432,6 +451,9 @@ export class FrameDecoder {
   private checkLen (len: number): number {
     if (len < HEAD - 4 || len > this.maxFrame) {
       throw frameError('length', `frame length ${len} outside ${HEAD - 4}..${this.maxFrame}`)
+    }
+    if (this.admit && !this.admit(len, this.decoded)) {
+      throw frameError('refused', `frame length ${len} refused at frame ${this.decoded}`)
     }
     return len
   }

@@ -37,6 +37,14 @@ export const MAX_DATA = 1024 * 1024
 /** Largest UTF-8 length of a string field. */
 export const MAX_STRING = 1024
 
+/**
+ * `len` of the largest HELLO whose resume list names `n` connections (frontId at MAX_STRING):
+ * type, epoch, magic, version, frontId, window, n, then 12 bytes per connection.
+ */
+export function helloLen (n: number): number {
+  return 1 + 4 + 4 + 2 + (2 + MAX_STRING) + 4 + 4 + 12 * n
+}
+
 export const FrameType = {
   HELLO: 1,
   WELCOME: 2,

@@ -32,6 +32,12 @@ export const AGENT_DEFAULTS: Readonly<AgentDefaults> = deepFreeze({
 /** Below this, max_lag would stall every connection on a single socket read. */
 export const MIN_MAX_LAG = 64 * 1024
 
+/** A config file is a few KiB; parsing tens of MiB of YAML would take GiBs of memory. */
+export const MAX_CONFIG_BYTES = 1024 * 1024
+
+/** A certificate, key or CA bundle (the system's whole bundle is about 200 KiB). */
+export const MAX_PEM_BYTES = 1024 * 1024
+
 /** setTimeout overflows above 2^31-1 ms and fires at once: durations stay under it. */
 export const MAX_DURATION = 596 * 3600 * 1000
 

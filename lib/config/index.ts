@@ -12,10 +12,12 @@
 //   units.ts     durations and sizes ⇄ ms and bytes
 //   schema.ts    the zod schemas of both dialects
 //   issues.ts    zod issues → key paths and YAML lines
-//   load.ts      parse and load (files, YAML, flags)
+//   load.ts      parse and load (YAML, flags)
+//   files.ts     the config file read with a cap; tls PEM files parsed and matched
 //   render.ts    back to YAML
 //
-// Addresses (HostPort, parseHostPort, formatHostPort, isLoopback) are in ../address.ts.
+// Addresses (HostPort, parseHostPort, formatHostPort, isLoopback, reaches) are in
+// ../address.ts.
 
 export type { AgentConfig, Config, ReplicaConfig, TlsConfig } from './types.js'
 export { AGENT_DEFAULTS, DEFAULTS } from './defaults.js'

@@ -1,18 +1,17 @@
 // Parsing and loading: YAML text of one dialect → validated data → Config / AgentConfig, and
-// the files a config names (tls) checked to be readable. Also the agent's config from flags.
+// the files a config names (tls) checked to parse (files.ts). Also the agent's config from
+// flags.
 //
 //   text ──yaml.parseDocument──▶ Document (+LineCounter) ──toJS──▶ plain data ──zod──▶ Config
 //                                     ▲                                           │
 //                                     └──── issue paths mapped back to lines ◀────┘
 
-import { constants as fsConstants } from 'node:fs'
-import { access, readFile, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml'
 import type { z } from 'zod'
 import { ConfigError } from '../errors.js'
-import type { ConfigIssue } from '../errors.js'
 import { describe } from '../util/describe.js'
+import { checkTlsFiles, readConfigText } from './files.js'
 import {
   formatPath, issuesOf, lineOfNode, lineOfPath, type KnownKeys, type Path,
 } from './issues.js'
@@ -95,49 +94,8 @@ function parseYaml<S extends z.ZodType> (
   return { data: result.data, lineOf }
 }
 
-async function readConfigText (path: string): Promise<{ file: string, text: string }> {
-  const file = resolve(path)
-  try {
-    return { file, text: await readFile(file, 'utf8') }
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '', message: `cannot read: ${(err as Error).message}` }])
-  }
-}
-
 function resolveTls (cwd: string, t: TlsConfig): TlsConfig {
   return { cert: resolve(cwd, t.cert), key: resolve(cwd, t.key), ca: resolve(cwd, t.ca) }
-}
-
-interface NamedFile { path: Path, file: string }
-
-/** The files a tls section names, with their key paths. */
-function tlsFiles (at: Path, t: TlsConfig): NamedFile[] {
-  return (['cert', 'key', 'ca'] as const).map((key) => ({ path: [...at, key], file: t[key] }))
-}
-
-/**
- * Every named file must be a readable regular file; throws one ConfigError listing those that
- * are not.
- */
-async function checkFiles (
-  file: string,
-  lineOf: (path: Path) => number | undefined,
-  files: NamedFile[]
-): Promise<void> {
-  const problems = await Promise.all(files.map(async (f): Promise<ConfigIssue | undefined> => {
-    const at = { path: formatPath(f.path), line: lineOf(f.path) }
-    try {
-      if (!(await stat(f.file)).isFile()) {
-        return { ...at, message: `cannot read: '${f.file}' is not a file` }
-      }
-      await access(f.file, fsConstants.R_OK)
-      return undefined
-    } catch (err) {
-      return { ...at, message: `cannot read: ${(err as Error).message}` }
-    }
-  }))
-  const issues = problems.filter((i) => i !== undefined)
-  if (issues.length > 0) throw new ConfigError(file, issues)
 }
 
 /**
@@ -160,16 +118,16 @@ function frontConfig (c: z.output<typeof root>, file: string, cwd: string): Conf
 }
 
 /**
- * Reads and parses a config file; `file` in the result is its absolute path. Also checks that
- * the files named by each replica's tls exist and are readable (issues at
- * replicas[i].tls.cert …).
+ * Reads (at most 1 MiB) and parses a config file; `file` in the result is its absolute path.
+ * Also checks the PEM files named by each replica's tls: readable, parsable, the key matching
+ * the certificate (issues at replicas[i].tls.cert …).
  */
 export async function loadConfig (path: string): Promise<Config> {
   const { file, text } = await readConfigText(path)
   const { data, lineOf } = parseYaml(FRONT, text, file)
   const c = frontConfig(data, file, process.cwd())
-  await checkFiles(file, lineOf, c.replicas.flatMap((r, i) =>
-    r.tls !== undefined ? tlsFiles(['replicas', i, 'tls'], r.tls) : []))
+  await checkTlsFiles(file, lineOf, c.replicas.flatMap((r, i) =>
+    r.tls !== undefined ? [{ at: ['replicas', i, 'tls'], tls: r.tls }] : []))
   return c
 }
 
@@ -197,12 +155,15 @@ function agentConfig (c: z.output<typeof agentRoot>, file: string, cwd: string):
   return out
 }
 
-/** Reads and parses an agent config file, and checks the files its tls names. */
+/**
+ * Reads (at most 1 MiB) and parses an agent config file, and checks the PEM files its tls
+ * names, as loadConfig does.
+ */
 export async function loadAgentConfig (path: string): Promise<AgentConfig> {
   const { file, text } = await readConfigText(path)
   const { data, lineOf } = parseYaml(AGENT, text, file)
   const c = agentConfig(data, file, process.cwd())
-  if (c.tls !== undefined) await checkFiles(file, lineOf, tlsFiles(['tls'], c.tls))
+  if (c.tls !== undefined) await checkTlsFiles(file, lineOf, [{ at: ['tls'], tls: c.tls }])
   return c
 }
 

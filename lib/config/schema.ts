@@ -3,7 +3,7 @@
 // Converters report through zod so that every problem gets a path, hence a line.
 
 import { z } from 'zod'
-import { formatHostPort, parseHostPort, type HostPort } from '../address.js'
+import { formatHostPort, parseHostPort, reaches, type HostPort } from '../address.js'
 import { describe } from '../util/describe.js'
 import { AGENT_DEFAULTS, DEFAULTS, MAX_DURATION, MIN_MAX_LAG } from './defaults.js'
 import { unknownKeyMessage, type KnownKeys } from './issues.js'
@@ -36,6 +36,11 @@ function converter<T> (
 const always = { when: () => true }
 
 const hostPort = converter(parseHostPort, 'host:port, e.g. 127.0.0.1:7000')
+
+// Where a connect goes: port 0 is only for listening (the kernel picks one).
+const notPortZero = (hp: HostPort): boolean => hp.port !== 0
+const PORT_ZERO = 'port 0 cannot be connected to: give the port the server listens on'
+const target = hostPort.refine(notPortZero, { error: PORT_ZERO })
 
 // Zero is valid for parseDuration but never for a timer in this config.
 const duration = converter(parseDuration, "a duration like '500ms' or '2s'", true)
@@ -127,8 +132,8 @@ const NAME_RE = /^[A-Za-z0-9_.-]+$/
 
 const replicaShape = {
   name: z.string().regex(NAME_RE, { error: "must be letters, digits, '_', '.' or '-'" }),
-  address: hostPort.optional(),
-  agent: hostPort.optional(),
+  address: target.optional(),
+  agent: target.optional(),
   tls: tls.optional(),
   command: command.optional(),
 }
@@ -261,22 +266,32 @@ interface RootInput {
   replicas?: unknown
 }
 
-// Same port twice can only fail at bind time, or worse, loop the proxy into itself.
+// Same port twice can only fail at bind time, or worse, loop the proxy into itself. `reaches`
+// says whether a connect would land on a listener, spellings aside (localhost, [::1], 0.0.0.0).
 function checkNotListen (c: RootInput | undefined, ctx: z.RefinementCtx): void {
-  if (!isHostPort(c?.listen) || c.listen.port === 0) return
-  const listen = formatHostPort(c.listen)
-  if (isHostPort(c.admin?.listen) && formatHostPort(c.admin.listen) === listen) {
-    const message = `must differ from listen (${listen})`
+  const listen = isHostPort(c?.listen) && c.listen.port !== 0 ? c.listen : undefined
+  const admin = isHostPort(c?.admin?.listen) && c.admin.listen.port !== 0
+    ? c.admin.listen
+    : undefined
+  if (listen && admin && (reaches(admin, listen) || reaches(listen, admin))) {
+    const message = `must differ from listen (${formatHostPort(listen)})`
     ctx.addIssue({ code: 'custom', path: ['admin', 'listen'], message })
   }
-  if (!Array.isArray(c.replicas)) return
+  if (!Array.isArray(c?.replicas)) return
   c.replicas.forEach((r: ReplicaInput, i) => {
     for (const key of ['address', 'agent'] as const) {
       const hp = r?.[key]
-      if (isHostPort(hp) && formatHostPort(hp) === listen) {
-        const message = `must differ from listen (${listen}): the proxy would connect to itself`
-        ctx.addIssue({ code: 'custom', path: ['replicas', i, key], message })
+      if (!isHostPort(hp)) continue
+      let message: string | undefined
+      if (listen && reaches(hp, listen)) {
+        message = `must differ from listen (${formatHostPort(listen)}): ` +
+          'the proxy would connect to itself'
+      } else if (admin && reaches(hp, admin)) {
+        message = `must differ from admin.listen (${formatHostPort(admin)}): ` +
+          'the proxy would connect to its own admin endpoint'
       }
+      if (message === undefined) continue
+      ctx.addIssue({ code: 'custom', path: ['replicas', i, key], message })
     }
   })
 }
@@ -306,6 +321,7 @@ const agentTimeoutsShape = {
 
 const server = converter(parseHostPort, 'host:port, e.g. 127.0.0.1:6379', false,
   "required: the local server's host:port, e.g. 127.0.0.1:6379")
+  .refine(notPortZero, { error: PORT_ZERO })
 
 const agentRootShape = {
   listen: hostPort.default(() => ({ ...ad.listen })),
@@ -320,7 +336,7 @@ const agentRootShape = {
 
 export const agentRoot = z.strictObject(agentRootShape).superRefine((c, ctx) => {
   if (isHostPort(c?.listen) && c.listen.port !== 0 && isHostPort(c.server) &&
-    formatHostPort(c.server) === formatHostPort(c.listen)) {
+    reaches(c.server, c.listen)) {
     const message = `must differ from listen (${formatHostPort(c.listen)}): ` +
       'the agent would connect to itself'
     ctx.addIssue({ code: 'custom', path: ['server'], message })

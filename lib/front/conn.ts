@@ -109,6 +109,16 @@ export class Conn {
     }
   }
 
+  /**
+   * The client half-closed, or reset: a reset seen after unread input shows as an end too.
+   * An empty write tells them apart: it fails only on a reset socket ('close' follows), so
+   * a client that is gone is not mistaken for one that still waits for its replies.
+   */
+  onEnd (): void {
+    this.append('EOF')
+    if (!this.ended && !this.gone) this.socket.write(NONE)
+  }
+
   onDrain (): void {
     this.blocked = false
     this.advance()
@@ -187,6 +197,18 @@ export class Conn {
     this.side(r).eofOk = true
     this.checkEnds()
     this.advance()
+  }
+
+  /**
+   * r could not open this connection because the front itself ran out (descriptors, buffers,
+   * memory, local ports): r takes no part in it any more, and the client is closed, so that
+   * every replica sees the same end (the socket's 'close' logs CLOSE).
+   */
+  connFailed (r: Replica, err: Error): void {
+    const code = (err as NodeJS.ErrnoException).code ?? err.message
+    r.log.warn('conn_failed', { conn: this.id, code })
+    this.dropReplica(r)
+    if (!this.gone) this.socket.destroy()
   }
 
   // ---- role changes -----------------------------------------------------------------------
@@ -270,6 +292,15 @@ export class Conn {
     if (!this.inputPaused || this.inflight() > this.env.config.limits.max_lag / 2) return
     this.inputPaused = false
     if (!this.env.holding) this.socket.resume()
+  }
+
+  /**
+   * A paused socket is not read, so its reset is not seen. An empty write sends nothing but
+   * fails on a reset socket ('close' follows): the connection ends now, not when the
+   * backpressure does, and nothing more is read from it.
+   */
+  probeWhilePaused (): void {
+    if (this.inputPaused && !this.gone && !this.ended) this.socket.write(NONE)
   }
 
   private commit (): void {

@@ -64,6 +64,11 @@ export class ConnTable {
     this.conns.get(conn)?.onClosed(r)
   }
 
+  /** r could not open `conn`: the front is out of its own resources (not r's fault). */
+  onConnFailed (r: Replica, conn: number, err: Error): void {
+    this.conns.get(conn)?.connFailed(r, err)
+  }
+
   // ---- all connections --------------------------------------------------------------------
 
   /** Replica r left service. */
@@ -106,6 +111,11 @@ export class ConnTable {
   undrained (): boolean {
     for (const c of this.conns.values()) if (c.undrained) return true
     return false
+  }
+
+  /** Read each client paused by backpressure once, so that a reset of it is noticed. */
+  probePaused (): void {
+    for (const c of this.conns.values()) c.probeWhilePaused()
   }
 
   destroyAll (): void {

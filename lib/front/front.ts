@@ -19,9 +19,11 @@ import os from 'node:os'
 import { formatHostPort, type HostPort } from '../address.js'
 import { createArbiter, type Arbiter } from '../arbiter/index.js'
 import type { Config } from '../config/index.js'
+import { FtproxyError } from '../errors.js'
 import { waitReachable } from '../health.js'
 import type { Logger } from '../logger.js'
 import { nullLogger } from '../logger.js'
+import { fdBudget, fdLimit } from '../util/fds.js'
 import { listen } from '../util/listen.js'
 import type { FrontCounters } from './conn.js'
 import type { ConnTable } from './conns.js'
@@ -34,6 +36,16 @@ import type { FailoverInfo, FrontEvents, Roles } from './roles.js'
 export type { FrontCounters } from './conn.js'
 export type { Role } from './replica.js'
 export type { FailoverInfo, FrontEvents } from './roles.js'
+
+/**
+ * How often a client whose input is paused (backpressure) is read once anyway: a paused
+ * socket is not read, so its reset would go unnoticed, and the connection with everything
+ * it holds would live as long as the backpressure lasts.
+ */
+const PAUSED_PROBE_MS = 1000
+
+/** Descriptors kept for what is not a client: listeners, admin, checks, supervisors, logs. */
+const FD_RESERVE = 64
 
 export interface ReplicaStatus {
   name: string
@@ -86,6 +98,9 @@ export class Front extends EventEmitter<FrontEvents> {
   private server?: net.Server
   private bound?: HostPort
   private stallTimer?: NodeJS.Timeout
+  private pausedProbeTimer?: NodeJS.Timeout
+  /** max_connections, or less when the open-files limit cannot hold that many clients. */
+  private maxConnections = 0
   /** Clients that connected while a switchover holds input: read once it is over. */
   private parked: net.Socket[] = []
 
@@ -141,6 +156,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private async begin (state: Awaited<ReturnType<Arbiter['open']>>): Promise<void> {
     const roles = this.roles
     roles.load(state)
+    this.maxConnections = this.connectionLimit()
     for (const r of this.replicas) r.supervise(this.cfg, this.logger, (why) => roles.onExit(r, why))
     await this.awaitReplicas()
     await roles.takeEpoch()
@@ -148,11 +164,17 @@ export class Front extends EventEmitter<FrontEvents> {
       if (r.serving) roles.attach(r)
       r.health.on('up', () => roles.onHealthUp(r))
       r.health.on('down', (reason) => roles.fail(r, reason))
+      r.health.on('local_error', (err) => {
+        const code = (err as NodeJS.ErrnoException).code ?? err.message
+        r.log.warn('health_check_skipped', { code })
+      })
       if (!r.viaAgent) r.health.start()
     }
     const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
     this.stallTimer = setInterval(() => roles.checkStalls(), stallEvery)
     this.stallTimer.unref()
+    this.pausedProbeTimer = setInterval(() => this.conns.probePaused(), PAUSED_PROBE_MS)
+    this.pausedProbeTimer.unref()
 
     await this.listen()
     this.lifecycle.set('serving', 'listening') // unless close() came first: closing is final
@@ -204,6 +226,7 @@ export class Front extends EventEmitter<FrontEvents> {
     const log = { ...this.cfg.log, level: next.log.level }
     this.cfg = { ...this.cfg, log, health_check: next.health_check, limits: next.limits }
     this.logger.setLevel(next.log.level)
+    if (applied.includes('limits')) this.maxConnections = this.connectionLimit()
     // A check's timer restarts only when its timing changed: a reload that restarted it every
     // time would, repeated faster than the interval, keep every check from ever running.
     if (applied.includes('health_check')) {
@@ -261,6 +284,26 @@ export class Front extends EventEmitter<FrontEvents> {
     }))
   }
 
+  // Each client costs about 1 + replicas descriptors (its socket and one per replica): a
+  // max_connections the open-files limit cannot hold is lowered, loudly, so that the front
+  // rejects clients at the limit instead of failing connects to healthy replicas.
+  private connectionLimit (): number {
+    const configured = this.cfg.limits.max_connections
+    const nofile = fdLimit()
+    if (nofile === null || !Number.isFinite(nofile)) return configured
+    const n = this.replicas.length
+    const fits = fdBudget(nofile, n, FD_RESERVE + 4 * n)
+    if (fits === 0) {
+      throw new FtproxyError('ERR_FTPROXY_CONFIG', 'limits.max_connections: the open-files ' +
+        `limit (${nofile}) leaves no room for a single client; raise it (LimitNOFILE=, ulimit -n)`)
+    }
+    if (configured <= fits) return configured
+    this.logger.warn('max_connections_lowered', {
+      configured, effective: fits, nofile, per_client: 1 + n, reserve: FD_RESERVE + 4 * n,
+    })
+    return fits
+  }
+
   private async stopReplicas (): Promise<void> {
     await Promise.all(this.replicas.map((r) => r.supervisor?.stop()))
   }
@@ -274,6 +317,7 @@ export class Front extends EventEmitter<FrontEvents> {
 
   private teardown (): void {
     clearInterval(this.stallTimer)
+    clearInterval(this.pausedProbeTimer)
     for (const r of this.replicas) {
       r.health.stop()
       r.detach()
@@ -309,7 +353,7 @@ export class Front extends EventEmitter<FrontEvents> {
       this.parked.push(socket)
       return
     }
-    const max = this.cfg.limits.max_connections
+    const max = this.maxConnections
     const remote = `${socket.remoteAddress}:${socket.remotePort}`
     if (this.conns.size >= max) {
       this.counters.connections_rejected++
@@ -321,7 +365,7 @@ export class Front extends EventEmitter<FrontEvents> {
     const c = this.conns.open(socket)
     this.logger.debug('connection_open', { conn: c.id, remote })
     socket.on('data', (data: Buffer) => c.onData(data))
-    socket.on('end', () => c.append('EOF'))
+    socket.on('end', () => c.onEnd())
     socket.on('drain', () => c.onDrain())
     socket.on('error', (err) => {
       this.logger.debug('client_error', { conn: c.id, error: err.message })

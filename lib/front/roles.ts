@@ -163,6 +163,7 @@ export class Roles {
     t.on('output', (conn, data) => conns.onOutput(r, conn, data))
     t.on('output_end', (conn, err) => conns.onOutputEnd(r, conn, err))
     t.on('closed', (conn) => conns.onClosed(r, conn))
+    t.on('conn_failed', (conn, err) => conns.onConnFailed(r, conn, err))
     t.on('failed', (err) => {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'ERR_FTPROXY_FENCED') {

@@ -17,7 +17,7 @@ import tls from 'node:tls'
 import { performance } from 'node:perf_hooks'
 import type { HostPort } from '../address.js'
 import type { TlsConfig } from '../config/index.js'
-import { FtproxyError } from '../errors.js'
+import { FtproxyError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { Entry } from '../front/log.js'
 import { Channel } from '../channel/channel.js'
@@ -25,6 +25,11 @@ import {
   PROTOCOL_VERSION, type Frame, type OutFrame, type WelcomeFrame,
 } from '../channel/codec.js'
 import type { Transport, TransportEvents } from './transport.js'
+
+// Error codes an agent sends that the front keeps as they are (any other: a protocol error).
+const AGENT_CODES: readonly ErrorCode[] = [
+  'ERR_FTPROXY_FENCED', 'ERR_FTPROXY_SERVER_DOWN', 'ERR_FTPROXY_EPOCH_JUMP',
+]
 
 export interface AgentTransportOptions {
   address: HostPort
@@ -176,9 +181,7 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       case 'OUT_CLOSE': return this.onOutClose(ch, f.conn)
       case 'HEARTBEAT': return
       case 'ERROR': {
-        const code = f.code === 'ERR_FTPROXY_FENCED' || f.code === 'ERR_FTPROXY_SERVER_DOWN'
-          ? f.code
-          : 'ERR_FTPROXY_PROTOCOL'
+        const code = AGENT_CODES.find((c) => c === f.code) ?? 'ERR_FTPROXY_PROTOCOL'
         this.opts.log.warn('agent_error', { code: f.code, error: f.message })
         this.fail(new FtproxyError(code, `${f.code}: ${f.message}`, { agent_code: f.code }))
         return

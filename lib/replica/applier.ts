@@ -5,6 +5,8 @@
 //   apply(EOF c)   ──▶ socket.end (half-close, after every earlier byte)
 //   apply(CLOSE c) ──▶ socket.end, then destroy once the server closed or `linger` passed
 //   socket data    ──▶ 'output' (conn, bytes)      socket end/error ──▶ 'output_end'
+//   connect fails  ──▶ 'failed' (the replica), or 'conn_failed' (conn) when the front itself
+//                      is out of descriptors, buffers, memory or local ports
 //
 // This is the one implementation of "drive a server with the log": the front uses it for a
 // direct replica. It never decides roles; it reports and the front decides.
@@ -14,6 +16,7 @@ import net from 'node:net'
 import type { Entry } from '../front/log.js'
 import type { HostPort } from '../address.js'
 import { FtproxyError } from '../errors.js'
+import { isLocalResourceError } from '../util/fds.js'
 import { Queue } from '../util/queue.js'
 import type { Transport, TransportEvents } from './transport.js'
 
@@ -131,6 +134,9 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     const onConnectError = (err: Error): void => {
       clearTimeout(c.connectTimer)
       if (this.stopped) return
+      if (isLocalResourceError(err) && this.listenerCount('conn_failed') > 0) {
+        return this.connFailed(c, entry, err)
+      }
       this.emit('failed', err)
       this.close()
     }
@@ -147,6 +153,18 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       this.confirm(entry)
       this.drain()
     })
+  }
+
+  // The front ran out of something of its own: the server is not at fault and serves the other
+  // connections. This one is forgotten here, so its later entries are acked unwritten, after
+  // its OPEN; those the front applies while it hears of it wait behind the OPEN in the queue.
+  private connFailed (c: AppConn, open: Entry, err: Error): void {
+    this.conns.delete(c.id)
+    this.emit('conn_failed', c.id, err)
+    if (this.stopped) return
+    this.connecting = false
+    this.confirm(open)
+    this.drain()
   }
 
   // The one place an app socket's listeners are set.

@@ -15,6 +15,18 @@ export interface TransportEvents {
   closed: [conn: number]
   /** The replica cannot be driven any more (unreachable, fenced, server down). */
   failed: [err: Error]
+  /**
+   * This one client connection cannot be served on this replica because the front itself is
+   * out of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL on the connect; see
+   * isLocalResourceError): not the replica's fault, and the replica goes on serving the
+   * others. The transport acks the connection's entries without writing them (its OPEN now,
+   * later DATA, EOF, CLOSE as they come), emits no output, output_end or closed for it. The
+   * front must close the client, so that every replica sees the connection end.
+   * Direct only (Applier), and only when someone listens: an Applier with no listener for it
+   * emits `failed` instead, as before (the agent: its EMFILE is its own, and it has no frame
+   * to report a single connection). The agent transport never emits it.
+   */
+  conn_failed: [conn: number, err: Error]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {

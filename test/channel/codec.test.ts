@@ -6,7 +6,7 @@ import assert from 'node:assert'
 import type { Test } from 'tap'
 import {
   DEFAULT_MAX_FRAME, FrameDecoder, FrameType, MAGIC, MAX_DATA, MAX_STRING, PROTOCOL_VERSION,
-  encode, splitData, type Frame
+  encode, helloLen, splitData, type Frame, type FrameDecoderOptions
 } from '../../lib/channel/codec.js'
 import { FtproxyError } from '../../lib/errors.js'
 
@@ -98,7 +98,7 @@ function frameErr (
 
 /** Pushes `chunks`; the last must fail the decoder, which then stays failed. */
 function decodeFails (
-  t: Test, chunks: Buffer[], reason?: string, opts?: { maxFrame?: number }
+  t: Test, chunks: Buffer[], reason?: string, opts?: FrameDecoderOptions
 ): FrameDecoder {
   const d = new FrameDecoder(opts)
   const last = chunks.at(-1)
@@ -220,6 +220,51 @@ function sameFrames (a: Frame[], b: Frame[]): boolean {
     return g !== undefined && bytes(f).equals(bytes(g))
   })
 }
+
+t.test('admit() is asked once per frame, with its length, before its body is held',
+  async (t) => {
+    const stream = Buffer.concat(samples.map(bytes))
+    const lens = samples.map((f) => bytes(f).length - 4)
+    const expected = lens.map((len, index) => [len, index])
+    let bad = 0
+    for (let i = 0; i <= stream.length; i++) {
+      const calls: number[][] = []
+      const admit = (len: number, index: number): boolean => {
+        calls.push([len, index])
+        return true
+      }
+      const d = new FrameDecoder({ admit })
+      d.push(stream.subarray(0, i))
+      d.push(stream.subarray(i))
+      if (JSON.stringify(calls) !== JSON.stringify(expected)) {
+        bad++
+        t.same(calls, expected, `split at ${i}`)
+      }
+    }
+    t.equal(bad, 0, `all ${stream.length + 1} split points`)
+
+    // Refused the moment the length field is complete: nothing of the body is held.
+    const hello = bytes({ ...HELLO, resume: [{ conn: 1, offset: 2 }] })
+    const refuse = { admit: (len: number, index: number) => index > 0 || len <= 20 }
+    const d = new FrameDecoder(refuse)
+    t.same(d.push(hello.subarray(0, 3)), [])
+    frameErr(t, () => d.push(hello.subarray(3)), 'refused')
+    t.equal(d.buffered, 0)
+    t.ok(d.failed)
+    decodeFails(t, [hello], 'refused', refuse)
+    const ok = new FrameDecoder({ admit: (_len, index) => index > 0 })
+    frameErr(t, () => ok.push(bytes({ type: 'HEARTBEAT', epoch: 1 })), 'refused')
+  })
+
+t.test('helloLen(n) is the len of the largest HELLO naming n connections', async (t) => {
+  const frontId = 'x'.repeat(MAX_STRING)
+  for (const n of [0, 1, 256, 10000]) {
+    const resume = Array.from({ length: n }, (_, i) => ({ conn: i, offset: MAX }))
+    const [buf] = encode({ ...HELLO, epoch: U32, frontId, resume })
+    t.equal(buf?.readUInt32BE(0), helloLen(n), `n = ${n}`)
+  }
+  t.ok(helloLen(256) < 4200, 'a few KiB for 256 connections')
+})
 
 t.test('buffered counts the partial frame', async (t) => {
   const d = new FrameDecoder()

@@ -32,8 +32,13 @@ export class Cli {
   exit: Exit | null = null
   readonly exited: Promise<Exit>
 
-  constructor (t: Test, args: string[], opts: { cwd?: string } = {}) {
-    this.proc = spawn(process.execPath, [BIN, ...args],
+  /** `nofile`: run it under that open-files limit (`ulimit -n`). */
+  constructor (t: Test, args: string[], opts: { cwd?: string, nofile?: number } = {}) {
+    const argv = [process.execPath, BIN, ...args]
+    const [cmd, ...rest] = opts.nofile === undefined
+      ? argv
+      : ['sh', '-c', `ulimit -n ${opts.nofile} && exec "$@"`, 'sh', ...argv]
+    this.proc = spawn(cmd as string, rest,
       { cwd: opts.cwd ?? ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
     this.proc.stdout?.setEncoding('utf8')
     this.proc.stderr?.setEncoding('utf8')

@@ -5,7 +5,9 @@ import t from 'tap'
 import assert from 'node:assert'
 import type { Test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
 import net from 'node:net'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { InputLog, type Entry } from '../../lib/front/log.js'
 import { Applier, type ApplierOptions } from '../../lib/replica/applier.js'
 import { until } from '../helpers/until.js'
@@ -600,4 +602,153 @@ t.test('a connection whose server stops reading ' +
   await until(() => first!.received === 32 * chunk.length,
     'conn 1\'s server to get every byte', 15000)
   allAcked(t, a, rec, log)
+})
+
+// ---- the front out of its own descriptors -------------------------------------------------
+
+// The Applier as built (dist/), run in a child whose descriptor limit is low: a process cannot
+// lower its own limit, and the test runner's must stay whole.
+const DIST = fileURLToPath(new URL('../../dist/', import.meta.url))
+const distUrl = (rel: string): string => pathToFileURL(DIST + rel).href
+
+// The child must run the code under test, not an older build of it.
+function distFresh (t: Test, pairs: Array<[lib: string, dist: string]>): boolean {
+  const root = fileURLToPath(new URL('../../', import.meta.url))
+  for (const [lib, dist] of pairs) {
+    const built = fs.statSync(DIST + dist, { throwIfNoEntry: false })
+    if (!built || built.mtimeMs < fs.statSync(root + lib).mtimeMs) {
+      t.fail(`dist/${dist} is missing or older than ${lib}: run npm run build`)
+      return false
+    }
+  }
+  return true
+}
+
+/** Runs an ES module under `ulimit -n <limit>`; resolves with the last JSON line it printed. */
+async function underFdLimit (
+  t: Test, limit: number, script: string, env: Record<string, string> = {}
+): Promise<Record<string, unknown>> {
+  const sh = `ulimit -n ${limit} && exec "$0" --input-type=module -e "$FTPROXY_TEST_SCRIPT"`
+  const child = spawn('sh', ['-c', sh, process.execPath], {
+    env: { ...process.env, ...env, FTPROXY_TEST_SCRIPT: script },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve))
+  assert.equal(code, 0, `child exited ${code}: ${err}`)
+  const last = out.trim().split('\n').at(-1) ?? ''
+  return JSON.parse(last) as Record<string, unknown>
+}
+
+// Fills every free descriptor (until EMFILE) and frees them again; polls with a deadline.
+const CHILD_PRELUDE = `
+import fs from 'node:fs'
+const held = []
+const fill = () => {
+  try { for (;;) held.push(fs.openSync('/dev/null', 'r')) } catch (err) {
+    if (err.code !== 'EMFILE') throw err
+  }
+}
+const free = () => { while (held.length) fs.closeSync(held.pop()) }
+const until = async (fn, what, ms = 10000) => {
+  const end = Date.now() + ms
+  while (!fn()) {
+    if (Date.now() > end) throw new Error('timed out: ' + what)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+`
+
+// a: the front's direct replica (it listens for conn_failed); b: an Applier nobody asked for
+// conn_failed (the agent's): the old 'failed'; c: a replica named by host name, whose
+// lookup is what runs out of descriptors.
+const APPLIER_SCRIPT = `
+import { Applier } from '${distUrl('replica/applier.js')}'
+import { InputLog } from '${distUrl('front/log.js')}'
+${CHILD_PRELUDE}
+const port = Number(process.env.PORT)
+const opts = (host) => ({ address: { host, port }, connectTimeout: 5000, linger: 5000 })
+function record (a, handleConnFailed) {
+  const r = { acks: [], failed: [], connFailed: [], ends: [], closed: [] }
+  a.on('ack', (e) => r.acks.push([e.conn, e.seq]))
+  a.on('failed', (err) => r.failed.push(err.code))
+  a.on('output_end', (conn) => r.ends.push(conn))
+  a.on('closed', (conn) => r.closed.push(conn))
+  if (handleConnFailed) a.on('conn_failed', (conn, err) => r.connFailed.push([conn, err.code]))
+  return r
+}
+const log = new InputLog()
+const a = new Applier(opts('127.0.0.1'))
+const ra = record(a, true)
+a.apply(log.append('OPEN', 1))
+a.apply(log.append('DATA', 1, Buffer.from('one\\n')))
+await until(() => ra.acks.length === 2, 'conn 1 served')
+// As the front would: what it logs while it hears of the failure, and its CLOSE after.
+a.on('conn_failed', (conn) => {
+  a.apply(log.append('EOF', conn))
+  setImmediate(() => a.apply(log.append('CLOSE', conn)))
+})
+fill()
+a.apply(log.append('OPEN', 2))
+a.apply(log.append('DATA', 2, Buffer.from('lost\\n')))
+a.apply(log.append('DATA', 1, Buffer.from('two\\n')))
+await until(() => ra.failed.length > 0 || ra.acks.length === 7, 'every entry acked')
+if (ra.failed.length > 0) { // the old behaviour: report it at once
+  console.log(JSON.stringify({ a: ra, b: record(a, false), c: record(a, false), last: 7 }))
+  process.exit(0)
+}
+const b = new Applier(opts('127.0.0.1'))
+const rb = record(b, false)
+b.apply(new InputLog().append('OPEN', 1))
+const c = new Applier(opts('localhost'))
+const rc = record(c, true)
+c.apply(new InputLog().append('OPEN', 1))
+await until(() => rb.failed.length > 0 && rc.connFailed.length + rc.failed.length > 0,
+  'b and c to report')
+free()
+a.apply(log.append('OPEN', 3))
+a.apply(log.append('DATA', 3, Buffer.from('three\\n')))
+await until(() => ra.acks.length === log.lastSeq, 'conn 3 served')
+const unacked = a.unacked
+for (const x of [a, b, c]) x.close()
+console.log(JSON.stringify({ a: ra, b: rb, c: rc, unacked, last: log.lastSeq }))
+`
+
+t.test('out of descriptors: conn_failed for that connection only; the replica serves ' +
+  'the others, and new ones once descriptors are free', {
+  skip: process.platform === 'win32' ? 'needs sh and ulimit' : false,
+}, async (t) => {
+  if (!distFresh(t, [['lib/replica/applier.ts', 'replica/applier.js'],
+    ['lib/util/fds.ts', 'util/fds.js'], ['lib/front/log.ts', 'front/log.js']])) return
+  const srv = await server(t)
+  const res = await underFdLimit(t, 64, APPLIER_SCRIPT, { PORT: String(srv.port) })
+  interface Rec {
+    acks: Array<[number, number]>
+    failed: string[]
+    connFailed: Array<[number, string]>
+    ends: number[]
+    closed: number[]
+  }
+  const { a, b, c } = res as unknown as { a: Rec, b: Rec, c: Rec }
+  t.same(a.failed, [], 'the replica is not failed')
+  if (a.failed.length > 0) return
+  t.same(a.connFailed, [[2, 'EMFILE']], 'conn_failed once, for the connection it could not open')
+  t.same(a.acks.map(([, seq]) => seq).sort((x, y) => x - y),
+    Array.from({ length: res.last as number }, (_, i) => i + 1), 'every entry acked once')
+  t.same(a.acks.filter(([conn]) => conn === 2).map(([, seq]) => seq), [3, 4, 6, 7],
+    'conn 2: OPEN, DATA, EOF, CLOSE acked unwritten, in its order')
+  t.equal(res.unacked, 0)
+  t.notOk(a.ends.includes(2) || a.closed.includes(2), 'no output_end or closed for conn 2')
+  await until(() => srv.peers.length === 2 && srv.peer(1).text() === 'three\n',
+    'conn 3 served after descriptors were freed')
+  t.equal(srv.peer(0).text(), 'one\ntwo\n', 'conn 1 kept its order across the failed OPEN')
+  t.ok(srv.peers.every((p) => !p.text().includes('lost')), 'conn 2\'s bytes went nowhere')
+  t.same(b.failed, ['EMFILE'], 'an Applier with no conn_failed listener still fails (agent)')
+  t.same(b.connFailed, [])
+  t.same(c.failed, [], 'a host name whose lookup ran out of descriptors: not failed')
+  t.equal(c.connFailed.length, 1, `conn_failed (${c.connFailed[0]?.[1]})`)
 })
