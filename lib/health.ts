@@ -100,10 +100,11 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
     return this.opts.timeout
   }
 
-  /** New timings (SIGHUP); the address stays. */
+  /** New timings (SIGHUP); the address stays. The timer restarts only for a new interval. */
   retime (opts: Omit<HealthOptions, 'address'>): void {
+    const restart = opts.interval !== this.opts.interval
     this.opts = { ...opts, address: this.opts.address }
-    if (this.timer) { this.stop(); this.start() }
+    if (this.timer && restart) { this.stop(); this.start() }
   }
 
   /**

@@ -83,6 +83,8 @@ export class Roles {
   /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
   private arbiterPrimary = ''
   private arbiterQueue: Promise<unknown> = Promise.resolve()
+  /** The last test-and-set failed with an error, not a lost race: its cause. */
+  private arbiterFault: string | null = null
   private readonly o: RolesOptions
 
   constructor (opts: RolesOptions) {
@@ -264,7 +266,7 @@ export class Roles {
       epoch = this.state.epoch + 1
       this.arbiterPrimary = to.name
       if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
-        return this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch}`)
+        return this.stopServing(this.lost(`epoch ${epoch}`))
       }
       this.primary = to
       if (to.serving) break
@@ -368,7 +370,7 @@ export class Roles {
     this.arbiterPrimary = to.name
     if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
       this.arbiterPrimary = from.name
-      this.stopServing(`lost the arbiter's test-and-set for epoch ${epoch} (switchover)`)
+      this.stopServing(this.lost(`epoch ${epoch} (switchover)`))
       throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', `lost the test-and-set for epoch ${epoch}`)
     }
     if (intervened()) {
@@ -413,7 +415,7 @@ export class Roles {
     }
     const next = { epoch: this.state.epoch + 1, primary: null, stale, owner: '' }
     return this.cas(next).then((won) => {
-      if (!won) this.stopServing('lost the arbiter\'s test-and-set while recording stale replicas')
+      if (!won) this.stopServing(this.lost('the stale replicas'))
     })
   }
 
@@ -432,14 +434,28 @@ export class Roles {
         else this.o.log.error('arbiter_lost', { epoch: want.epoch })
         return won
       } catch (err) {
-        const { message, code } = err as FtproxyError
-        this.o.log.error('arbiter_error', { error: message, code })
+        const { message, code, details } = err as FtproxyError
+        const cause = typeof details?.cause === 'string' ? details.cause : undefined
+        this.o.log.error('arbiter_error', { error: message, code, cause })
+        this.arbiterFault = cause ?? code ?? message
         return false
       }
     }
     const p = this.arbiterQueue.then(run, run)
     this.arbiterQueue = p
     return p
+  }
+
+  // Why serving stops after a test-and-set that did not win: lost to another front, or the
+  // arbiter could not record it (a full state disk…). Either way a role change that is not
+  // recorded must not be acted on: another front could act on the old record.
+  private lost (what: string): string {
+    const fault = this.arbiterFault
+    this.arbiterFault = null
+    if (fault === null) return `lost the arbiter's test-and-set for ${what}`
+    const hint = fault === 'ENOSPC' ? ' (no space left on the state disk)' : ''
+    return `could not record ${what} on the arbiter: ${fault}${hint}; ` +
+      'a role change that cannot be recorded must not be acted on'
   }
 
   /** Wait for the test-and-sets in flight (close). */

@@ -42,7 +42,9 @@ t.test('the arbiter is lost during a failover: serving stops, nobody is promoted
       t.equal(f.arbiter.stored.epoch, epoch, 'the arbiter was not moved')
       t.equal(f.hooks.stop, 1)
       const why = await f.events.next('serving_stopped')
-      t.match(why.reason, /lost the arbiter's test-and-set for epoch/)
+      t.match(why.reason, outcome === 'lose'
+        ? /lost the arbiter's test-and-set for epoch/
+        : /could not record epoch \d+ on the arbiter: arbiter unreachable/)
       t.ok(f.events.find(outcome === 'lose' ? 'arbiter_lost' : 'arbiter_error'))
     })
   }
@@ -206,4 +208,15 @@ t.test('closing is final: no later change of state undoes it', async (t) => {
   t.equal(f.lifecycle.active, false)
   f.roles.fail(f.replica('a'), 'test: a replica exits during the close')
   t.equal(f.replica('a').role, 'primary', 'no failover while closing')
+})
+
+t.test('a full state disk during a failover: serving stops and says ENOSPC', async (t) => {
+  const f = await fakeFront()
+  f.connect()
+  f.arbiter.outcomes.push('enospc')
+  f.roles.fail(f.replica('a'), 'test: primary gone')
+  const why = await f.events.next('serving_stopped')
+  t.match(why.reason, /could not record epoch \d+ on the arbiter: ENOSPC \(no space left/)
+  t.match(f.events.find('arbiter_error'), { code: 'ERR_FTPROXY_STATE', cause: 'ENOSPC' })
+  t.equal(f.replica('b').role, 'backup', 'an unrecorded failover is not acted on')
 })

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events'
 import type { Arbiter, ArbiterState } from '../../lib/arbiter/index.js'
 import { parseConfig } from '../../lib/config/index.js'
+import { FtproxyError } from '../../lib/errors.js'
 import type { ClientSocket, Conn } from '../../lib/front/conn.js'
 import { createCore, newCounters, type Core } from '../../lib/front/core.js'
 import type { Entry } from '../../lib/front/log.js'
@@ -14,7 +15,7 @@ import { createLogger } from '../../lib/logger.js'
 import type { Transport, TransportEvents } from '../../lib/replica/transport.js'
 import { EventLog } from './events.js'
 
-type CasOutcome = 'win' | 'lose' | 'throw'
+type CasOutcome = 'win' | 'lose' | 'throw' | 'enospc'
 
 class FakeArbiter implements Arbiter {
   stored: ArbiterState = { epoch: 0, primary: null, stale: [], owner: '' }
@@ -33,6 +34,10 @@ class FakeArbiter implements Arbiter {
     if (this.gate) await this.gate
     const outcome = this.outcomes.shift() ?? 'win'
     if (outcome === 'throw') throw new Error('arbiter unreachable')
+    if (outcome === 'enospc') {
+      const details = { file: 'state.json', cause: 'ENOSPC' }
+      throw new FtproxyError('ERR_FTPROXY_STATE', 'state.json: cannot write: ENOSPC', details)
+    }
     if (outcome === 'lose' || expectEpoch !== this.stored.epoch) return false
     this.stored = { ...next, owner: 'fake' }
     return true
