@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'ERR_FTPROXY_FRAME'           // a log-channel frame could not be decoded or encoded
   | 'ERR_FTPROXY_PROTOCOL'        // a log-channel peer broke the handshake or protocol
   | 'ERR_FTPROXY_HEARTBEAT'       // nothing heard on a log channel within timeouts.heartbeat
+  | 'ERR_FTPROXY_TLS'             // the front or the agent refused the other's TLS certificate
   | 'ERR_FTPROXY_SERVER_DOWN'     // an agent's server is down
   | 'ERR_FTPROXY_NOT_IN_SYNC'     // a planned switchover found no backup in sync
 

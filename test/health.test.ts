@@ -4,12 +4,9 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import assert from 'node:assert'
-import { spawn } from 'node:child_process'
-import fs from 'node:fs'
 import net from 'node:net'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { HealthCheck, aliveAfterEnd } from '../lib/health.js'
+import { FD_PRELUDE, distUrl, runUnderLimit } from './helpers/child.js'
 import { listenLocal } from './helpers/ports.js'
 import { until } from './helpers/until.js'
 
@@ -63,60 +60,12 @@ t.test('probeNow: true when it answers; a refusal is final at once', async (t) =
 
 // ---- the front out of its own descriptors -------------------------------------------------
 
-const DIST = fileURLToPath(new URL('../dist/', import.meta.url))
-
-// The child must run the code under test, not an older build of it.
-function distFresh (t: Test, pairs: Array<[lib: string, dist: string]>): boolean {
-  const root = fileURLToPath(new URL('../', import.meta.url))
-  for (const [lib, dist] of pairs) {
-    const built = fs.statSync(DIST + dist, { throwIfNoEntry: false })
-    if (!built || built.mtimeMs < fs.statSync(root + lib).mtimeMs) {
-      t.fail(`dist/${dist} is missing or older than ${lib}: run npm run build`)
-      return false
-    }
-  }
-  return true
-}
-
-/** Runs an ES module under `ulimit -n <limit>`; resolves with the last JSON line it printed. */
-async function underFdLimit (
-  t: Test, limit: number, script: string, env: Record<string, string> = {}
-): Promise<Record<string, unknown>> {
-  const sh = `ulimit -n ${limit} && exec "$0" --input-type=module -e "$FTPROXY_TEST_SCRIPT"`
-  const child = spawn('sh', ['-c', sh, process.execPath], {
-    env: { ...process.env, ...env, FTPROXY_TEST_SCRIPT: script },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  let out = ''
-  let err = ''
-  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve))
-  assert.equal(code, 0, `child exited ${code}: ${err}`)
-  return JSON.parse(out.trim().split('\n').at(-1) ?? '') as Record<string, unknown>
-}
-
 // Probes are counted (attempts, connects) through net.connect, which health.js calls on the
 // module object. Two bursts of starved probes, each far longer than `fall`, a success between.
 const HEALTH_SCRIPT = `
-import fs from 'node:fs'
 import net from 'node:net'
-import { HealthCheck, aliveAfterEnd } from '${pathToFileURL(DIST + 'health.js').href}'
-const held = []
-const fill = () => {
-  try { for (;;) held.push(fs.openSync('/dev/null', 'r')) } catch (err) {
-    if (err.code !== 'EMFILE') throw err
-  }
-}
-const free = () => { while (held.length) fs.closeSync(held.pop()) }
-const until = async (fn, what, ms = 10000) => {
-  const end = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > end) throw new Error('timed out: ' + what)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
+import { HealthCheck, aliveAfterEnd } from '${distUrl('health.js')}'
+${FD_PRELUDE}
 let attempts = 0
 let connects = 0
 const connect = net.connect
@@ -153,11 +102,10 @@ console.log(JSON.stringify({ ...ev, probed, alive, starvedState, state: h.state 
 
 t.test('out of descriptors: a probe that could not be made is neither success nor failure',
   { skip: process.platform === 'win32' ? 'needs sh and ulimit' : false }, async (t) => {
-    if (!distFresh(t, [['lib/health.ts', 'health.js'], ['lib/util/fds.ts', 'util/fds.js']])) {
-      return
-    }
     const srv = await listener(t)
-    const res = await underFdLimit(t, 64, HEALTH_SCRIPT, { PORT: String(srv.port) })
+    const res = await runUnderLimit(t, 64, HEALTH_SCRIPT,
+      { built: ['health', 'util/fds'], env: { PORT: String(srv.port) } })
+    if (!res) return
     t.same(res.downs, [], 'no down after 3 x fall starved checks')
     t.equal(res.starvedState, 'up', 'still up while starved')
     t.equal(res.probed, null, 'probeNow: null (no answer either way)')

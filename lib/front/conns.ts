@@ -91,6 +91,11 @@ export class ConnTable {
     return true
   }
 
+  /** The front was not running for `ms`: nobody's debts grew older meanwhile. */
+  discount (ms: number): void {
+    for (const c of this.conns.values()) c.stream.discount(ms)
+  }
+
   /** Indices of replicas that owe output another produced more than `stallMs` ago. */
   stalled (now: number, stallMs: number): Set<number> {
     const out = new Set<number>()

@@ -253,6 +253,11 @@ export class OutputStream {
     if (!on) this.noteProgress(now)
   }
 
+  /** The front was not running for `ms`: that time counts against no debt. */
+  discount (ms: number): void {
+    for (const s of this.sides) if (s.oweTarget >= 0) s.oweSince += ms
+  }
+
   /** Replicas that have owed output others produced for longer than `stallMs`. */
   stalled (now: number, stallMs: number): number[] {
     const out: number[] = []

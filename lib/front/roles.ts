@@ -65,6 +65,9 @@ export interface RolesOptions {
 
 const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
 
+/** A stall check this much later than due means the front itself was not running. */
+const PAUSE_MS = 250
+
 const notInSync = (msg: string): FtproxyError => new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', msg)
 
 export class Roles {
@@ -83,6 +86,7 @@ export class Roles {
   /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
   private arbiterPrimary = ''
   private arbiterQueue: Promise<unknown> = Promise.resolve()
+  private lastStallCheck: number | null = null
   /** The last test-and-set failed with an error, not a lost race: its cause. */
   private arbiterFault: string | null = null
   private readonly o: RolesOptions
@@ -222,9 +226,19 @@ export class Roles {
   }
 
   /** Replicas that owe output others produced longer than timeouts.stall ago have failed. */
-  checkStalls (): void {
+  checkStalls (every: number, now = performance.now()): void {
+    // Called every `every` ms. Much later than that, the front itself was not running
+    // (SIGSTOP, a long pause of the process): that time is nobody's stall. It is taken off
+    // every debt, and this round is skipped so that what arrived meanwhile is read first.
+    const late = this.lastStallCheck === null ? 0 : now - this.lastStallCheck - every
+    this.lastStallCheck = now
+    if (late > Math.max(PAUSE_MS, every)) {
+      this.o.conns.discount(late)
+      this.o.log.warn('front_paused', { ms: Math.round(late) })
+      return
+    }
     const stall = this.o.config().timeouts.stall
-    for (const i of this.o.conns.stalled(performance.now(), stall)) {
+    for (const i of this.o.conns.stalled(now, stall)) {
       const r = this.replicas[i]
       if (!r) continue
       const why = `stall: owes output that another replica produced more than ${stall}ms ago`

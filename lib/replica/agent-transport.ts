@@ -9,6 +9,8 @@
 // the agent may not have (it skips what it already applied); output resumes at the offsets
 // this side holds. Liveness: frames (heartbeats at least) every `interval`; nothing heard for
 // `heartbeat` and the replica has failed. The agent refuses an epoch older than it has seen.
+// A TLS refusal (either side's certificate) fails the replica at once, naming the side: it is
+// a configuration error that no retry cures, and the heartbeat would hide it as silence.
 
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
@@ -49,6 +51,37 @@ export interface AgentTransportOptions {
 }
 
 const RECONNECT_MS = 50
+/** Channels in a row the agent closed unheard right after the TLS handshake: refused. */
+const SILENT_CLOSES = 3
+
+/** What one connection attempt showed: handshake done, a frame heard, its first error. */
+interface Attempt { secured: boolean, heard: boolean, error?: NodeJS.ErrnoException }
+
+interface TlsRefusal { by: 'front' | 'agent', code: string, certain: boolean }
+
+// Who refused whom, if the attempt ended in a TLS refusal (null: something else).
+function tlsRefusal (socket: tls.TLSSocket, a: Attempt): TlsRefusal | null {
+  if (a.heard) return null
+  const code = a.error ? a.error.code ?? a.error.message : undefined
+  // The front's own checks (chain, expiry, name) failed: Node sets this, then destroys.
+  if (!a.secured && socket.authorizationError && code) return { by: 'front', code, certain: true }
+  // An alert from the agent's TLS stack; TLS 1.3 sends it after the front's side finished.
+  if (code?.startsWith('ERR_SSL_') && code.includes('_ALERT_')) {
+    return { by: 'agent', code, certain: true }
+  }
+  // Node's TLS server checks a client certificate after the handshake and refuses it by
+  // closing, with no alert; an agent that accepted it answers HELLO with a frame (ERROR too).
+  if (a.secured) return { by: 'agent', code: code ?? 'closed before any frame', certain: false }
+  return null
+}
+
+function refusalMessage (r: TlsRefusal): string {
+  if (r.by === 'front') return `tls: the front refused the agent's certificate: ${r.code}`
+  if (!r.certain || /CERT|_CA$/.test(r.code)) {
+    return `tls: the agent refused the front's certificate: ${r.code}`
+  }
+  return `tls: the agent refused the handshake: ${r.code}`
+}
 
 export class AgentTransport extends EventEmitter<TransportEvents> implements Transport {
   sent = 0
@@ -64,6 +97,7 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
   private live = false
   private stopped = false
   private failedOnce = false
+  private silentCloses = 0
   private creditScheduled = false
   private lastHeard = performance.now()
   private readonly ticker: NodeJS.Timeout
@@ -136,9 +170,11 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       : net.connect({ host, port })
     const ch = new Channel(socket)
     this.channel = ch
+    const attempt: Attempt = { secured: false, heard: false }
     const timer = setTimeout(() => socket.destroy(), this.opts.connectTimeout)
     socket.once(this.tlsOptions ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer)
+      attempt.secured = true
       ch.send({
         type: 'HELLO',
         epoch: this.opts.epoch(),
@@ -148,8 +184,12 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
         resume: [...this.received].map(([conn, offset]) => ({ conn, offset })),
       })
     })
-    ch.on('frame', (f) => this.onFrame(ch, f))
+    ch.on('frame', (f) => {
+      attempt.heard = true
+      this.onFrame(ch, f)
+    })
     ch.on('error', (err) => {
+      attempt.error ??= err
       const code = (err as NodeJS.ErrnoException).code
       this.opts.log.debug('channel_error', { error: err.message, code })
     })
@@ -159,8 +199,28 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       if (this.live) this.opts.log.warn('channel_down', {})
       this.live = false
       this.channel = null
+      if (socket instanceof tls.TLSSocket) this.checkTls(socket, attempt)
       if (!this.stopped) this.reconnectTimer = setTimeout(() => this.connect(), RECONNECT_MS)
     })
+  }
+
+  // A certain refusal fails the replica at once; a silent close after the handshake only when
+  // it repeats (an agent that is closing drops a channel that way too).
+  private checkTls (socket: tls.TLSSocket, attempt: Attempt): void {
+    const r = tlsRefusal(socket, attempt)
+    if (!r) {
+      this.silentCloses = 0
+      return
+    }
+    if (!r.certain && ++this.silentCloses < SILENT_CLOSES) return
+    const message = refusalMessage(r)
+    const details = { refused_by: r.by, tls_code: r.code }
+    if (!this.failedOnce && !this.stopped) {
+      this.opts.log.error('channel_tls_refused', {
+        ...details, code: 'ERR_FTPROXY_TLS', error: message,
+      })
+    }
+    this.fail(new FtproxyError('ERR_FTPROXY_TLS', message, details))
   }
 
   private onFrame (ch: Channel, f: Frame): void {

@@ -4,59 +4,26 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
 import path from 'node:path'
 import tls from 'node:tls'
-import { FrameDecoder, PROTOCOL_VERSION, encode, type Frame } from '../../lib/channel/codec.js'
 import { Client, TestFront, agentProc, demoServer } from '../helpers/cluster.js'
+import { haveOpenssl } from '../helpers/openssl.js'
+import { RawChannel } from '../helpers/raw-channel.js'
 import { until } from '../helpers/until.js'
-
-// A raw log-channel client: sends frames, collects what comes back.
-class Raw {
-  readonly frames: Frame[] = []
-  closed = false
-  private readonly decoder = new FrameDecoder()
-
-  constructor (readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => { this.frames.push(...this.decoder.push(d)) })
-    socket.on('close', () => { this.closed = true })
-    socket.on('error', () => {})
-  }
-
-  static async open (port: number): Promise<Raw> {
-    const s = net.connect(port, '127.0.0.1')
-    await new Promise((resolve, reject) => { s.once('connect', resolve); s.once('error', reject) })
-    return new Raw(s)
-  }
-
-  send (f: Frame): void { for (const p of encode(f)) this.socket.write(p) }
-
-  hello (epoch: number, frontId: string): void {
-    const window = 1 << 20
-    this.send({ type: 'HELLO', epoch, version: PROTOCOL_VERSION, frontId, window, resume: [] })
-  }
-
-  async next (type: Frame['type']): Promise<Frame> {
-    await until(() => this.frames.some((f) => f.type === type) || this.closed, `a ${type} frame`)
-    const f = this.frames.find((f) => f.type === type)
-    if (!f) throw new Error(`channel closed without ${type}`)
-    return f
-  }
-}
 
 t.test('an agent refuses a front whose epoch is older than the newest it has seen, ' +
   'across restarts', async (tt) => {
   const server = await demoServer(tt)
   const agent = await agentProc(tt, server.port)
-  const one = await Raw.open(agent.port)
+  const one = await RawChannel.open(tt, agent.port)
   one.hello(3, 'front-one')
   tt.match(await one.next('WELCOME'), { type: 'WELCOME', applied: 0 })
-  const two = await Raw.open(agent.port)
+  const two = await RawChannel.open(tt, agent.port)
   two.hello(4, 'front-two')
   tt.match(await two.next('WELCOME'), { type: 'WELCOME' })
   tt.match(await one.next('ERROR'), { code: 'ERR_FTPROXY_FENCED' }, 'the older front is fenced off')
   await until(() => one.closed, 'the fenced channel to close')
-  const again = await Raw.open(agent.port)
+  const again = await RawChannel.open(tt, agent.port)
   again.hello(3, 'front-one')
   tt.match(await again.next('ERROR'), { code: 'ERR_FTPROXY_FENCED' }, 'and may not come back')
 
@@ -65,10 +32,10 @@ t.test('an agent refuses a front whose epoch is older than the newest it has see
   await until(() => agent.proc.exitCode !== null || agent.proc.signalCode !== null,
     'the agent to die')
   const restarted = await agentProc(tt, server.port, { stateDir: agent.stateDir })
-  const late = await Raw.open(restarted.port)
+  const late = await RawChannel.open(tt, restarted.port)
   late.hello(3, 'front-one')
   tt.match(await late.next('ERROR'), { code: 'ERR_FTPROXY_FENCED' })
-  const ok = await Raw.open(restarted.port)
+  const ok = await RawChannel.open(tt, restarted.port)
   ok.hello(4, 'front-two')
   tt.match(await ok.next('WELCOME'), { type: 'WELCOME' })
   for (const r of [two, ok]) r.socket.destroy()
@@ -79,7 +46,7 @@ t.test('a front fenced by an agent logs it and stops driving that replica', asyn
   const a = await agentProc(tt, sa.port)
   const b = await agentProc(tt, sb.port)
   // b has seen epoch 9 from some newer front.
-  const newer = await Raw.open(b.port)
+  const newer = await RawChannel.open(tt, b.port)
   newer.hello(9, 'newer-front')
   await newer.next('WELCOME')
   newer.socket.destroy()
@@ -119,15 +86,6 @@ function makeCerts (dir: string): { dir: string, ca: string } {
   return { dir, ca: p('ca.crt') }
 }
 
-const haveOpenssl = ((): boolean => {
-  try {
-    execFileSync('openssl', ['version'])
-    return true
-  } catch {
-    return false
-  }
-})()
-
 t.test('mutual TLS: the front and the agent verify each other; others are refused', {
   skip: !haveOpenssl && 'openssl not installed',
 }, async (tt: Test) => {
@@ -165,7 +123,7 @@ t.test('mutual TLS: the front and the agent verify each other; others are refuse
   tt.not(await attempt({}), 'data', 'no client certificate: refused')
   const stranger = { cert: readFileSync(p('stranger.crt')), key: readFileSync(p('stranger.key')) }
   tt.not(await attempt(stranger), 'data', 'a certificate from another CA: refused')
-  const plain = await Raw.open(a.port)
+  const plain = await RawChannel.open(tt, a.port)
   plain.hello(1, 'plain')
   await until(() => plain.closed, 'a plaintext channel to be dropped')
   tt.equal(plain.frames.length, 0, 'no frame answered in plaintext')

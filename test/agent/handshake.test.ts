@@ -7,18 +7,19 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { parseAgentConfig } from '../../lib/config/index.js'
 import { Agent, MAX_EPOCH_JUMP } from '../../lib/agent/agent.js'
 import { HANDSHAKE_MS, MAX_PENDING } from '../../lib/agent/handshakes.js'
 import {
-  DEFAULT_MAX_FRAME, FrameDecoder, FrameType, PROTOCOL_VERSION, encode, type Frame,
+  DEFAULT_MAX_FRAME, FrameType, PROTOCOL_VERSION, type Frame,
 } from '../../lib/channel/codec.js'
 import { createLogger } from '../../lib/logger.js'
 import { demoServer } from '../helpers/cluster.js'
 import { EventLog } from '../helpers/events.js'
+import { haveOpenssl } from '../helpers/openssl.js'
+import { RawChannel } from '../helpers/raw-channel.js'
 import { until } from '../helpers/until.js'
 
 const U32 = 0xffffffff
@@ -27,7 +28,6 @@ const AT_ONCE_MS = HANDSHAKE_MS - 1500
 /** The handshake timeout and then some. */
 const TIMEOUT_MS = HANDSHAKE_MS + 5000
 
-type ResumePoint = { conn: number, offset: number }
 interface Here { agent: Agent, port: number, log: EventLog, epochFile: string }
 
 /** An agent in this process beside a demo server, its events and its epoch file at hand. */
@@ -52,40 +52,6 @@ function recordedEpoch (h: Here): number | null {
   return (JSON.parse(readFileSync(h.epochFile, 'utf8')) as { epoch: number }).epoch
 }
 
-// A raw log-channel client: writes frames or bytes, collects frames, notes when the agent
-// closed it (this side never closes before the test ends).
-class Raw {
-  readonly frames: Frame[] = []
-  closed = false
-  private readonly decoder = new FrameDecoder()
-
-  constructor (readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => { this.frames.push(...this.decoder.push(d)) })
-    socket.on('close', () => { this.closed = true })
-    socket.on('error', () => {})
-  }
-
-  static async open (tt: Test, port: number): Promise<Raw> {
-    const s = net.connect(port, '127.0.0.1')
-    tt.teardown(() => { s.destroy() })
-    await new Promise((resolve, reject) => { s.once('connect', resolve); s.once('error', reject) })
-    return new Raw(s)
-  }
-
-  send (f: Frame): void { for (const p of encode(f)) this.socket.write(p) }
-
-  hello (epoch: number, frontId: string, resume: ResumePoint[] = []): void {
-    this.send({ type: 'HELLO', epoch, version: PROTOCOL_VERSION, frontId, window: 1 << 20, resume })
-  }
-
-  async next (type: Frame['type']): Promise<Frame> {
-    await until(() => this.frames.some((f) => f.type === type) || this.closed, `a ${type} frame`)
-    const f = this.frames.find((f) => f.type === type)
-    if (!f) throw new Error(`channel closed without ${type}`)
-    return f
-  }
-}
-
 /** The head of a HELLO that announces `len` and never sends the rest. */
 function partialHello (len: number, body = 1000): Buffer {
   const b = Buffer.alloc(4 + 1 + 4 + body)
@@ -95,7 +61,7 @@ function partialHello (len: number, body = 1000): Buffer {
   return b
 }
 
-const closedCount = (rs: Raw[]): number => rs.filter((r) => r.closed).length
+const closedCount = (rs: RawChannel[]): number => rs.filter((r) => r.closed).length
 
 /** One frame of every type but HELLO, each at the largest epoch. */
 const notHello: Frame[] = [
@@ -115,24 +81,24 @@ const notHello: Frame[] = [
 
 t.test('a frame before HELLO changes nothing: not the epoch, not a live channel', async (tt) => {
   const h = await agentHere(tt)
-  const honest = await Raw.open(tt, h.port)
+  const honest = await RawChannel.open(tt, h.port)
   honest.hello(1, 'honest')
   await honest.next('WELCOME')
   tt.equal(recordedEpoch(h), 1)
 
   // The report's 9 bytes: HEARTBEAT at epoch 0xffffffff, then the writer's end (socat -t1).
-  const nine = await Raw.open(tt, h.port)
+  const nine = await RawChannel.open(tt, h.port)
   nine.socket.end(Buffer.from('000000050cffffffff', 'hex'))
   tt.match(await nine.next('ERROR'), { code: 'ERR_FTPROXY_PROTOCOL' })
   await until(() => nine.closed, 'the agent to close the connection')
   for (const f of notHello) {
-    const r = await Raw.open(tt, h.port)
+    const r = await RawChannel.open(tt, h.port)
     r.send(f)
     tt.match(await r.next('ERROR'), { code: 'ERR_FTPROXY_PROTOCOL' }, `${f.type} before HELLO`)
     await until(() => r.closed, `the agent to close after ${f.type}`)
   }
   // Not a valid HELLO either: a version this agent does not speak.
-  const old = await Raw.open(tt, h.port)
+  const old = await RawChannel.open(tt, h.port)
   old.send({ type: 'HELLO', epoch: 7, version: 99, frontId: 'x', window: 1, resume: [] })
   tt.match(await old.next('ERROR'), { code: 'ERR_FTPROXY_PROTOCOL' })
 
@@ -144,25 +110,25 @@ t.test('a frame before HELLO changes nothing: not the epoch, not a live channel'
     honest.closed, 'a heartbeat answered')
   tt.equal(honest.closed, false, 'the live front was not fenced')
   tt.notOk(honest.frames.find((f) => f.type === 'ERROR'))
-  const next = await Raw.open(tt, h.port)
+  const next = await RawChannel.open(tt, h.port)
   next.hello(2, 'next-front')
   tt.match(await next.next('WELCOME'), { type: 'WELCOME' }, 'an honest newer front is served')
 })
 
 t.test('an epoch more than MAX_EPOCH_JUMP past the newest seen is refused', async (tt) => {
   const h = await agentHere(tt)
-  const far = await Raw.open(tt, h.port)
+  const far = await RawChannel.open(tt, h.port)
   far.hello(U32, 'far')
   tt.match(await far.next('ERROR'), { code: 'ERR_FTPROXY_EPOCH_JUMP' })
   await until(() => far.closed, 'the agent to close the connection')
   tt.equal(recordedEpoch(h), null, 'nothing recorded')
   tt.match(h.log.find('epoch_jump_refused'), { epoch: U32, newest: 0, max_jump: MAX_EPOCH_JUMP })
 
-  const one = await Raw.open(tt, h.port)
+  const one = await RawChannel.open(tt, h.port)
   one.hello(MAX_EPOCH_JUMP, 'one')
   tt.match(await one.next('WELCOME'), { type: 'WELCOME' }, 'a jump of exactly the bound is taken')
   tt.equal(recordedEpoch(h), MAX_EPOCH_JUMP)
-  const two = await Raw.open(tt, h.port)
+  const two = await RawChannel.open(tt, h.port)
   two.hello(2 * MAX_EPOCH_JUMP + 1, 'two')
   tt.match(await two.next('ERROR'), { code: 'ERR_FTPROXY_EPOCH_JUMP' })
   tt.equal(one.closed, false, 'the front before it keeps its channel')
@@ -172,22 +138,22 @@ t.test('an epoch more than MAX_EPOCH_JUMP past the newest seen is refused', asyn
   tt.match(await one.next('ERROR'), { code: 'ERR_FTPROXY_EPOCH_JUMP' })
   await until(() => one.closed, 'the jumping channel to close')
   tt.equal(recordedEpoch(h), MAX_EPOCH_JUMP, 'still the newest honest epoch')
-  const three = await Raw.open(tt, h.port)
+  const three = await RawChannel.open(tt, h.port)
   three.hello(2 * MAX_EPOCH_JUMP, 'three')
   tt.match(await three.next('WELCOME'), { type: 'WELCOME' })
 })
 
 t.test('before HELLO a frame may be a few KiB; larger ones share a budget of two', async (tt) => {
   const h = await agentHere(tt)
-  const big: Raw[] = []
+  const big: RawChannel[] = []
   for (let i = 0; i < 3; i++) {
-    const r = await Raw.open(tt, h.port)
+    const r = await RawChannel.open(tt, h.port)
     r.socket.write(partialHello(DEFAULT_MAX_FRAME))
     big.push(r)
   }
-  const small: Raw[] = []
+  const small: RawChannel[] = []
   for (let i = 0; i < 10; i++) {
-    const r = await Raw.open(tt, h.port)
+    const r = await RawChannel.open(tt, h.port)
     r.socket.write(partialHello(4000))
     small.push(r)
   }
@@ -204,7 +170,7 @@ t.test('before HELLO a frame may be a few KiB; larger ones share a budget of two
 
   // A front resuming 10,000 connections after a cut sends a HELLO of about 120 KiB.
   const resume = Array.from({ length: 10000 }, (_, i) => ({ conn: i + 1, offset: i }))
-  const front = await Raw.open(tt, h.port)
+  const front = await RawChannel.open(tt, h.port)
   front.hello(1, 'busy-front', resume)
   tt.match(await front.next('WELCOME'), { type: 'WELCOME' })
 })
@@ -212,7 +178,7 @@ t.test('before HELLO a frame may be a few KiB; larger ones share a budget of two
 t.test(`at most ${MAX_PENDING} connections without HELLO; the rest are closed at once`,
   async (tt) => {
     const h = await agentHere(tt)
-    const idle = await Promise.all(Array.from({ length: 100 }, () => Raw.open(tt, h.port)))
+    const idle = await Promise.all(Array.from({ length: 100 }, () => RawChannel.open(tt, h.port)))
     await until(() => closedCount(idle) >= 100 - MAX_PENDING, 'the excess to be closed',
       AT_ONCE_MS)
     tt.equal(idle.length - closedCount(idle), MAX_PENDING, 'the first ones wait for their HELLO')
@@ -222,26 +188,17 @@ t.test(`at most ${MAX_PENDING} connections without HELLO; the rest are closed at
 
     // 200 connections, each announcing a 1 MiB frame: nearly all closed at once, two held.
     const heavy = await Promise.all(Array.from({ length: 200 }, async () => {
-      const r = await Raw.open(tt, h.port)
+      const r = await RawChannel.open(tt, h.port)
       r.socket.write(partialHello(1024 * 1024, 16 * 1024))
       return r
     }))
     await until(() => closedCount(heavy) >= 198, 'all but two to be closed', AT_ONCE_MS)
     tt.ok(closedCount(heavy) >= 198, `${closedCount(heavy)} of 200 closed at once`)
     await until(() => closedCount(heavy) === 200, 'the last two to time out', TIMEOUT_MS)
-    const front = await Raw.open(tt, h.port)
+    const front = await RawChannel.open(tt, h.port)
     front.hello(1, 'front')
     tt.match(await front.next('WELCOME'), { type: 'WELCOME' }, 'a front is served after')
   })
-
-const haveOpenssl = ((): boolean => {
-  try {
-    execFileSync('openssl', ['version'])
-    return true
-  } catch {
-    return false
-  }
-})()
 
 t.test('TLS: a handshake that never comes is closed, and counts as pending', {
   skip: !haveOpenssl && 'openssl not installed',
@@ -254,7 +211,7 @@ t.test('TLS: a handshake that never comes is closed, and counts as pending', {
   const h = await agentHere(tt,
     `tls: { cert: ${p('agent.crt')}, key: ${p('agent.key')}, ca: ${p('agent.crt')} }`)
   const idle = await Promise.all(
-    Array.from({ length: MAX_PENDING + 6 }, () => Raw.open(tt, h.port)))
+    Array.from({ length: MAX_PENDING + 6 }, () => RawChannel.open(tt, h.port)))
   await until(() => closedCount(idle) >= 6, 'the excess to be closed', AT_ONCE_MS)
   tt.equal(closedCount(idle), 6)
   await until(() => closedCount(idle) === idle.length, 'the TLS handshakes to time out',

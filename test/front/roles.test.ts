@@ -3,6 +3,7 @@
 // what stopping means; a switchover that loses the test-and-set; a splice that fails.
 
 import t from 'tap'
+import { performance } from 'node:perf_hooks'
 import { fakeFront } from '../helpers/fake-front.js'
 import { until } from '../helpers/until.js'
 
@@ -219,4 +220,25 @@ t.test('a full state disk during a failover: serving stops and says ENOSPC', asy
   t.match(why.reason, /could not record epoch \d+ on the arbiter: ENOSPC \(no space left/)
   t.match(f.events.find('arbiter_error'), { code: 'ERR_FTPROXY_STATE', cause: 'ENOSPC' })
   t.equal(f.replica('b').role, 'backup', 'an unrecorded failover is not acted on')
+})
+
+t.test('time the front itself was not running is no replica\'s stall', async (t) => {
+  const f = await fakeFront() // timeouts.stall: 3 s
+  const { c } = f.connect()
+  const t0 = performance.now()
+  f.roles.checkStalls(100, t0)
+  f.transport('b').output(c.id, 'ahead') // the primary owes these bytes from now on
+  f.roles.checkStalls(100, t0 + 100)
+  // The front is stopped for 10 s, then runs again: its first check comes 10 s late.
+  f.roles.checkStalls(100, t0 + 10_100)
+  t.equal(f.replica('a').role, 'primary', 'the pause is not held against the primary')
+  t.match(await f.events.next('front_paused'), { ms: 9900 })
+  // The debt runs on from where it was: a real stall is still found once it has been owed
+  // for 3 s of running time (100 ms before the pause, the rest after it).
+  let now = t0 + 10_100
+  while (now < t0 + 10_100 + 2800) f.roles.checkStalls(100, now += 100)
+  t.equal(f.replica('a').role, 'primary', 'not yet: 3 s have not passed while running')
+  while (now < t0 + 10_100 + 3300) f.roles.checkStalls(100, now += 100)
+  const down = await f.events.next('replica_down', (e) => e.replica === 'a')
+  t.match(down.reason, /^stall: /)
 })

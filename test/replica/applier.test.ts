@@ -5,11 +5,10 @@ import t from 'tap'
 import assert from 'node:assert'
 import type { Test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
-import fs from 'node:fs'
 import net from 'node:net'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { InputLog, type Entry } from '../../lib/front/log.js'
 import { Applier, type ApplierOptions } from '../../lib/replica/applier.js'
+import { FD_PRELUDE, distUrl, runUnderLimit } from '../helpers/child.js'
 import { until } from '../helpers/until.js'
 import { listenLocal } from '../helpers/ports.js'
 
@@ -606,70 +605,14 @@ t.test('a connection whose server stops reading ' +
 
 // ---- the front out of its own descriptors -------------------------------------------------
 
-// The Applier as built (dist/), run in a child whose descriptor limit is low: a process cannot
-// lower its own limit, and the test runner's must stay whole.
-const DIST = fileURLToPath(new URL('../../dist/', import.meta.url))
-const distUrl = (rel: string): string => pathToFileURL(DIST + rel).href
-
-// The child must run the code under test, not an older build of it.
-function distFresh (t: Test, pairs: Array<[lib: string, dist: string]>): boolean {
-  const root = fileURLToPath(new URL('../../', import.meta.url))
-  for (const [lib, dist] of pairs) {
-    const built = fs.statSync(DIST + dist, { throwIfNoEntry: false })
-    if (!built || built.mtimeMs < fs.statSync(root + lib).mtimeMs) {
-      t.fail(`dist/${dist} is missing or older than ${lib}: run npm run build`)
-      return false
-    }
-  }
-  return true
-}
-
-/** Runs an ES module under `ulimit -n <limit>`; resolves with the last JSON line it printed. */
-async function underFdLimit (
-  t: Test, limit: number, script: string, env: Record<string, string> = {}
-): Promise<Record<string, unknown>> {
-  const sh = `ulimit -n ${limit} && exec "$0" --input-type=module -e "$FTPROXY_TEST_SCRIPT"`
-  const child = spawn('sh', ['-c', sh, process.execPath], {
-    env: { ...process.env, ...env, FTPROXY_TEST_SCRIPT: script },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  let out = ''
-  let err = ''
-  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve))
-  assert.equal(code, 0, `child exited ${code}: ${err}`)
-  const last = out.trim().split('\n').at(-1) ?? ''
-  return JSON.parse(last) as Record<string, unknown>
-}
-
-// Fills every free descriptor (until EMFILE) and frees them again; polls with a deadline.
-const CHILD_PRELUDE = `
-import fs from 'node:fs'
-const held = []
-const fill = () => {
-  try { for (;;) held.push(fs.openSync('/dev/null', 'r')) } catch (err) {
-    if (err.code !== 'EMFILE') throw err
-  }
-}
-const free = () => { while (held.length) fs.closeSync(held.pop()) }
-const until = async (fn, what, ms = 10000) => {
-  const end = Date.now() + ms
-  while (!fn()) {
-    if (Date.now() > end) throw new Error('timed out: ' + what)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
-`
-
+// The Applier as built (dist/), in a child whose descriptor limit is low.
 // a: the front's direct replica (it listens for conn_failed); b: an Applier nobody asked for
 // conn_failed (the agent's): the old 'failed'; c: a replica named by host name, whose
 // lookup is what runs out of descriptors.
 const APPLIER_SCRIPT = `
 import { Applier } from '${distUrl('replica/applier.js')}'
 import { InputLog } from '${distUrl('front/log.js')}'
-${CHILD_PRELUDE}
+${FD_PRELUDE}
 const port = Number(process.env.PORT)
 const opts = (host) => ({ address: { host, port }, connectTimeout: 5000, linger: 5000 })
 function record (a, handleConnFailed) {
@@ -722,10 +665,10 @@ t.test('out of descriptors: conn_failed for that connection only; the replica se
   'the others, and new ones once descriptors are free', {
   skip: process.platform === 'win32' ? 'needs sh and ulimit' : false,
 }, async (t) => {
-  if (!distFresh(t, [['lib/replica/applier.ts', 'replica/applier.js'],
-    ['lib/util/fds.ts', 'util/fds.js'], ['lib/front/log.ts', 'front/log.js']])) return
   const srv = await server(t)
-  const res = await underFdLimit(t, 64, APPLIER_SCRIPT, { PORT: String(srv.port) })
+  const res = await runUnderLimit(t, 64, APPLIER_SCRIPT,
+    { built: ['replica/applier', 'util/fds', 'front/log'], env: { PORT: String(srv.port) } })
+  if (!res) return
   interface Rec {
     acks: Array<[number, number]>
     failed: string[]
