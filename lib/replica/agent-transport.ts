@@ -71,7 +71,7 @@ function tlsRefusal (socket: tls.TLSSocket, a: Attempt): TlsRefusal | null {
   }
   // Node's TLS server checks a client certificate after the handshake and refuses it by
   // closing, with no alert; an agent that accepted it answers HELLO with a frame (ERROR too).
-  if (a.secured) return { by: 'agent', code: code ?? 'closed before any frame', certain: false }
+  if (a.secured) return { by: 'agent', code: code ?? 'CLOSED_AFTER_HANDSHAKE', certain: false }
   return null
 }
 
