@@ -168,7 +168,9 @@ export class Front extends EventEmitter<FrontEvents> {
         const code = (err as NodeJS.ErrnoException).code ?? err.message
         r.log.warn('health_check_skipped', { code })
       })
-      if (!r.viaAgent) r.health.start()
+      // An agent replica's liveness comes from its channel; one that is down at start is
+      // checked like a direct one until it answers (then it may join, see onHealthUp).
+      if (!r.viaAgent || !r.serving) r.health.start()
     }
     const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
     this.stallTimer = setInterval(() => roles.checkStalls(stallEvery), stallEvery)

@@ -186,6 +186,7 @@ export class Roles {
     // A replica that was down before any input was logged missed nothing: it may back up.
     if (r.role === 'down' && this.o.input.lastSeq === 0 && this.o.lifecycle.active) {
       this.setRole(r, 'backup', 'reachable before any input')
+      if (r.viaAgent) r.health.stop() // from now on its channel tells
       this.attach(r)
       this.reportProtection('backup joined')
     }

@@ -8,6 +8,7 @@ import {
   Client, TestFront, agentInProcess, agentProc, demoServer, driveIncr, expectCounts,
   type AgentProc, type Server,
 } from '../helpers/cluster.js'
+import { freePorts } from '../helpers/ports.js'
 import { until } from '../helpers/until.js'
 import { Relay } from '../helpers/relay.js'
 
@@ -150,4 +151,27 @@ t.test('a slow channel (every chunk delayed) loses nothing and fails nothing', a
   tt.notOk(f.find('replica_down'), 'no replica down')
   tt.equal(f.front.status().protected, true)
   for (const c of clients) c.close()
+})
+
+t.test('an agent replica down at start joins once its agent answers (no input yet)', async (tt) => {
+  const [sa, sb] = [await demoServer(tt), await demoServer(tt)]
+  const pa = (await agentInProcess(tt, sa.port)).port
+  const [pb] = await freePorts(1)
+  assert.ok(pb !== undefined)
+  const yaml = `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(tt.testdir({}))}\n` +
+    'health_check: { interval: 100ms, timeout: 100ms, fall: 2, rise: 1 }\n' +
+    'timeouts: { connect: 1s, stall: 2s, linger: 1s, heartbeat: 600ms }\n' +
+    `replicas:\n  - name: a\n    agent: 127.0.0.1:${pa}\n` +
+    `  - name: b\n    agent: 127.0.0.1:${pb}\n`
+  const f = await new TestFront().start(tt, yaml)
+  tt.equal(f.role('b'), 'down', 'its agent is not there yet')
+  tt.equal(f.front.status().protected, false)
+  await agentInProcess(tt, sb.port, '', pb)
+  await until(() => f.role('b') === 'backup', 'b to join as a backup')
+  tt.equal(f.front.status().protected, true)
+  const c = await Client.open(f.port)
+  c.send('INCR j\nINCR j\n')
+  tt.same(await c.waitLines(2), ['1', '2'])
+  await until(() => f.front.status().replicas.every((r) => r.lag_entries === 0), 'both to ack')
+  c.close()
 })

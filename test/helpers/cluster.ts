@@ -227,18 +227,19 @@ function agentDir (t: Test): string {
   return dir
 }
 
-function agentYaml (serverPort: number, stateDir: string, extra = ''): string {
-  return `listen: 127.0.0.1:0\nserver: 127.0.0.1:${serverPort}\n` +
+function agentYaml (serverPort: number, stateDir: string, extra = '', listen = 0): string {
+  return `listen: 127.0.0.1:${listen}\nserver: 127.0.0.1:${serverPort}\n` +
     `state_dir: ${JSON.stringify(stateDir)}\n` +
     `health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n${extra}\n`
 }
 
 /** An agent in this process (its events captured), beside the server on `serverPort`. */
 export async function agentInProcess (
-  t: Test, serverPort: number, extraYaml = ''
+  t: Test, serverPort: number, extraYaml = '', listenPort = 0
 ): Promise<{ agent: Agent, port: number, events: Event[] }> {
   const stateDir = path.join(agentDir(t), 'state')
-  const cfg = parseAgentConfig(agentYaml(serverPort, stateDir, extraYaml), 'agent.yaml')
+  const yaml = agentYaml(serverPort, stateDir, extraYaml, listenPort)
+  const cfg = parseAgentConfig(yaml, 'agent.yaml')
   const log = new EventLog()
   const agent = new Agent(cfg, { log: createLogger({ level: 'debug', stream: log.stream() }) })
   t.teardown(() => agent.close())
