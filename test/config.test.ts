@@ -160,7 +160,7 @@ t.test('defaults fill a minimal config', async (t) => {
     ],
     health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
     timeouts: { connect: 2000, stall: 3000, linger: 5000, heartbeat: 1000 },
-    limits: { max_connections: 10000, max_lag: 8 * 1024 * 1024 },
+    limits: { max_connections: 10000, max_lag: 8 * 1024 * 1024, max_memory: 256 * 1024 * 1024 },
     arbiter: { kind: 'file' },
     log: { level: 'info', format: 'json' },
     admin: { listen: { host: '127.0.0.1', port: 7900 } }
@@ -188,7 +188,7 @@ t.test('partial sections keep the other defaults; absolute state_dir stays', asy
   ), 'p.yaml', CWD)
   t.equal(c.state_dir, '/var/lib/ftproxy')
   t.same(c.health_check, { interval: 2000, timeout: 500, fall: 5, rise: 2 })
-  t.same(c.limits, { max_connections: 10000, max_lag: 65_536 })
+  t.same(c.limits, { max_connections: 10000, max_lag: 65_536, max_memory: 256 * 1024 * 1024 })
   t.same(c.admin, { listen: { host: '127.0.0.1', port: 7900 }, token: 's3cret' })
 })
 
@@ -230,6 +230,8 @@ t.test('each kind of bad value names its path and line', async (t) => {
       ...TWO_REPLICAS, 'limits:', '  max_connections: 0'),
     bad('max_lag too small', 'limits.max_lag', 7, ...TWO_REPLICAS, 'limits:', '  max_lag: 32KiB'),
     bad('max_lag in MB', 'limits.max_lag', 7, ...TWO_REPLICAS, 'limits:', '  max_lag: 8MB'),
+    bad('max_memory too small', 'limits.max_memory', 7,
+      ...TWO_REPLICAS, 'limits:', '  max_memory: 128KiB'),
     bad('log level', 'log.level', 2, 'log:', '  level: verbose', ...TWO_REPLICAS),
     bad('log format', 'log.format', 1, 'log: { format: xml }', ...TWO_REPLICAS),
     bad('section not a map', 'timeouts', 1, 'timeouts: 2s', ...TWO_REPLICAS),

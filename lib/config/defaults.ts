@@ -14,7 +14,7 @@ export const DEFAULTS: Readonly<Defaults> = deepFreeze({
   on_backup_loss: 'continue',
   health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
   timeouts: { connect: 2000, stall: 3000, linger: 5000, heartbeat: 1000 },
-  limits: { max_connections: 10000, max_lag: 8 * 1024 * 1024 },
+  limits: { max_connections: 10000, max_lag: 8 * 1024 * 1024, max_memory: 256 * 1024 * 1024 },
   arbiter: { kind: 'file' },
   log: { level: 'info', format: 'json' },
   admin: { listen: { host: '127.0.0.1', port: 7900 } },

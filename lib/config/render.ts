@@ -38,7 +38,11 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
       linger: formatDuration(c.timeouts.linger),
       heartbeat: formatDuration(c.timeouts.heartbeat),
     },
-    limits: { max_connections: c.limits.max_connections, max_lag: formatSize(c.limits.max_lag) },
+    limits: {
+      max_connections: c.limits.max_connections,
+      max_lag: formatSize(c.limits.max_lag),
+      max_memory: formatSize(c.limits.max_memory),
+    },
     arbiter: { kind: c.arbiter.kind },
     log: { level: c.log.level, format: c.log.format },
     admin,

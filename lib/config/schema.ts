@@ -216,6 +216,10 @@ const limitsShape = {
     error: `must be at least ${formatSize(MIN_MAX_LAG)}: a smaller window makes no sense, ` +
       'a single socket read can be that large and would stall every connection',
   }),
+  max_memory: size.default(d.limits.max_memory).refine((n) => n >= 4 * MIN_MAX_LAG, {
+    error: `must be at least ${formatSize(4 * MIN_MAX_LAG)}: every connection that holds ` +
+      'anything needs a few socket reads of room',
+  }),
 }
 
 const ARBITER_KINDS_LATER = ['tas', 'etcd']

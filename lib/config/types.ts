@@ -46,8 +46,8 @@ export interface Config {
   health_check: { interval: number, timeout: number, fall: number, rise: number }
   /** Durations in milliseconds. */
   timeouts: { connect: number, stall: number, linger: number, heartbeat: number }
-  /** max_lag in bytes. */
-  limits: { max_connections: number, max_lag: number }
+  /** max_lag and max_memory in bytes. */
+  limits: { max_connections: number, max_lag: number, max_memory: number }
   arbiter: { kind: 'file' }
   log: { level: 'error' | 'warn' | 'info' | 'debug', format: 'json' | 'text' }
   admin: { listen: HostPort, token?: string }

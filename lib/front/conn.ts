@@ -47,6 +47,11 @@ export interface ConnEnv {
   readonly primary: Replica
   /** Whether some backup is in service (the commit rule applies) or not (on_backup_loss). */
   readonly protected: boolean
+  /**
+   * What each of a connection's buffers (input in flight, output held, a backup's output
+   * ahead) may hold now: max_lag, or less while the front's memory budget is tight.
+   */
+  readonly lagCap: number
   /** A switchover holds every client unread; it resumes them itself. */
   readonly holding: boolean
   /** A backup's output differs from the primary's: it leaves service. */
@@ -103,7 +108,7 @@ export class Conn {
     this.env.counters.bytes_in += data.length
     this.append('DATA', data)
     this.logged += data.length
-    if (!this.inputPaused && this.inflight() > this.env.config.limits.max_lag) {
+    if (!this.inputPaused && this.inflight() > this.env.lagCap) {
       this.inputPaused = true
       this.socket.pause()
     }
@@ -252,6 +257,15 @@ export class Conn {
     return this.logged - this.side(r).acked
   }
 
+  /** Bytes this connection makes the front hold: input, output, ahead bytes, socket buffer. */
+  usage (): number {
+    let ahead = 0
+    for (const r of this.env.replicas) {
+      if (r !== this.env.primary) ahead += this.stream.aheadOf(r.index)
+    }
+    return this.inflight() + this.stream.held + ahead + this.socket.writableLength
+  }
+
   /** Released output not yet written to the client socket. */
   get undrained (): boolean {
     const s = this.stream
@@ -287,9 +301,9 @@ export class Conn {
     }
   }
 
-  /** Resume reading the client if its input in flight fell to half of max_lag. */
+  /** Resume reading the client if its input in flight fell to half of its cap. */
   resumeIfDrained (): void {
-    if (!this.inputPaused || this.inflight() > this.env.config.limits.max_lag / 2) return
+    if (!this.inputPaused || this.inflight() > this.env.lagCap / 2) return
     this.inputPaused = false
     if (!this.env.holding) this.socket.resume()
   }
@@ -321,9 +335,9 @@ export class Conn {
     }
   }
 
-  // Pause a replica's output on this connection while its unconfirmed bytes exceed max_lag.
+  // Pause a replica's output on this connection while its unconfirmed bytes exceed the cap.
   private pressure (): void {
-    const max = this.env.config.limits.max_lag
+    const max = this.env.lagCap
     for (const r of this.env.replicas) {
       if (!r.transport) continue
       const side = this.side(r)

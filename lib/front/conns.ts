@@ -7,12 +7,17 @@ import { aliveAfterEnd } from '../health.js'
 import type { Replica } from './replica.js'
 import { Conn, type ClientSocket, type ConnEnv } from './conn.js'
 
+/** A buffer never gets less room than one socket read. */
+const MIN_CAP = 64 * 1024
+
 export class ConnTable {
   private readonly conns = new Map<number, Conn>()
   private nextId = 1
   /** Connections whose commit rule may have moved (acks came in): advanced once per turn. */
   private readonly dirty = new Set<Conn>()
   private flushScheduled = false
+  /** The cap the last rebalance() applied. */
+  private appliedCap = 0
 
   constructor (private readonly env: ConnEnv) {}
 
@@ -116,6 +121,39 @@ export class ConnTable {
   undrained (): boolean {
     for (const c of this.conns.values()) if (c.undrained) return true
     return false
+  }
+
+  /**
+   * What each buffer of a connection (input in flight, output held, each backup's output
+   * ahead) may hold now: an equal share of limits.max_memory for every open connection,
+   * at most max_lag, at least one socket read. Shares are set aside by connection, not by
+   * use, so that a connection that starts sending finds its room free: the budget holds
+   * whatever the others do, and only connections that fill their share are held back.
+   */
+  lagCap (): number {
+    const { max_memory: budget, max_lag: maxLag } = this.env.config.limits
+    let kinds = 1 // input in flight; then the primary's held output, each backup's ahead
+    for (const r of this.env.replicas) if (r.serving) kinds++
+    const share = Math.floor(budget / (kinds * Math.max(1, this.conns.size)))
+    return Math.min(maxLag, Math.max(MIN_CAP, share))
+  }
+
+  /** After the cap moved (connections came or went): hold back or let go at once. */
+  rebalance (): void {
+    const cap = this.lagCap()
+    if (cap === this.appliedCap) return
+    this.appliedCap = cap
+    for (const c of [...this.conns.values()]) {
+      c.resumeIfDrained()
+      c.advance()
+    }
+  }
+
+  /** Bytes the connections make the front hold, all together. */
+  usage (): number {
+    let n = 0
+    for (const c of this.conns.values()) n += c.usage()
+    return n
   }
 
   /** Read each client paused by backpressure once, so that a reset of it is noticed. */

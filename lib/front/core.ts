@@ -46,6 +46,7 @@ export function createCore (o: CoreOptions): Core {
     get primary () { return roles.primary },
     get protected () { return roles.isProtected === true },
     get holding () { return roles.holding },
+    get lagCap () { return conns.lagCap() },
     get onCommitWait () { return o.onCommitWait?.() },
     diverged: (...args) => roles.diverged(...args),
     forget: (c) => conns.forget(c),

@@ -44,6 +44,12 @@ export type { FailoverInfo, FrontEvents } from './roles.js'
  */
 const PAUSED_PROBE_MS = 1000
 
+/**
+ * How often connections already over a cap that fell (new connections came) are held back,
+ * and those under one that rose are let go. New data is checked against the cap at once.
+ */
+const BUDGET_EVERY_MS = 100
+
 /** Descriptors kept for what is not a client: listeners, admin, checks, supervisors, logs. */
 const FD_RESERVE = 64
 
@@ -70,6 +76,10 @@ export interface FrontStatus {
   log_entries: number
   log_bytes: number
   output_held_bytes: number
+  /** Everything the connections make the front hold (input, output, ahead, socket buffers). */
+  buffered_bytes: number
+  /** What each buffer of a connection may hold now: max_lag, less when memory is tight. */
+  lag_cap_bytes: number
   last_failover: FailoverInfo | null
 }
 
@@ -99,6 +109,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private bound?: HostPort
   private stallTimer?: NodeJS.Timeout
   private pausedProbeTimer?: NodeJS.Timeout
+  private budgetTimer?: NodeJS.Timeout
   /** max_connections, or less when the open-files limit cannot hold that many clients. */
   private maxConnections = 0
   /** Clients that connected while a switchover holds input: read once it is over. */
@@ -177,6 +188,8 @@ export class Front extends EventEmitter<FrontEvents> {
     this.stallTimer.unref()
     this.pausedProbeTimer = setInterval(() => this.conns.probePaused(), PAUSED_PROBE_MS)
     this.pausedProbeTimer.unref()
+    this.budgetTimer = setInterval(() => this.conns.rebalance(), BUDGET_EVERY_MS)
+    this.budgetTimer.unref()
 
     await this.listen()
     this.lifecycle.set('serving', 'listening') // unless close() came first: closing is final
@@ -204,6 +217,8 @@ export class Front extends EventEmitter<FrontEvents> {
       log_entries: this.input.length,
       log_bytes: this.input.bytes,
       output_held_bytes: held,
+      buffered_bytes: this.conns.usage(),
+      lag_cap_bytes: this.conns.lagCap(),
       last_failover: roles.lastFailover,
     }
   }
@@ -320,6 +335,7 @@ export class Front extends EventEmitter<FrontEvents> {
   private teardown (): void {
     clearInterval(this.stallTimer)
     clearInterval(this.pausedProbeTimer)
+    clearInterval(this.budgetTimer)
     for (const r of this.replicas) {
       r.health.stop()
       r.detach()

@@ -55,3 +55,51 @@ t.test('a client reset while its input is paused is noticed and forgotten', asyn
   t.equal(f.role('a'), 'primary')
   t.equal(f.role('b'), 'backup')
 })
+
+// Echoes every byte and honours backpressure (pipe), like most servers.
+async function echoServer (t: Test): Promise<number> {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {})
+    s.pipe(s)
+  })
+  t.teardown(() => server.close())
+  return listenLocal(server)
+}
+
+t.test('clients that never read share limits.max_memory, not max_lag each', async (t) => {
+  const [pa, pb] = [await echoServer(t), await echoServer(t)]
+  const budget = 3 * 1024 * 1024
+  const f = await new TestFront().start(t, 'listen: 127.0.0.1:0\n' +
+    `state_dir: ${JSON.stringify(t.testdir({}))}\n` +
+    'limits: { max_lag: 8MiB, max_memory: 3MiB }\n' +
+    `replicas:\n  - name: a\n    address: 127.0.0.1:${pa}\n` +
+    `  - name: b\n    address: 127.0.0.1:${pb}\n`)
+  const clients = await Promise.all(Array.from({ length: 6 }, async () => {
+    const c = net.connect({ port: f.port, host: '127.0.0.1' })
+    c.on('error', () => {})
+    await new Promise((resolve) => c.once('connect', resolve))
+    c.pause() // never reads
+    return c
+  }))
+  t.teardown(() => { for (const c of clients) c.destroy() })
+  await until(() => f.front.status().connections === 6, 'six connections')
+  // Input, held output and the backup's output ahead: three buffers per connection.
+  t.equal(f.front.status().lag_cap_bytes, Math.floor(budget / (3 * 6)))
+  const chunk = Buffer.alloc(64 * 1024, 'm')
+  for (const c of clients) for (let i = 0; i < 256; i++) c.write(chunk) // 16 MiB each
+  // Everything fills up until the front holds every client back: what it buffers stops
+  // growing (the same for ten polls in a row).
+  let last = -1
+  let same = 0
+  await until(() => {
+    const now = f.front.status().buffered_bytes
+    same = now > 0 && now === last ? same + 1 : 0
+    last = now
+    return same >= 10
+  }, 'the front to hold every client back', 20_000)
+  const s = f.front.status()
+  t.ok(s.buffered_bytes <= 2 * budget, `buffered ${s.buffered_bytes} for a budget of ${budget}`)
+  t.ok(s.log_bytes + s.output_held_bytes <= budget, 'input and output held fit the budget')
+  t.equal(f.role('a'), 'primary')
+  t.equal(f.role('b'), 'backup', 'no replica was taken for stalled')
+})
