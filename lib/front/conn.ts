@@ -52,6 +52,8 @@ export interface ConnEnv {
    * ahead) may hold now: max_lag, or less while the front's memory budget is tight.
    */
   readonly lagCap: number
+  /** Room for `perBuffer` more bytes in each of a connection's buffers (memory budget). */
+  grant (perBuffer: number): boolean
   /** A switchover holds every client unread; it resumes them itself. */
   readonly holding: boolean
   /** A backup's output differs from the primary's: it leaves service. */
@@ -80,6 +82,9 @@ interface Side {
 
 const NONE = Buffer.alloc(0)
 
+/** A connection starts with room for one socket read per buffer (see `allowance`). */
+export const MIN_ALLOWANCE = 64 * 1024
+
 export class Conn {
   readonly stream: OutputStream
   /** DATA bytes logged: minus a replica's `acked`, the input in flight to it. */
@@ -93,6 +98,13 @@ export class Conn {
   blocked = false
   ended = false
   private readonly sides: Side[]
+  /**
+   * Slow start: what this connection's buffers may hold grows from one socket read,
+   * doubling while it uses it and the front's budget has room (ConnTable.rebalance()), up to
+   * its share. A burst of new connections thus cannot take more than the budget before the
+   * shares have shrunk to fit them all.
+   */
+  private allowance = MIN_ALLOWANCE
 
   constructor (readonly id: number, readonly socket: ClientSocket, private readonly env: ConnEnv) {
     const serving = env.replicas.map((r) => r.serving)
@@ -108,7 +120,7 @@ export class Conn {
     this.env.counters.bytes_in += data.length
     this.append('DATA', data)
     this.logged += data.length
-    if (!this.inputPaused && this.inflight() > this.env.lagCap) {
+    if (!this.inputPaused && this.over(this.inflight())) {
       this.inputPaused = true
       this.socket.pause()
     }
@@ -257,6 +269,36 @@ export class Conn {
     return this.logged - this.side(r).acked
   }
 
+  /** What each of this connection's buffers may hold now. */
+  get cap (): number {
+    return Math.min(this.env.lagCap, this.allowance)
+  }
+
+  /** Held back now (its input, or a replica's output on it, is paused). */
+  get heldBack (): boolean {
+    return this.inputPaused || this.sides.some((s) => s.paused)
+  }
+
+  /** Double the allowance if the budget has room for it; whether it grew. */
+  private grow (): boolean {
+    const next = Math.min(2 * this.allowance, this.env.lagCap)
+    if (next <= this.allowance || !this.env.grant(next - this.allowance)) return false
+    this.allowance = next
+    return true
+  }
+
+  // Grow while `used` is over the cap and the budget allows; whether it is still over.
+  private over (used: number): boolean {
+    while (used > this.cap) if (!this.grow()) return true
+    return false
+  }
+
+  /** A rebalance made room: let a connection held back grow, and go on if it may. */
+  retry (): void {
+    this.resumeIfDrained()
+    this.advance()
+  }
+
   /** Bytes this connection makes the front hold: input, output, ahead bytes, socket buffer. */
   usage (): number {
     let ahead = 0
@@ -303,7 +345,8 @@ export class Conn {
 
   /** Resume reading the client if its input in flight fell to half of its cap. */
   resumeIfDrained (): void {
-    if (!this.inputPaused || this.inflight() > this.env.lagCap / 2) return
+    // Resume at half the cap (growing the allowance for it if the budget has room).
+    if (!this.inputPaused || this.over(2 * this.inflight())) return
     this.inputPaused = false
     if (!this.env.holding) this.socket.resume()
   }
@@ -337,12 +380,11 @@ export class Conn {
 
   // Pause a replica's output on this connection while its unconfirmed bytes exceed the cap.
   private pressure (): void {
-    const max = this.env.lagCap
     for (const r of this.env.replicas) {
       if (!r.transport) continue
       const side = this.side(r)
       const owed = r === this.env.primary ? this.stream.held : this.stream.aheadOf(r.index)
-      const over = owed > max
+      const over = this.over(owed)
       if (over && !side.paused) {
         side.paused = true
         this.stream.suspend(r.index, true, performance.now())

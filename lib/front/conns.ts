@@ -5,10 +5,7 @@
 import type { Entry } from './log.js'
 import { aliveAfterEnd } from '../health.js'
 import type { Replica } from './replica.js'
-import { Conn, type ClientSocket, type ConnEnv } from './conn.js'
-
-/** A buffer never gets less room than one socket read. */
-const MIN_CAP = 64 * 1024
+import { Conn, MIN_ALLOWANCE, type ClientSocket, type ConnEnv } from './conn.js'
 
 export class ConnTable {
   private readonly conns = new Map<number, Conn>()
@@ -18,8 +15,12 @@ export class ConnTable {
   private flushScheduled = false
   /** The cap the last rebalance() applied. */
   private appliedCap = 0
+  /** The budget not yet used or granted (set by rebalance()). */
+  private room = 0
 
-  constructor (private readonly env: ConnEnv) {}
+  constructor (private readonly env: ConnEnv) {
+    this.room = env.config.limits.max_memory
+  }
 
   get size (): number {
     return this.conns.size
@@ -132,21 +133,46 @@ export class ConnTable {
    */
   lagCap (): number {
     const { max_memory: budget, max_lag: maxLag } = this.env.config.limits
-    let kinds = 1 // input in flight; then the primary's held output, each backup's ahead
-    for (const r of this.env.replicas) if (r.serving) kinds++
-    const share = Math.floor(budget / (kinds * Math.max(1, this.conns.size)))
-    return Math.min(maxLag, Math.max(MIN_CAP, share))
+    const share = Math.floor(budget / (this.kinds() * Math.max(1, this.conns.size)))
+    return Math.min(maxLag, Math.max(MIN_ALLOWANCE, share))
   }
 
-  /** After the cap moved (connections came or went): hold back or let go at once. */
+  /**
+   * Every 100 ms: after the share moved (connections came or went) hold back or let go at
+   * once; count what the budget has left; let connections held back grow into it.
+   */
   rebalance (): void {
     const cap = this.lagCap()
-    if (cap === this.appliedCap) return
-    this.appliedCap = cap
-    for (const c of [...this.conns.values()]) {
-      c.resumeIfDrained()
-      c.advance()
+    const conns = [...this.conns.values()]
+    if (cap !== this.appliedCap) {
+      this.appliedCap = cap
+      for (const c of conns) {
+        c.resumeIfDrained()
+        c.advance()
+      }
     }
+    this.room = this.env.config.limits.max_memory - this.usage()
+    for (const c of conns) if (c.heldBack) c.retry()
+  }
+
+  /**
+   * A connection asks for `perBuffer` more bytes in each of its buffers: granted while the
+   * budget left at the last rebalance covers it.
+   */
+  grant (perBuffer: number): boolean {
+    const more = perBuffer * this.kinds()
+    if (more > this.room) return false
+    this.room -= more
+    return true
+  }
+
+  // A connection's buffers: input in flight, output released but still in the client
+  // socket's own buffer (one batch at most), the primary's held output, each backup's
+  // output ahead.
+  private kinds (): number {
+    let kinds = 2
+    for (const r of this.env.replicas) if (r.serving) kinds++
+    return kinds
   }
 
   /** Bytes the connections make the front hold, all together. */

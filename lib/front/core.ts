@@ -47,6 +47,7 @@ export function createCore (o: CoreOptions): Core {
     get protected () { return roles.isProtected === true },
     get holding () { return roles.holding },
     get lagCap () { return conns.lagCap() },
+    grant: (perBuffer) => conns.grant(perBuffer),
     get onCommitWait () { return o.onCommitWait?.() },
     diverged: (...args) => roles.diverged(...args),
     forget: (c) => conns.forget(c),
