@@ -10,6 +10,7 @@ import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { HostPort } from './address.js'
 import { isLocalResourceError } from './util/fds.js'
+import { runningTimeout } from './util/timer.js'
 
 export type Health = 'unknown' | 'up' | 'down'
 
@@ -25,18 +26,18 @@ export interface HealthOptions {
 function probe (address: HostPort, timeout: number): Promise<Error | null> {
   return new Promise((resolve) => {
     const socket = net.connect({ host: address.host, port: address.port })
-    const timer = setTimeout(() => {
+    const timer = runningTimeout(timeout, () => {
       socket.destroy()
       const err = new Error(`health check timed out after ${timeout}ms`)
       resolve(Object.assign(err, { code: 'ETIMEDOUT' }))
-    }, timeout)
+    })
     socket.once('connect', () => {
-      clearTimeout(timer)
+      timer.clear()
       socket.destroy()
       resolve(null)
     })
     socket.once('error', (err) => {
-      clearTimeout(timer)
+      timer.clear()
       resolve(err)
     })
   })

@@ -21,6 +21,7 @@ import type { FrontCounters } from './conn.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import type { Replica, Role, TransportFactory } from './replica.js'
+import { PAUSE_MS } from '../util/timer.js'
 
 export interface FailoverInfo {
   from: string
@@ -64,9 +65,6 @@ export interface RolesOptions {
 }
 
 const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
-
-/** A stall check this much later than due means the front itself was not running. */
-const PAUSE_MS = 250
 
 const notInSync = (msg: string): FtproxyError => new FtproxyError('ERR_FTPROXY_NOT_IN_SYNC', msg)
 

@@ -18,6 +18,7 @@ import type { HostPort } from '../address.js'
 import { FtproxyError } from '../errors.js'
 import { isLocalResourceError } from '../util/fds.js'
 import { Queue } from '../util/queue.js'
+import { runningTimeout, type RunningTimeout } from '../util/timer.js'
 import type { Transport, TransportEvents } from './transport.js'
 
 export interface ApplierOptions {
@@ -36,7 +37,7 @@ interface AppConn {
   pending: Queue<Entry>
   /** of those, the ones whose write completed (acked once every earlier one is) */
   done: Set<Entry>
-  connectTimer?: NodeJS.Timeout
+  connectTimer?: RunningTimeout
   outputEnded: boolean
   closed: boolean
   lingerTimer?: NodeJS.Timeout
@@ -86,7 +87,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     this.removeAllListeners()
     for (const c of this.conns.values()) {
       clearTimeout(c.lingerTimer)
-      clearTimeout(c.connectTimer)
+      c.connectTimer?.clear()
       c.socket.destroy()
     }
     this.conns.clear()
@@ -127,12 +128,12 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     }
     this.conns.set(entry.conn, c)
     this.connecting = true
-    c.connectTimer = setTimeout(() => {
+    c.connectTimer = runningTimeout(this.opts.connectTimeout, () => {
       const message = `connect to ${host}:${port} timed out`
       socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', message))
-    }, this.opts.connectTimeout)
+    })
     const onConnectError = (err: Error): void => {
-      clearTimeout(c.connectTimer)
+      c.connectTimer?.clear()
       if (this.stopped) return
       if (isLocalResourceError(err) && this.listenerCount('conn_failed') > 0) {
         return this.connFailed(c, entry, err)
@@ -142,7 +143,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     }
     socket.once('error', onConnectError)
     socket.once('connect', () => {
-      clearTimeout(c.connectTimer)
+      c.connectTimer?.clear()
       socket.off('error', onConnectError)
       if (this.stopped) {
         socket.destroy()
