@@ -184,6 +184,7 @@ export class Front extends EventEmitter<FrontEvents> {
       if (!r.viaAgent || !r.serving) r.health.start()
     }
     const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
+    roles.lastStallCheck = performance.now()
     this.stallTimer = setInterval(() => roles.checkStalls(stallEvery), stallEvery)
     this.stallTimer.unref()
     this.pausedProbeTimer = setInterval(() => this.conns.probePaused(), PAUSED_PROBE_MS)

@@ -84,7 +84,8 @@ export class Roles {
   /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
   private arbiterPrimary = ''
   private arbiterQueue: Promise<unknown> = Promise.resolve()
-  private lastStallCheck: number | null = null
+  /** When the last stall check ran (null: none yet; set when the checks start). */
+  lastStallCheck: number | null = null
   /** The last test-and-set failed with an error, not a lost race: its cause. */
   private arbiterFault: string | null = null
   private readonly o: RolesOptions
@@ -229,7 +230,7 @@ export class Roles {
     // Called every `every` ms. Much later than that, the front itself was not running
     // (SIGSTOP, a long pause of the process): that time is nobody's stall. It is taken off
     // every debt, and this round is skipped so that what arrived meanwhile is read first.
-    const late = this.lastStallCheck === null ? 0 : now - this.lastStallCheck - every
+    const late = now - (this.lastStallCheck ?? now) - every
     this.lastStallCheck = now
     if (late > Math.max(PAUSE_MS, every)) {
       this.o.conns.discount(late)
