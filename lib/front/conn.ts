@@ -274,6 +274,11 @@ export class Conn {
     return Math.min(this.env.lagCap, this.allowance)
   }
 
+  /** What this connection holds or may hold without asking: the larger of the two. */
+  reserved (kinds: number): number {
+    return Math.max(this.usage(), this.cap * kinds)
+  }
+
   /** Held back now (its input, or a replica's output on it, is paused). */
   get heldBack (): boolean {
     return this.inputPaused || this.sides.some((s) => s.paused)

@@ -151,7 +151,11 @@ export class ConnTable {
         c.advance()
       }
     }
-    this.room = this.env.config.limits.max_memory - this.usage()
+    // What is used, or granted and not used yet, is not free.
+    const kinds = this.kinds()
+    let reserved = 0
+    for (const c of conns) reserved += c.reserved(kinds)
+    this.room = this.env.config.limits.max_memory - reserved
     for (const c of conns) if (c.heldBack) c.retry()
   }
 
