@@ -310,7 +310,11 @@ export class Conn {
     for (const r of this.env.replicas) {
       if (r !== this.env.primary) ahead += this.stream.aheadOf(r.index)
     }
-    return this.inflight() + this.stream.held + ahead + this.socket.writableLength
+    // Released bytes still kept for a backup's comparison may also sit in the client
+    // socket's buffer (the same Buffer objects): count them once.
+    const s = this.stream
+    const inSocket = Math.max(0, this.socket.writableLength - Math.max(0, s.written - s.base))
+    return this.inflight() + s.held + ahead + inSocket
   }
 
   /** Released output not yet written to the client socket. */
