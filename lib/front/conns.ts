@@ -26,10 +26,6 @@ export class ConnTable {
     return this.conns.size
   }
 
-  [Symbol.iterator] (): IterableIterator<Conn> {
-    return this.conns.values()
-  }
-
   /** A new client connection (its OPEN is the caller's to log). */
   open (socket: ClientSocket): Conn {
     const c = new Conn(this.nextId++, socket, this.env)

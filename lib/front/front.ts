@@ -147,10 +147,6 @@ export class Front extends EventEmitter<FrontEvents> {
     return this.bound
   }
 
-  get state (): Lifecycle['state'] {
-    return this.lifecycle.state
-  }
-
   async start (): Promise<void> {
     const state = await this.arbiter.open()
     try {
