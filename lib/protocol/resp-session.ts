@@ -1,0 +1,228 @@
+// One client connection to Redis: its requests, and the connection state that decides how
+// many replies each owes and whether they are compared. Each rule mirrors Redis 7.0
+// (server.c processCommand, multi.c, pubsub.c) and says why.
+
+import type { Request, Session } from './types.js'
+import {
+  PUBSUB, SUBSCRIBED_ALLOWED, captureCount, isBlocking, isContainer, plainVerdict,
+  uncomparedReason,
+} from './resp-commands.js'
+import { RequestFramer, type CommandSink } from './resp-parse.js'
+import {
+  OP_HELLO, OP_MONITOR, OP_PUBSUB, OP_RESET, OP_UNSUB_ALL, RespReader, RespRequest,
+} from './resp-reply.js'
+
+/** Commands with a rule of their own below (and the pub/sub ones). */
+const RULES = new Set([
+  'multi', 'exec', 'discard', 'watch', 'quit', 'reset', 'monitor', 'hello', 'client', 'sync',
+  'psync', 'post', 'host:',
+])
+
+type Verdict = { compare: boolean, blocking: boolean } | null
+
+export class RespSession implements Session, CommandSink {
+  fallback: string | null = null
+  private readonly framer = new RequestFramer(this)
+  private readonly readers: RespReader[] = []
+  private out: Request[] = []
+  /** QUIT was sent: Redis runs nothing after it. */
+  private closed = false
+  /** Inside MULTI, and whether every command queued so far is compared. */
+  private multi = false
+  private multiCompare = true
+  /** Subscriptions by kind (channels, patterns, shard channels), as requested. */
+  private readonly subs: [Set<string>, Set<string>, Set<string>] = [new Set(), new Set(), new Set()]
+  private resp3 = false
+  private monitor = false
+  /** The verdict on the last name seen (pipelines repeat names; the framer reuses them). */
+  private lastBase = ''
+  private lastVerdict: Verdict = null
+
+  request (data: Buffer): Request[] {
+    if (this.fallback !== null) return []
+    // Redis closes the connection after QUIT's reply and reads nothing more: bytes after it
+    // owe no reply and change nothing.
+    if (this.closed) return [new RespRequest('', data.length, 0, false, true)]
+    this.settle()
+    const out: Request[] = []
+    this.out = out
+    const stop = this.framer.push(data)
+    if (this.framer.error !== null) this.fallback = this.framer.error
+    else if (this.closed && stop < data.length) {
+      out.push(new RespRequest('', data.length - stop, 0, false, true))
+    }
+    return out
+  }
+
+  // The state rules guess from requests, and a refused request (NOAUTH, NOPERM) changes
+  // nothing on the server: a SUBSCRIBE refused would leave the session believing the
+  // connection subscribed. Once every request so far is answered, the replies tell the
+  // server's own state, and the guesses are corrected from them.
+  private settle (): void {
+    const state = this.readers[0]?.settled()
+    if (state === undefined || state === null) return
+    this.resp3 = state.resp3
+    this.monitor = state.monitor
+    state.counts.forEach((n, kind) => { if (n === 0) this.subs[kind]?.clear() })
+  }
+
+  reader (): RespReader {
+    const r = new RespReader(() => this.fallback)
+    this.readers.push(r)
+    return r
+  }
+
+  capture (name: string): number {
+    return captureCount(name)
+  }
+
+  command (size: number, argc: number, base: string, args: Array<string | null>): boolean {
+    // `*0`, `*-1` and blank inline lines: Redis skips them without a reply.
+    if (argc === 0) return this.emit(new RespRequest('', size, 0, false, true))
+    if (base !== this.lastBase) {
+      this.lastBase = base
+      this.lastVerdict = RULES.has(base) || PUBSUB.has(base) ? null : plainVerdict(base)
+    }
+    const plain = this.lastVerdict
+    // The common case: a command with no rule, on a connection in no special state.
+    if (plain !== null && !this.multi && !this.monitor && !this.subscribed()) {
+      return this.emit(new RespRequest(base, size, 1, plain.blocking, plain.compare))
+    }
+    // Redis takes these for HTTP or a cross-protocol attack and closes without a reply.
+    if (base === 'post' || base === 'host:') return this.stop('an HTTP request, not RESP')
+    const sub = argc > 1 && isContainer(base) ? args[0] : undefined
+    const name = typeof sub === 'string' ? `${base}|${sub.toLowerCase()}` : base
+    // A RESP2 connection that is subscribed may only (un)subscribe, PING, QUIT and RESET:
+    // Redis refuses the rest with one error, and they change nothing.
+    if (!this.resp3 && this.subscribed() && !SUBSCRIBED_ALLOWED.has(base)) {
+      return this.emit(new RespRequest(name, size, 1, false, true))
+    }
+    const handled = this.special(size, argc, base, name, args)
+    if (handled !== undefined) return handled
+    const compare = uncomparedReason(name, base, argc, args) === null
+    // Inside MULTI a command is queued: +QUEUED (or an error) now, its real reply in EXEC's
+    // array; a blocking command there never blocks (Redis runs it as with a zero timeout).
+    if (this.multi) {
+      this.multiCompare &&= compare
+      return this.emit(new RespRequest(name, size, 1, false, true))
+    }
+    // A MONITOR connection is refused every command that touches the keyspace: none blocks.
+    const blocking = !this.monitor && isBlocking(base, args)
+    return this.emit(new RespRequest(name, size, 1, blocking, compare))
+  }
+
+  // Commands that change the connection's state; undefined for the others. Each checks the
+  // arity Redis checks first: a wrong one is one error reply and changes nothing.
+  private special (
+    size: number, argc: number, base: string, name: string, args: Array<string | null>
+  ): boolean | undefined {
+    switch (base) {
+      case 'multi': return argc === 1 ? this.startMulti(size) : undefined
+      case 'exec': case 'discard':
+        if (argc !== 1 || !this.multi) return undefined
+        this.multi = false
+        // EXEC's array holds the queued commands' replies: compared only if all of theirs are.
+        return this.emit(
+          new RespRequest(name, size, 1, false, base === 'discard' || this.multiCompare))
+      // WATCH is never queued (inside MULTI it is an error), QUIT never (it closes).
+      case 'watch': return this.emit(new RespRequest(name, size, 1, false, true))
+      case 'quit':
+        this.closed = true
+        this.emit(new RespRequest(name, size, 1, false, true))
+        return false
+      case 'reset': return argc === 1 ? this.reset(size) : undefined
+      case 'monitor': return argc === 1 && !this.multi ? this.startMonitor(size) : undefined
+      case 'hello': return this.hello(size, args)
+      case 'client':
+        if (name === 'client|reply' && argc === 3) {
+          const mode = args[1]?.toLowerCase()
+          // The server stops answering, so nothing tells when it has run a request.
+          if (mode === 'off' || mode === 'skip') return this.stop(`CLIENT REPLY ${mode}`)
+        }
+        return undefined
+      case 'sync': case 'psync':
+        // Outside MULTI the reply is an RDB file and then the replication stream.
+        return this.multi ? undefined : this.stop(`${base.toUpperCase()}: a replication stream`)
+      default:
+        return PUBSUB.has(base) ? this.pubsub(size, argc, base, args) : undefined
+    }
+  }
+
+  private startMulti (size: number): boolean {
+    // MULTI inside MULTI is an error and leaves the transaction as it is.
+    if (!this.multi) {
+      this.multi = true
+      this.multiCompare = true
+    }
+    return this.emit(new RespRequest('multi', size, 1, false, true))
+  }
+
+  // RESET runs even inside MULTI: it discards the transaction, the subscriptions, MONITOR and
+  // RESP3 (and CLIENT REPLY, which has already made the connection fall back).
+  private reset (size: number): boolean {
+    this.multi = false
+    for (const s of this.subs) s.clear()
+    this.resp3 = false
+    this.monitor = false
+    return this.emit(new RespRequest('reset', size, 1, false, true, OP_RESET))
+  }
+
+  // MONITOR answers +OK and then streams every command the server runs, with times and
+  // client addresses; the reader tells that feed from replies. A second MONITOR answers
+  // nothing at all. (Inside MULTI it is queued and fails in EXEC.)
+  private startMonitor (size: number): boolean {
+    if (this.monitor) return this.emit(new RespRequest('monitor', size, 0, false, true))
+    this.monitor = true
+    return this.emit(new RespRequest('monitor', size, 1, false, true, OP_MONITOR))
+  }
+
+  // HELLO 3 switches the replies to RESP3, HELLO 2 back; its reply holds the connection id.
+  // Inside MULTI the switch would happen in the middle of EXEC's array.
+  private hello (size: number, args: Array<string | null>): boolean {
+    if (this.multi) return this.stop('HELLO inside MULTI')
+    if (args[0] === '3') this.resp3 = true
+    else if (args[0] === '2') this.resp3 = false
+    return this.emit(new RespRequest('hello', size, 1, false, false, OP_HELLO))
+  }
+
+  // (P|S)SUBSCRIBE a b c: one confirmation per argument (repeats included). Their
+  // UNSUBSCRIBEs: one per argument, or with none, one per subscription of the kind (one if
+  // there is none). Inside MULTI the confirmations would land in EXEC's array, more than one
+  // element per command, so that cannot be framed.
+  private pubsub (size: number, argc: number, base: string, args: Array<string | null>): boolean {
+    const ps = PUBSUB.get(base)
+    if (ps === undefined || (ps.subscribe && argc < 2)) {
+      return this.emit(new RespRequest(base, size, 1, false, true))
+    }
+    if (this.multi) return this.stop(`${base.toUpperCase()} inside MULTI`)
+    const set = this.subs[ps.kind]
+    const compare = uncomparedReason(base, base, argc, args) === null
+    if (argc === 1) {
+      const replies = Math.max(1, set.size)
+      set.clear()
+      return this.emit(new RespRequest(base, size, replies, false, compare, OP_UNSUB_ALL, ps.kind))
+    }
+    for (const a of args) {
+      if (a === null) return this.stop('a channel name too long to track')
+      if (ps.subscribe) set.add(a)
+      else set.delete(a)
+    }
+    return this.emit(new RespRequest(base, size, argc - 1, false, compare, OP_PUBSUB, ps.kind))
+  }
+
+  private subscribed (): boolean {
+    return this.subs[0].size + this.subs[1].size + this.subs[2].size > 0
+  }
+
+  private emit (req: RespRequest): boolean {
+    this.out.push(req)
+    if (req.replies > 0) for (const r of this.readers) r.expect(req)
+    return true
+  }
+
+  // The connection cannot be ordered from here on.
+  private stop (reason: string): boolean {
+    this.fallback = reason
+    return false
+  }
+}

@@ -1,0 +1,57 @@
+// Redis's protocol, RESP2 and RESP3: requests are multibulk arrays or inline lines, framed
+// as Redis frames them (resp-parse.ts); replies are every RESP type, told apart from pushed
+// messages (resp-reply.ts); the rules for state and for replies that legitimately differ
+// are in resp-session.ts and resp-commands.ts.
+
+import type { ClientState, ControlDialect, Protocol } from './types.js'
+import { RespSession } from './resp-session.js'
+
+const PONG = Buffer.from('+PONG\r\n')
+
+const respControl: ControlDialect = {
+  probe: Buffer.from('*1\r\n$4\r\nPING\r\n'),
+  healthy: (reply) => reply.equals(PONG),
+  clients: Buffer.from('*4\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n'),
+  client: clientState,
+}
+
+export const resp: Protocol = {
+  name: 'resp',
+  serial: true,
+  control: respControl,
+  session: () => new RespSession(),
+}
+
+/**
+ * From CLIENT LIST's reply (a bulk string, or RESP3's verbatim `txt:` one; its RESP header
+ * optional), the client whose `addr=` is `addr`: blocked when its flags hold `b`, and its
+ * `qbuf` (bytes read and not yet run). Lines look like
+ * `id=7 addr=127.0.0.1:5555 laddr=… fd=8 name= age=0 idle=0 flags=b … qbuf=26 …`.
+ */
+function clientState (reply: Buffer, addr: string): ClientState | null {
+  const text = body(reply)
+  const at = text.indexOf(` addr=${addr} `)
+  if (at < 0) return null
+  const from = text.lastIndexOf('\n', at) + 1
+  const nl = text.indexOf('\n', at)
+  const fields = new Map<string, string>()
+  for (const word of text.slice(from, nl < 0 ? text.length : nl).trimEnd().split(' ')) {
+    const eq = word.indexOf('=')
+    if (eq > 0) fields.set(word.slice(0, eq), word.slice(eq + 1))
+  }
+  const flags = fields.get('flags')
+  const qbuf = Number(fields.get('qbuf'))
+  if (flags === undefined || !Number.isInteger(qbuf)) return null
+  return { blocked: flags.includes('b'), unexecuted: qbuf }
+}
+
+// The text of a bulk or verbatim string reply (or the text itself when it has no header).
+function body (reply: Buffer): string {
+  const first = reply[0]
+  if (first !== 0x24 && first !== 0x3d) return reply.toString('latin1')
+  const nl = reply.indexOf('\r\n')
+  const len = Number(reply.toString('latin1', 1, nl))
+  if (nl < 0 || !Number.isInteger(len) || len < 0) return ''
+  const start = nl + 2 + (first === 0x3d ? 4 : 0) // verbatim: skip `txt:`
+  return reply.toString('latin1', start, nl + 2 + len)
+}
