@@ -5,17 +5,21 @@
 //   POST /failover → front.switchover(to), 200 | 409 (no backup in sync)
 //
 // It never touches the data path: every metric is computed from front.status() and
-// front.counters when scraped, except the failover histogram, fed by the 'failover' event.
+// front.counters when scraped (the turn-wait histogram too, from the front's own buckets),
+// except the failover and commit-wait histograms, fed by the front's events.
 
 import http from 'node:http'
 import type net from 'node:net'
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import {
+  Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric,
+} from 'prom-client'
 import { formatHostPort, type HostPort } from './address.js'
 import type { Logger } from './logger.js'
 import type {
   FailoverInfo, Front, FrontCounters, FrontStatus, ReplicaStatus, Role,
 } from './front/front.js'
+import { TURN_WAIT_BOUNDS_MS } from './front/conn.js'
 import { listen } from './util/listen.js'
 
 export interface AdminOptions {
@@ -343,6 +347,12 @@ export class Admin {
     this.total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
     this.total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.',
       'divergences')
+    this.total('ftproxy_turns_total',
+      'Turns (one connection\'s complete requests) answered by replicas driven directly.', 'turns')
+    this.turnWait()
+    this.total('ftproxy_uncompared_replies_total',
+      'Backup replies dropped, not compared: they differ between correct copies (KEYS, TIME, ...).',
+      'uncompared_replies')
     const refused = (): number => this.refused
     this.registry.registerMetric(new Counter({
       name: 'ftproxy_admin_connections_refused_total',
@@ -358,11 +368,42 @@ export class Admin {
   }
 
   // A Counter whose value is the front's own running total, set at scrape time.
-  private total (name: string, help: string, key: keyof FrontCounters): void {
+  private total (name: string, help: string, key: TotalKey): void {
     const front = this.front
     this.registry.registerMetric(new Counter({
       name, help, registers: [], collect () { this.reset(); this.inc(front.counters[key]) },
     }))
+  }
+
+  // prom-client's Histogram cannot be set, and the front keeps its own buckets (counted on the
+  // data path without prom-client): this reports them when scraped, in the shape
+  // Histogram.get() has (cumulative le buckets, +Inf, _sum, _count), so the text is the same.
+  private turnWait (): void {
+    const name = 'ftproxy_turn_wait_seconds'
+    const help = 'How long a turn waited for the replies it owed, on replicas driven directly.'
+    const bounds = TURN_WAIT_BOUNDS_MS.map((ms) => Number((ms / 1000).toPrecision(12)))
+    const counters = this.front.counters
+    const metric = {
+      name,
+      help,
+      type: 'histogram',
+      aggregator: 'sum',
+      reset () {}, // the front's counters are never reset
+      async get () {
+        const counts = counters.turn_wait_buckets
+        const bucket = `${name}_bucket`
+        let n = 0
+        const values: Sample[] = bounds.map((le, i) =>
+          ({ labels: { le }, value: (n += counts[i] ?? 0), metricName: bucket }))
+        n += counts[bounds.length] ?? 0
+        values.push({ labels: { le: '+Inf' }, value: n, metricName: bucket },
+          { labels: {}, value: counters.turn_wait_ms / 1000, metricName: `${name}_sum` },
+          { labels: {}, value: n, metricName: `${name}_count` })
+        return { name, help, type: metric.type, aggregator: metric.aggregator, values }
+      },
+    }
+    // Not one of prom-client's classes: the registry reads only get(), and reset() when reset.
+    this.registry.registerMetric(metric as unknown as Metric)
   }
 
   private gauge (name: string, help: string, value: () => number): void {
@@ -385,6 +426,14 @@ export class Admin {
     }))
   }
 }
+
+/** One line of a metric's text, as prom-client's get() gives it. */
+interface Sample { labels: Record<string, number | string>, value: number, metricName: string }
+
+/** The counters that are plain running totals (turn_wait_buckets is not one). */
+type TotalKey = {
+  [K in keyof FrontCounters]: FrontCounters[K] extends number ? K : never
+}[keyof FrontCounters]
 
 function parseUrl (raw: string): URL {
   try {

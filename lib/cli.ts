@@ -58,10 +58,17 @@ function addFrontCommands (cli: Argv, outcome: Outcome): void {
         alias: 'c', type: 'string', demandOption: true, describe: 'YAML config file',
       }),
     async (args) => { outcome.code = await run(args.config) })
-    .command('check-config <file>', 'validate a config file and print it with defaults filled',
+    .command('check-config [file]', 'validate a config file and print it with defaults filled',
       (y) => y
-        .positional('file', { type: 'string', demandOption: true, describe: 'YAML config file' }),
-      async (args) => { outcome.code = await checkConfig(args.file) })
+        .positional('file', { type: 'string', describe: 'YAML config file' })
+        .option('config', { alias: 'c', type: 'string', describe: 'YAML config file (as for run)' })
+        .check((a) => {
+          if ((a.file === undefined) === (a.config === undefined)) {
+            throw new Error('give the config file once: check-config FILE or --config FILE')
+          }
+          return true
+        }),
+      async (args) => { outcome.code = await checkConfig((args.file ?? args.config) as string) })
 }
 
 function addAdminCommands (cli: Argv, outcome: Outcome): void {

@@ -64,6 +64,9 @@ export async function waitReachable (address: HostPort, opts: WaitOptions): Prom
   }
 }
 
+/** One probe within `timeout` ms: null on success, or why not. */
+export type Prober = (timeout: number) => Promise<Error | null>
+
 interface HealthEvents {
   up: []
   down: [reason: string]
@@ -73,6 +76,11 @@ interface HealthEvents {
 
 export class HealthCheck extends EventEmitter<HealthEvents> {
   state: Health = 'unknown'
+  /**
+   * How probes are made while the server is driven: through ftproxy's control connection to
+   * it, so checks open no connections of their own. Null: a TCP connect per probe.
+   */
+  prober: Prober | null = null
   private fails = 0
   private oks = 0
   /** In a burst of probes that failed for want of local resources (reported at its start). */
@@ -117,7 +125,7 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
   probeNow (): Promise<boolean | null> {
     this.batch ??= new Promise((resolve) => setImmediate(() => {
       this.batch = undefined
-      void probe(this.opts.address, this.opts.timeout).then((err) => {
+      void this.probeOnce().then((err) => {
         if (this.inconclusive(err)) return resolve(null)
         // Refused or reset: nothing listens, final. A timeout may be a busy server: it counts
         // towards `fall` like any failed check.
@@ -137,11 +145,16 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
   private async check (): Promise<void> {
     if (this.running) return
     this.running = true
-    const err = await probe(this.opts.address, this.opts.timeout)
+    const err = await this.probeOnce()
     this.running = false
     if (this.timer === undefined || this.inconclusive(err)) return
     const reason = err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : ''
     this.mark(err === null, reason, false)
+  }
+
+  private probeOnce (): Promise<Error | null> {
+    const { address, timeout } = this.opts
+    return this.prober ? this.prober(timeout) : probe(address, timeout)
   }
 
   // A probe that failed for want of the front's own resources proves nothing either way.

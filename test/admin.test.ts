@@ -9,6 +9,7 @@ import { Admin } from '../lib/admin.js'
 import { formatHostPort } from '../lib/address.js'
 import { FtproxyError } from '../lib/errors.js'
 import type { Front } from '../lib/front/front.js'
+import { TURN_WAIT_BOUNDS_MS } from '../lib/front/conn.js'
 import { newCounters } from '../lib/front/core.js'
 import { createLogger, nullLogger } from '../lib/logger.js'
 import { Client, demoPair, driveIncr, expectCounts, type TestFront } from './helpers/cluster.js'
@@ -56,13 +57,21 @@ t.test('GET /status has the contract keys and reflects the roles', async (tt) =>
   tt.match(res.headers.get('content-type'), /^application\/json/)
   const st = await json(res)
   const keys = ['epoch', 'primary', 'protected', 'protected_since', 'serving', 'replicas',
-    'connections', 'log_entries', 'log_bytes', 'output_held_bytes', 'last_failover']
+    'connections', 'log_entries', 'log_bytes', 'output_held_bytes', 'last_failover', 'protocol']
   for (const k of keys) tt.ok(k in st, `has ${k}`)
   tt.match(st,
-    { epoch: 1, primary: 'a', protected: true, serving: true, connections: 0, last_failover: null })
+    {
+      epoch: 1,
+      primary: 'a',
+      protected: true,
+      serving: true,
+      connections: 0,
+      last_failover: null,
+      protocol: 'raw',
+    })
   tt.match(st.replicas, [
-    { name: 'a', role: 'primary', health: String, lag_entries: 0, lag_bytes: 0 },
-    { name: 'b', role: 'backup', health: String, lag_entries: 0, lag_bytes: 0 },
+    { name: 'a', role: 'primary', health: String, lag_entries: 0, lag_bytes: 0, queued_entries: 0 },
+    { name: 'b', role: 'backup', health: String, lag_entries: 0, lag_bytes: 0, queued_entries: 0 },
   ])
   const head = await fetch(`${base}/status`, { method: 'HEAD' })
   tt.equal(head.status, 200, 'HEAD works on GET endpoints')
@@ -268,6 +277,7 @@ function stubFront (switchover: () => Promise<unknown>): Front {
       primary: 'a',
       protected: true,
       serving: false,
+      protocol: 'resp',
       replicas: [],
       protected_since: new Date().toISOString(),
       connections: 0,
@@ -472,4 +482,77 @@ t.test('past max connections, one more is closed at once; open ones still work',
     c.socket.destroy()
     return ok
   }, 'a new connection served after one closed')
+})
+
+// ---------------------------------------------------------------------------------------------
+// Serial protocols (line, resp): the front counts turns and their waits itself; the endpoint
+// shows them as they are when scraped.
+
+async function stubbed (tt: Test): Promise<{ front: Front, base: string }> {
+  const front = stubFront(async () => { throw new Error('not in this test') })
+  const admin = new Admin(front, { listen: LISTEN, log: nullLogger() })
+  tt.teardown(() => admin.close())
+  return { front, base: `http://${formatHostPort(await admin.start())}` }
+}
+
+t.test('/status passes the protocol through', async (tt) => {
+  const { base } = await stubbed(tt)
+  tt.equal((await json(await fetch(`${base}/status`))).protocol, 'resp')
+})
+
+t.test('turns, the turn-wait histogram and uncompared replies', async (tt) => {
+  const { front, base } = await stubbed(tt)
+  const scrape = async (): Promise<string> => await (await fetch(`${base}/metrics`)).text()
+
+  let text = await scrape()
+  tt.match(text, /# TYPE ftproxy_turns_total counter/)
+  tt.match(text, /# HELP ftproxy_turn_wait_seconds \S/)
+  tt.match(text, /# TYPE ftproxy_turn_wait_seconds histogram/)
+  tt.match(text, /# TYPE ftproxy_uncompared_replies_total counter/)
+  tt.equal(metric(text, 'ftproxy_turns_total'), 0)
+  tt.equal(metric(text, 'ftproxy_uncompared_replies_total'), 0)
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_bucket{le="+Inf"}'), 0, 'empty at first')
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_count'), 0)
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_sum'), 0)
+
+  // Per-bucket counts as the front keeps them: ≤ 0.1 ms 3, ≤ 1 ms 2, ≤ 250 ms 1, over 1 s 4.
+  const counters = front.counters
+  const n = TURN_WAIT_BOUNDS_MS.length
+  const per = new Array<number>(n + 1).fill(0)
+  per[TURN_WAIT_BOUNDS_MS.indexOf(0.1)] = 3
+  per[TURN_WAIT_BOUNDS_MS.indexOf(1)] = 2
+  per[TURN_WAIT_BOUNDS_MS.indexOf(250)] = 1
+  per[n] = 4
+  counters.turn_wait_buckets = per
+  counters.turn_wait_ms = 12_345.5
+  counters.turns = 10
+  counters.uncompared_replies = 7
+  text = await scrape()
+  tt.equal(metric(text, 'ftproxy_turns_total'), 10)
+  tt.equal(metric(text, 'ftproxy_uncompared_replies_total'), 7)
+
+  // Cumulative, in seconds, every bound in order, +Inf last: what Prometheus expects.
+  const buckets = text.split('\n')
+    .filter((l) => l.startsWith('ftproxy_turn_wait_seconds_bucket'))
+    .map((l) => {
+      const m = /^ftproxy_turn_wait_seconds_bucket\{le="([^"]+)"\} (\d+)$/.exec(l)
+      return m === null ? [l] : [m[1], Number(m[2])]
+    })
+  let cumulative = 0
+  const want = TURN_WAIT_BOUNDS_MS.map((ms, i) => [String(ms / 1000), (cumulative += per[i] ?? 0)])
+  want.push(['+Inf', 10])
+  tt.same(buckets, want, 'cumulative le buckets')
+  tt.same(buckets.slice(0, 4), [['0.0001', 3], ['0.00025', 3], ['0.0005', 3], ['0.001', 5]],
+    'bounds in seconds, written plainly')
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_count'), 10, '_count is the +Inf bucket')
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_sum'), 12.3455, '_sum in seconds')
+
+  // Read at every scrape, never cached.
+  per[0] = 4
+  counters.turns = 11
+  text = await scrape()
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_bucket{le="0.0001"}'), 4)
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_bucket{le="+Inf"}'), 11)
+  tt.equal(metric(text, 'ftproxy_turn_wait_seconds_count'), 11)
+  tt.equal(metric(text, 'ftproxy_turns_total'), 11)
 })

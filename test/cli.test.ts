@@ -120,6 +120,7 @@ t.test('check-config', async (t) => {
     t.match(cfg, {
       listen: '127.0.0.1:7000',
       output_commit: 'ack',
+      protocol: 'line',
       on_backup_loss: 'continue',
       replicas: [
         {
@@ -150,6 +151,24 @@ t.test('check-config', async (t) => {
     t.equal(again.stdout, r.stdout, 'round trip')
   })
 
+  t.test('the Redis example: valid, protocol resp, two supervised redis-server', async (t) => {
+    const r = await runCli(t, ['check-config', 'config/redis.yaml'])
+    t.equal(r.code, 0, r.stderr)
+    const cfg = parseYaml(r.stdout) as Record<string, any>
+    t.match(cfg, {
+      protocol: 'resp',
+      output_commit: 'ack',
+      replicas: [
+        { name: 'a', command: ['redis-server', '--port', String] },
+        { name: 'b', command: ['redis-server', '--port', String] },
+      ],
+    })
+    t.equal(cfg.state_dir, path.join(ROOT, 'state', 'redis'), 'a state_dir of its own')
+    const dir = t.testdir({ 'effective.yaml': r.stdout })
+    const again = await runCli(t, ['check-config', path.join(dir, 'effective.yaml')])
+    t.equal(again.stdout, r.stdout, 'round trip')
+  })
+
   const replicas = 'replicas:\n  - name: a\n    address: 127.0.0.1:7101\n' +
     '  - name: b\n    address: 127.0.0.1:7102\n'
   // Each case: the file, and the [key path, line] pairs stderr must name.
@@ -165,6 +184,10 @@ t.test('check-config', async (t) => {
     'a bad duration': {
       yaml: `${replicas}timeouts:\n  connect: 2s\n  stall: 3 seconds\n`,
       want: [['timeouts.stall', 8]]
+    },
+    'an unknown protocol': {
+      yaml: `${replicas}protocol: memcached\n`,
+      want: [['protocol', 6]]
     },
     'a duration without a unit': {
       yaml: `${replicas}health_check: { interval: 1000 }\n`,
@@ -436,13 +459,15 @@ t.test('status, failover and SIGHUP against a running front', async (t) => {
   t.equal(unreachable.code, 1)
   t.match(unreachable.stderr, /cannot reach the admin endpoint/)
 
-  // SIGHUP: the log level changes at once; a change of listen needs a restart, and says so.
+  // SIGHUP: the log level changes at once; a change of listen or protocol needs a restart,
+  // and says so.
   writeFileSync(file, readFileSync(file, 'utf8')
     .replace('level: info', 'level: debug')
-    .replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`))
+    .replace(`listen: 127.0.0.1:${port}`, `listen: 127.0.0.1:${port + 1}`) + 'protocol: line\n')
   front.proc.kill('SIGHUP')
   const reload = await front.waitEvent('reload')
-  t.match(reload, { applied: ['log.level'], restart_needed: ['listen'] })
+  t.same(reload.applied, ['log.level'])
+  t.same(reload.restart_needed, ['listen', 'protocol'])
   const d = await Client.open(port)
   await front.waitEvent('connection_open')
   t.pass('debug events are logged after the reload')

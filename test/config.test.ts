@@ -153,6 +153,7 @@ t.test('defaults fill a minimal config', async (t) => {
     listen: { host: '127.0.0.1', port: 7000 },
     state_dir: join(CWD, 'state'),
     output_commit: 'ack',
+    protocol: 'raw',
     on_backup_loss: 'continue',
     replicas: [
       { name: 'a', address: { host: '127.0.0.1', port: 7101 } },
@@ -192,6 +193,14 @@ t.test('partial sections keep the other defaults; absolute state_dir stays', asy
   t.same(c.admin, { listen: { host: '127.0.0.1', port: 7900 }, token: 's3cret' })
 })
 
+t.test('protocol: each name is taken as given', async (t) => {
+  for (const name of ['raw', 'line', 'resp'] as const) {
+    const c = parseConfig(yaml(`protocol: ${name}`, ...TWO_REPLICAS), 'p.yaml', CWD)
+    t.equal(c.protocol, name)
+  }
+  t.equal(DEFAULTS.protocol, 'raw', 'raw by default: today\'s behaviour')
+})
+
 t.test('numbers in a command become strings', async (t) => {
   const c = parseConfig(yaml(
     ...TWO_REPLICAS,
@@ -208,6 +217,12 @@ t.test('each kind of bad value names its path and line', async (t) => {
     bad('bad listen', 'listen', 1, 'listen: 127.0.0.1', ...TWO_REPLICAS),
     bad('listen as a number', 'listen', 6, ...TWO_REPLICAS, 'listen: 7000'),
     bad('bad enum', 'output_commit', 6, ...TWO_REPLICAS, 'output_commit: always'),
+    bad('unknown protocol', 'protocol', 2, 'listen: 127.0.0.1:7000', 'protocol: http',
+      ...TWO_REPLICAS),
+    bad('protocol in capitals', 'protocol', 6, ...TWO_REPLICAS, 'protocol: RESP'),
+    bad('protocol not a string', 'protocol', 6, ...TWO_REPLICAS, 'protocol: 1'),
+    bad('empty protocol', 'protocol', 6, ...TWO_REPLICAS, 'protocol: ""'),
+    bad('protocol as a list', 'protocol', 6, ...TWO_REPLICAS, 'protocol: [resp]'),
     bad('bad on_backup_loss', 'on_backup_loss', 1, 'on_backup_loss: stop', ...TWO_REPLICAS),
     bad('empty state_dir', 'state_dir', 1, 'state_dir: ""', ...TWO_REPLICAS),
     bad('fall 0', 'health_check.fall', 7, ...TWO_REPLICAS, 'health_check:', '  fall: 0'),
@@ -473,6 +488,7 @@ t.test('renderConfig', async (t) => {
     'listen: "[::1]:7000"',
     'state_dir: rel/state',
     'output_commit: match',
+    'protocol: resp',
     'on_backup_loss: block',
     'replicas:',
     '  - name: a',
@@ -495,12 +511,13 @@ t.test('renderConfig', async (t) => {
   t.match(out, /^state_dir: \/srv\/ftproxy\/rel\/state$/m, 'absolute state_dir')
   t.match(out, /linger: 2h/, 'durations in human units')
   t.match(out, /max_lag: 100000B/, 'sizes in human units')
+  t.match(out, /^protocol: resp$/m, 'the protocol')
   const again = parseConfig(out, 'r.yaml', '/somewhere/else')
   t.same(again, c, 're-parses to an equal Config')
 
   const keys = out.split('\n').filter((l) => /^[a-z_]+:/.test(l)).map((l) => l.split(':')[0])
-  const order = ['listen', 'state_dir', 'output_commit', 'on_backup_loss', 'replicas',
-    'health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin']
+  const order = ['listen', 'state_dir', 'output_commit', 'protocol', 'on_backup_loss',
+    'replicas', 'health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin']
   t.same(keys, order, 'keys in docs/design.md order')
 
   const redacted = renderConfig(c, { redact: true })
@@ -510,7 +527,7 @@ t.test('renderConfig', async (t) => {
 })
 
 t.test('shipped config files parse and round-trip', async (t) => {
-  for (const name of ['demo.yaml', 'ftproxy.yaml']) {
+  for (const name of ['demo.yaml', 'ftproxy.yaml', 'redis.yaml']) {
     const file = join(root, 'config', name)
     const c: Config = await loadConfig(file)
     t.equal(c.file, file)
@@ -523,10 +540,29 @@ t.test('shipped config files parse and round-trip', async (t) => {
     ['b', '127.0.0.1:7102', ['ftproxy', 'demo-server', '--port', '7102']]
   ])
   t.equal(demo.log.format, 'text')
+  t.equal(demo.protocol, 'line', 'the demo server speaks lines')
   const prod = await loadConfig(join(root, 'config', 'ftproxy.yaml'))
   t.equal(prod.state_dir, '/var/lib/ftproxy')
   t.equal(prod.log.format, 'json')
   t.same(prod.replicas.map(addressOf), ['127.0.0.1:6379', '127.0.0.1:6380'])
+  t.equal(prod.protocol, 'resp', 'the production example is Redis')
+  const redis = await loadConfig(join(root, 'config', 'redis.yaml'))
+  t.equal(redis.protocol, 'resp')
+  t.equal(redis.output_commit, 'ack')
+  t.same(redis.replicas.map((r) => [r.name, addressOf(r), r.command?.[0]]), [
+    ['a', '127.0.0.1:7111', 'redis-server'],
+    ['b', '127.0.0.1:7112', 'redis-server']
+  ])
+  for (const r of redis.replicas) {
+    const argv = r.command ?? []
+    t.equal(argv[argv.indexOf('--port') + 1], String(r.address?.port), `${r.name}: its own port`)
+    t.equal(argv[argv.indexOf('--save') + 1], '', `${r.name}: no snapshots`)
+    t.equal(argv[argv.indexOf('--appendonly') + 1], 'no', `${r.name}: no append-only file`)
+  }
+  t.not(redis.state_dir, demo.state_dir, 'a state_dir of its own')
+  t.not(formatHostPort(redis.admin.listen), formatHostPort(demo.admin.listen),
+    'an admin port of its own')
+  t.not(formatHostPort(redis.listen), formatHostPort(demo.listen), 'a client port of its own')
 })
 
 t.test('loadConfig', async (t) => {
@@ -849,6 +885,7 @@ t.test('agent config: problems name their key and line', async (t) => {
       ['server: h:1', 'state-dir: /x'],
       /did you mean 'state_dir'/),
     bad('front key', 'replicas', 2, ['server: h:1', 'replicas: []'], /unknown key/),
+    bad('protocol is the front\'s', 'protocol', 2, ['server: h:1', 'protocol: resp'], /front/),
     bad('front-only timeout', 'timeouts.stall', 3,
       ['server: h:1', 'timeouts:', '  stall: 3s'],
       /unknown key/),

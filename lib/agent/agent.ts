@@ -23,6 +23,8 @@ import { nullLogger } from '../logger.js'
 import { HealthCheck, aliveAfterEnd, waitReachable } from '../health.js'
 import { Supervisor } from '../supervise.js'
 import { Applier } from '../replica/applier.js'
+import { protocolFor } from '../protocol/index.js'
+import { isProtocolName, type ProtocolName } from '../protocol/types.js'
 import { Channel } from '../channel/channel.js'
 import { PROTOCOL_VERSION, splitData, type Frame, type HelloFrame } from '../channel/codec.js'
 import { writeFileAtomicSync } from '../util/atomic-write.js'
@@ -235,6 +237,9 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       const message = `protocol version ${f.version}; this agent speaks ${PROTOCOL_VERSION}`
       return ch.fail(protocolError(this.epoch, message))
     }
+    if (!isProtocolName(f.protocol)) {
+      return ch.fail(protocolError(this.epoch, `unknown application protocol ${f.protocol}`))
+    }
     // A valid HELLO: its epoch is recorded even when the server is down, to fence older fronts.
     if (!this.takeEpoch(ch, f.epoch)) return
     if (this.serverDown !== null) {
@@ -285,7 +290,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     }
     // Another front process: whatever the last one had open is gone with its clients.
     held?.applier.close()
-    const s = this.session = this.newSession(f.frontId, f.epoch, f.window)
+    const s = this.session = this.newSession(f)
     this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
     return s
   }
@@ -305,10 +310,16 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     }
   }
 
-  private newSession (frontId: string, epoch: number, window: number): Session {
+  private newSession (f: HelloFrame): Session {
+    const { frontId, epoch, window } = f
     const { server: address, timeouts } = this.cfg
     const { connect: connectTimeout, linger } = timeouts
-    const applier = new Applier({ address, connectTimeout, linger })
+    // A serial protocol orders the log here, beside the server, where a turn's wait is short;
+    // held entries are acknowledged at once (the front may release output that depends on them).
+    const protocol = protocolFor(f.protocol as ProtocolName)
+    const applier = new Applier({ address, connectTimeout, linger, protocol, holdBytes: window })
+    // Health checks go through the applier's control connection when it has one.
+    this.health.prober = applier.prober
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     applier.on('ack', (e) => {
@@ -374,6 +385,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     this.channel = null
     this.session?.applier.close()
     this.session = null
+    this.health.prober = null
   }
 
   // An epoch older than the newest seen is fenced, one too far ahead refused, a newer one

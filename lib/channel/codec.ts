@@ -146,10 +146,12 @@ export function encode (frame: Frame): Buffer[] {
   switch (frame.type) {
     case 'HELLO': {
       const id = utf8(frame.frontId, 'frontId')
+      const proto = utf8(frame.protocol, 'protocol')
       const resume = list(frame.resume, 'resume')
-      const w = head('HELLO', frame.epoch, 4 + 2 + 2 + id.length + 4 + 4 + 12 * resume.length)
+      const size = 4 + 2 + 2 + id.length + 4 + 2 + proto.length + 4 + 12 * resume.length
+      const w = head('HELLO', frame.epoch, size)
       w.bytes(Buffer.from(MAGIC, 'latin1')).u16(frame.version, 'version')
-      w.str(id).u32(frame.window, 'window')
+      w.str(id).u32(frame.window, 'window').str(proto)
       w.u32(resume.length, 'resume.length')
       for (const r of resume) w.u32(r.conn, 'resume.conn').u64(r.offset, 'resume.offset')
       return [w.buf]
@@ -285,9 +287,10 @@ function decodeFrame (buf: Buffer, start: number, end: number): Frame {
       const version = r.u16()
       const frontId = r.str()
       const window = r.u32()
+      const protocol = r.str()
       const resume: ResumePoint[] = []
       for (let n = r.count(12); n > 0; n--) resume.push({ conn: r.u32(), offset: r.u64() })
-      return r.done({ type: 'HELLO', epoch, version, frontId, window, resume })
+      return r.done({ type: 'HELLO', epoch, version, frontId, window, protocol, resume })
     }
     case FrameType.WELCOME: {
       const version = r.u16()

@@ -9,7 +9,7 @@
 // Integers are big-endian; u64 values must fit a JS number (<= 2^53 - 1). A string is
 // u16 length + UTF-8 (at most 1024 bytes). Bodies by type:
 //
-//    1 HELLO      'FTPX' | version u16 | frontId str | window u32 |
+//    1 HELLO      'FTPX' | version u16 | frontId str | window u32 | protocol str |
 //                 n u32 | n × (conn u32, offset u64)
 //    2 WELCOME    version u16 | applied u64 | n u32 | n × (conn u32, seq u64)
 //    3 OPEN       seq u64 | conn u32
@@ -28,7 +28,8 @@
 // value out of range is an ERR_FTPROXY_FRAME, and one such error fails the decoder for good
 // (the stream position is lost, so the caller closes the channel).
 
-export const PROTOCOL_VERSION = 1
+// 2: HELLO names the application protocol (the agent frames and orders by it).
+export const PROTOCOL_VERSION = 2
 export const MAGIC = 'FTPX'
 /** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
 export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
@@ -36,13 +37,16 @@ export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
 export const MAX_DATA = 1024 * 1024
 /** Largest UTF-8 length of a string field. */
 export const MAX_STRING = 1024
+/** Longest protocol name helloLen() allows for (the names are short: raw, line, resp). */
+const MAX_PROTOCOL_NAME = 16
 
 /**
  * `len` of the largest HELLO whose resume list names `n` connections (frontId at MAX_STRING):
- * type, epoch, magic, version, frontId, window, n, then 12 bytes per connection.
+ * type, epoch, magic, version, frontId, window, protocol (a short name), n, then 12 bytes per
+ * connection.
  */
 export function helloLen (n: number): number {
-  return 1 + 4 + 4 + 2 + (2 + MAX_STRING) + 4 + 4 + 12 * n
+  return 1 + 4 + 4 + 2 + (2 + MAX_STRING) + 4 + (2 + MAX_PROTOCOL_NAME) + 4 + 12 * n
 }
 
 export const FrameType = {
@@ -73,6 +77,8 @@ export interface HelloFrame {
   frontId: string
   /** Output bytes the agent may send ahead per connection. */
   window: number
+  /** The application protocol (ProtocolName): how the agent frames and orders the log. */
+  protocol: string
   resume: ResumePoint[]
 }
 export interface WelcomeFrame {

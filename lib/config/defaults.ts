@@ -11,6 +11,7 @@ export const DEFAULTS: Readonly<Defaults> = deepFreeze({
   listen: { host: '127.0.0.1', port: 7000 },
   state_dir: './state',
   output_commit: 'ack',
+  protocol: 'raw',
   on_backup_loss: 'continue',
   health_check: { interval: 1000, timeout: 500, fall: 3, rise: 2 },
   timeouts: { connect: 2000, stall: 3000, linger: 5000, heartbeat: 1000 },

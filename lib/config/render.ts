@@ -23,6 +23,7 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
     listen: formatHostPort(c.listen),
     state_dir: c.state_dir,
     output_commit: c.output_commit,
+    protocol: c.protocol,
     on_backup_loss: c.on_backup_loss,
     replicas: c.replicas.map((r) => ({
       name: r.name,

@@ -4,6 +4,7 @@
 
 import { z } from 'zod'
 import { formatHostPort, parseHostPort, reaches, type HostPort } from '../address.js'
+import { PROTOCOL_NAMES } from '../protocol/types.js'
 import { describe } from '../util/describe.js'
 import { AGENT_DEFAULTS, DEFAULTS, MAX_DURATION, MIN_MAX_LAG } from './defaults.js'
 import { unknownKeyMessage, type KnownKeys } from './issues.js'
@@ -254,6 +255,7 @@ const rootShape = {
   listen: hostPort.default(() => ({ ...d.listen })),
   state_dir: stateDir(d.state_dir),
   output_commit: z.enum(['ack', 'match', 'none']).default(d.output_commit),
+  protocol: z.enum(PROTOCOL_NAMES).default(d.protocol),
   on_backup_loss: z.enum(['continue', 'block']).default(d.on_backup_loss),
   replicas,
   health_check: healthCheck,
@@ -327,6 +329,10 @@ const server = converter(parseHostPort, 'host:port, e.g. 127.0.0.1:6379', false,
   "required: the local server's host:port, e.g. 127.0.0.1:6379")
   .refine(notPortZero, { error: PORT_ZERO })
 
+// The front sends its protocol when the log channel connects: one place to set it, so the
+// two can never disagree. Named here only to say so, rather than 'unknown key'.
+const AGENT_PROTOCOL = "set protocol in the front's config only: the front tells its agents"
+
 const agentRootShape = {
   listen: hostPort.default(() => ({ ...ad.listen })),
   server,
@@ -336,6 +342,7 @@ const agentRootShape = {
   health_check: healthCheck,
   timeouts: z.strictObject(agentTimeoutsShape).default(() => ({ ...ad.timeouts })),
   log,
+  protocol: z.unknown().refine(() => false, { error: AGENT_PROTOCOL }).optional(),
 }
 
 export const agentRoot = z.strictObject(agentRootShape).superRefine((c, ctx) => {

@@ -2,6 +2,7 @@
 // milliseconds and sizes in bytes by the time anything sees them.
 
 import type { HostPort } from '../address.js'
+import type { ProtocolName } from '../protocol/types.js'
 
 /** Mutual TLS: absolute paths (relative ones are resolved against the working directory). */
 export interface TlsConfig {
@@ -40,6 +41,11 @@ export interface Config {
   /** Resolved against the process working directory. */
   state_dir: string
   output_commit: OutputCommit
+  /**
+   * How client input and server output are framed: raw (bytes, per-connection order only),
+   * line or resp (requests of all connections go to every replica in one order).
+   */
+  protocol: ProtocolName
   on_backup_loss: OnBackupLoss
   replicas: ReplicaConfig[]
   /** Durations in milliseconds. */

@@ -13,13 +13,20 @@ import type { Config } from '../config/index.js'
 import type { Logger } from '../logger.js'
 import type { Entry, EntryType, InputLog } from './log.js'
 import { OutputStream, type Mismatch } from './output.js'
+import { ReplyAligner, type RawReason } from './replies.js'
 import type { Replica } from './replica.js'
+import { protocolFor } from '../protocol/index.js'
+import type { Session } from '../protocol/types.js'
 
 /** The part of a client socket a connection uses (a net.Socket in production). */
 export interface ClientSocket {
-  write (data: Buffer): boolean
-  end (): void
+  /** `done` runs once this and every earlier write reached the kernel (or failed). */
+  write (data: Buffer, done?: () => void): boolean
+  /** `done` runs once the end went out after every write (or failed). */
+  end (done?: () => void): void
   destroy (): void
+  /** Close with a reset, as a server that leaves input unread does (else: destroy()). */
+  resetAndDestroy? (): void
   pause (): void
   resume (): void
   readonly writableLength: number
@@ -35,7 +42,18 @@ export interface FrontCounters {
   failovers: number
   switchovers: number
   divergences: number
+  /** Turns completed on the replicas this front drives directly (serial protocols). */
+  turns: number
+  /** How long those turns waited for their replies: counts per TURN_WAIT_BOUNDS_MS bucket. */
+  turn_wait_buckets: number[]
+  /** Sum of those waits (ms). */
+  turn_wait_ms: number
+  /** Backup replies counted and dropped, not compared (they legitimately differ). */
+  uncompared_replies: number
 }
+
+/** Upper bounds (ms) of the turn-wait histogram's buckets; the last bucket is +Inf. */
+export const TURN_WAIT_BOUNDS_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000]
 
 /** What a connection needs from the rest of the front. */
 export interface ConnEnv {
@@ -70,7 +88,7 @@ interface Side {
   /** DATA bytes and newest seq of this connection the replica acknowledged. */
   acked: number
   ackSeq: number
-  /** Its app socket is still open. */
+  /** Its app socket is still open (closed: by the server, or after the client's end). */
   open: boolean
   /** The front paused reading its output for this connection. */
   paused: boolean
@@ -78,6 +96,8 @@ interface Side {
   eofAt: number | null
   /** The end is genuine: the server answered a probe after it (not a dying process's FIN). */
   eofOk: boolean
+  /** The end was a reset (the server closed with input unread), not a FIN. */
+  reset: boolean
 }
 
 const NONE = Buffer.alloc(0)
@@ -96,7 +116,10 @@ export class Conn {
   gone = false
   /** The client socket wants 'drain' before more writes. */
   blocked = false
+  /** The client socket got its end (FIN or reset): nothing more is written to it. */
   ended = false
+  /** The client socket is being closed because the primary's server closed altogether. */
+  private closing = false
   private readonly sides: Side[]
   /**
    * Slow start: what this connection's buffers may hold grows from one socket read,
@@ -105,19 +128,35 @@ export class Conn {
    * shares have shrunk to fit them all.
    */
   private allowance = MIN_ALLOWANCE
+  /** Framed protocols: this connection's requests, as the servers will see them. */
+  private readonly session: Session | null = null
+  /** Protocols with replies that legitimately differ: makes every replica's output comparable. */
+  private readonly aligner: ReplyAligner | null = null
 
   constructor (readonly id: number, readonly socket: ClientSocket, private readonly env: ConnEnv) {
     const serving = env.replicas.map((r) => r.serving)
     this.stream = new OutputStream(serving, env.primary.index)
     this.sides = serving.map((open) => ({
-      acked: 0, ackSeq: 0, open, paused: false, eofAt: null, eofOk: false,
+      acked: 0, ackSeq: 0, open, paused: false, eofAt: null, eofOk: false, reset: false,
     }))
+    const protocol = protocolFor(env.config.protocol)
+    if (!protocol.serial) return
+    const session = this.session = protocol.session()
+    if (!protocol.uncompared) return
+    const at = (i: number): Replica | undefined => env.replicas[i]
+    this.aligner = new ReplyAligner(session, serving, env.primary.index, {
+      emit: (i, chunk) => { const r = at(i); if (r) this.canonical(r, chunk) },
+      ended: (i) => { const r = at(i); if (r?.serving) this.endCanonical(r) },
+      raw: (i, why, reply, error) => this.unaligned(i, why, reply, error),
+      replaced: () => { env.counters.uncompared_replies++ },
+    })
   }
 
   // ---- client events ----------------------------------------------------------------------
 
   onData (data: Buffer): void {
     this.env.counters.bytes_in += data.length
+    if (this.session && this.session.fallback === null) this.frame(this.session, data)
     this.append('DATA', data)
     this.logged += data.length
     if (!this.inputPaused && this.over(this.inflight())) {
@@ -170,50 +209,79 @@ export class Conn {
   /** The replica's app socket for this connection is closed. */
   onClosed (r: Replica): void {
     this.side(r).open = false
+    // The primary's server closed the connection altogether: the client may be closed now.
+    if (r === this.env.primary) this.advance()
     this.maybeForget()
   }
 
   onOutput (r: Replica, data: Buffer): void {
     if (!r.serving || !this.stream.isLive(r.index)) return // dropped here (a failed splice)
-    const p = this.env.primary
-    const isPrimary = r === p
-    const pEnd = this.side(p)
-    if (!isPrimary && !this.gone && pEnd.eofAt !== null && pEnd.eofOk &&
-      this.stream.producedBy(r.index) + data.length > pEnd.eofAt) {
-      const what = 'output after the primary closed'
-      return this.env.diverged(r, this.id, pEnd.eofAt, NONE, data.subarray(0, 16), what)
-    }
+    if (this.aligner) this.aligner.output(r.index, data)
+    else this.canonical(r, data)
+  }
+
+  // r's output as compared and released: raw, or made comparable by the aligner.
+  private canonical (r: Replica, data: Buffer): void {
+    if (!r.serving || !this.stream.isLive(r.index)) return
+    const isPrimary = r === this.env.primary
+    const bytes = isPrimary ? data : this.withinPrimaryEnd(r, data)
+    if (bytes === null) return
     // ack mode: these bytes may depend on every input of this connection logged so far.
     const dep = isPrimary ? this.lastSeq : 0
-    this.mismatches(this.stream.push(r.index, data, dep, performance.now()))
+    this.mismatches(this.stream.push(r.index, bytes, dep, performance.now()))
     this.checkEnds()
     this.advance()
   }
 
-  /** Where r's output ended; whether the end is already known to be the server's own. */
+  /**
+   * r's output ended (err: with a reset); whether the end is already known to be the
+   * server's own. A reset may cut output short at any offset (what the server had not sent
+   * yet is discarded), so its offset is not compared; only the bytes are, as far as they go.
+   */
   onOutputEnd (r: Replica, err: Error | null): boolean {
     const side = this.side(r)
-    const at = side.eofAt = this.stream.producedBy(r.index)
+    side.reset = err !== null
     if (err) r.log.debug('app_socket_error', { conn: this.id, error: err.message })
-    this.checkEnds()
-    const sameEnd = !err &&
+    if (r.transport?.endsConfirmed) side.eofOk = true
+    // Output the aligner holds for the primary's replies comes first: the end is placed
+    // after it (endCanonical, called back); whether it is genuine is probed meanwhile.
+    if (this.aligner && !this.aligner.end(r.index)) return side.eofOk
+    return this.endCanonical(r)
+  }
+
+  private endCanonical (r: Replica): boolean {
+    const side = this.side(r)
+    const at = side.eofAt = this.stream.producedBy(r.index)
+    // Another replica ended the same way at the same offset: the end is the servers' own.
+    const sameEnd = !side.reset &&
       this.env.replicas.some((o) => o !== r && o.serving && this.side(o).eofAt === at)
-    if (side.eofOk || r.transport?.endsConfirmed || sameEnd) {
-      // Another replica ended at the same offset: the end is the servers' own, no probe needed.
-      side.eofOk = true
-      this.advance()
-      return true
+    if (sameEnd) side.eofOk = true
+    this.endsMoved()
+    return side.eofOk
+  }
+
+  // The client's input as the servers will frame it: a connection whose input cannot be
+  // framed is ordered raw from here on (turns.ts); say so once.
+  private frame (session: Session, data: Buffer): void {
+    session.request(data)
+    if (session.fallback === null) return
+    this.env.log.warn('protocol_error', { conn: this.id, reason: session.fallback })
+  }
+
+  private unaligned (i: number, why: RawReason, reply: number, error: string | null): void {
+    const r = this.env.replicas[i]
+    if (!r) return
+    r.log.warn('replies_unaligned', { conn: this.id, reason: why, reply, error })
+    if (why === 'misaligned' && r !== this.env.primary) {
+      const at = this.stream.producedBy(i)
+      this.env.diverged(r, this.id, at, NONE, NONE, 'replies do not correspond')
     }
-    this.checkEnds()
-    this.advance()
-    return false
   }
 
   /** A probe after r's end found its server alive: the end is genuine. */
   confirmEnd (r: Replica): void {
     this.side(r).eofOk = true
-    this.checkEnds()
-    this.advance()
+    this.endsMoved()
   }
 
   /**
@@ -232,6 +300,7 @@ export class Conn {
 
   /** Replica r left service: it holds nothing back any more. */
   dropReplica (r: Replica): void {
+    this.aligner?.drop(r.index)
     this.stream.drop(r.index, performance.now())
     this.side(r).open = false
     this.release()
@@ -240,28 +309,54 @@ export class Conn {
 
   /** Failover: `to` is the primary; splice at the offset the client already has. */
   promote (to: Replica, now: number): void {
-    if (this.stream.primary !== to.index) {
+    const from = this.stream.primary
+    if (from !== to.index) {
       this.mismatches(this.stream.promote(to.index, this.lastSeq, now))
+      this.alignTo(from, to, now) // after the stream: held bytes go to the new reference
     }
     this.resumeReplica(to)
   }
 
   /** Planned switchover from `from` to `to` (in sync, input held). */
   swap (from: Replica, to: Replica, now: number): void {
-    if (!this.stream.swap(to.index, now)) {
+    if ((this.aligner?.idle ?? true) && this.stream.swap(to.index, now)) {
+      this.aligner?.promote(to.index) // the old primary goes on as a backup
+    } else {
       // Only output a server sends unasked can get in between; such a connection is spliced
       // as a failover would (the old primary leaves it).
       this.env.log.warn('switchover_splice', { conn: this.id })
       this.mismatches(this.stream.promote(to.index, this.lastSeq, now))
+      this.alignTo(from.index, to, now)
     }
     this.resumeReplica(from)
   }
 
-  /** Every serving replica produced the same bytes and ended (or not) at the same offset. */
+  // The aligner follows a failover; a reply the old primary left half sent that the new one
+  // cannot finish the same way cannot be spliced.
+  private alignTo (from: number, to: Replica, now: number): void {
+    if (!this.aligner) return
+    this.aligner.drop(from)
+    if (this.aligner.promote(to.index) || this.gone) return
+    this.env.log.error('splice_failed', {
+      conn: this.id,
+      replica: to.name,
+      offset: this.stream.producedBy(to.index),
+      reason: 'reply in progress',
+    })
+    this.stream.drop(to.index, now)
+    this.gone = true
+    this.socket.destroy()
+  }
+
+  /**
+   * Every serving replica produced the same bytes and ended (or not) at the same offset; or
+   * all ended, one with a reset, having produced the same bytes as far as each went.
+   */
   inSync (): boolean {
-    if (!this.stream.inSync) return false
-    const ends = this.env.replicas.filter((r) => r.serving).map((r) => this.side(r).eofAt)
-    return ends.every((e) => e === ends[0])
+    if (!this.stream.inSync || !(this.aligner?.idle ?? true)) return false
+    const ends = this.env.replicas.filter((r) => r.serving).map((r) => this.side(r))
+    if (ends.every((e) => e.eofAt !== null) && ends.some((e) => e.reset)) return true
+    return ends.every((e) => e.eofAt === ends[0]?.eofAt)
   }
 
   /** Input of this connection not yet acknowledged by the replica (status: lag_bytes). */
@@ -308,7 +403,7 @@ export class Conn {
   usage (): number {
     let ahead = 0
     for (const r of this.env.replicas) {
-      if (r !== this.env.primary) ahead += this.stream.aheadOf(r.index)
+      if (r !== this.env.primary) ahead += this.aheadOf(r)
     }
     // Released bytes still kept for a backup's comparison may also sit in the client
     // socket's buffer (the same Buffer objects): count them once.
@@ -346,9 +441,33 @@ export class Conn {
     }
     this.pressure()
     const p = this.side(this.env.primary)
-    if (!this.ended && !this.gone && p.eofAt !== null && p.eofOk && s.written === p.eofAt) {
+    if (!this.gone && p.eofAt !== null && p.eofOk && s.written === p.eofAt) this.endClient(p)
+  }
+
+  /**
+   * The client has every byte the primary produced before its end: its socket ends as the
+   * primary's did. A reset once those bytes are in the kernel (as a server that closes with
+   * input unread); else a FIN, and once the primary's server has closed the connection
+   * altogether, the socket is closed after it, so that the client's later writes fail as
+   * they would against the server (its kernel answers them with a reset).
+   */
+  private endClient (p: Side): void {
+    if (p.reset) {
+      if (this.ended) return
+      this.ended = true
+      this.socket.write(NONE, () => {
+        if (this.socket.resetAndDestroy) this.socket.resetAndDestroy()
+        else this.socket.destroy()
+      })
+      return
+    }
+    if (!this.ended) {
       this.ended = true
       this.socket.end()
+    }
+    if (!p.open && !this.closing) {
+      this.closing = true
+      this.socket.end(() => this.socket.destroy())
     }
   }
 
@@ -392,7 +511,7 @@ export class Conn {
     for (const r of this.env.replicas) {
       if (!r.transport) continue
       const side = this.side(r)
-      const owed = r === this.env.primary ? this.stream.held : this.stream.aheadOf(r.index)
+      const owed = r === this.env.primary ? this.stream.held : this.aheadOf(r)
       const over = this.over(owed)
       if (over && !side.paused) {
         side.paused = true
@@ -402,6 +521,11 @@ export class Conn {
         this.resumeReplica(r)
       }
     }
+  }
+
+  // A backup's output beyond the primary's: in the stream, or held by the aligner.
+  private aheadOf (r: Replica): number {
+    return this.stream.aheadOf(r.index) + (this.aligner?.held(r.index) ?? 0)
   }
 
   private resumeReplica (r: Replica): void {
@@ -414,7 +538,28 @@ export class Conn {
 
   // ---- comparison -------------------------------------------------------------------------
 
-  // A replica whose output ended where the primary's goes on (or the reverse) has diverged.
+  // Ends of output: compared, confirmed by each other, and acted upon once confirmed (a
+  // dying server's sockets end too: until then its replica still owes what others produced).
+  private endsMoved (): void {
+    this.checkEnds()
+    const now = performance.now()
+    for (const r of this.env.replicas) {
+      const side = this.side(r)
+      if (side.eofAt !== null && side.eofOk) this.stream.finish(r.index, side.reset, now)
+    }
+    const p = this.side(this.env.primary)
+    if (p.reset && p.eofOk) {
+      // The primary's output was cut short: what a backup produced beyond it is not compared.
+      for (const r of this.env.replicas) {
+        if (r !== this.env.primary && this.stream.isLive(r.index)) this.stream.cutAhead(r.index)
+      }
+    }
+    this.advance()
+  }
+
+  // A replica whose output ended cleanly (FIN) where the primary's goes on, or that goes on
+  // where the primary's ended cleanly, has diverged. A reset proves nothing about where
+  // output ends: it discards what the server had not sent yet (see onOutputEnd).
   // Once the client is gone the front itself ends the app sockets (linger), at whatever
   // offset each server had reached, so ends prove nothing then; bytes are still compared.
   private checkEnds (): void {
@@ -426,12 +571,25 @@ export class Conn {
       if (b.eofAt !== null && p.eofAt !== null && b.eofAt === p.eofAt) {
         // Both ended at the same offset: each confirms the other.
         p.eofOk = b.eofOk = true
-      } else if (b.eofAt !== null && b.eofOk &&
-        (this.stream.end > b.eofAt || (p.eofAt !== null && p.eofOk))) {
+      } else if (b.eofAt !== null && b.eofOk && !b.reset &&
+        (this.stream.end > b.eofAt || (p.eofAt !== null && p.eofOk && !p.reset))) {
         const what = 'output ended at a different offset'
         this.env.diverged(r, this.id, b.eofAt, NONE, NONE, what)
       }
     }
+  }
+
+  // A backup's bytes as far as the primary's output goes once it has ended for sure: beyond
+  // a clean end they are a divergence (null), beyond a reset they are dropped.
+  private withinPrimaryEnd (r: Replica, data: Buffer): Buffer | null {
+    const p = this.side(this.env.primary)
+    if (this.gone || p.eofAt === null || !p.eofOk) return data
+    const room = p.eofAt - this.stream.producedBy(r.index)
+    if (data.length <= room) return data
+    if (p.reset) return data.subarray(0, Math.max(0, room))
+    const what = 'output after the primary closed'
+    this.env.diverged(r, this.id, p.eofAt, NONE, data.subarray(0, 16), what)
+    return null
   }
 
   private mismatches (found: Mismatch[]): void {

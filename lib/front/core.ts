@@ -7,7 +7,7 @@ import type { EventEmitter } from 'node:events'
 import type { Arbiter } from '../arbiter/index.js'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../logger.js'
-import type { ConnEnv, FrontCounters } from './conn.js'
+import { TURN_WAIT_BOUNDS_MS, type ConnEnv, type FrontCounters } from './conn.js'
 import { ConnTable } from './conns.js'
 import { Lifecycle } from './lifecycle.js'
 import { InputLog } from './log.js'
@@ -68,5 +68,9 @@ export function newCounters (): FrontCounters {
     failovers: 0,
     switchovers: 0,
     divergences: 0,
+    turns: 0,
+    turn_wait_buckets: new Array<number>(TURN_WAIT_BOUNDS_MS.length + 1).fill(0),
+    turn_wait_ms: 0,
+    uncompared_replies: 0,
   }
 }

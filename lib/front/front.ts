@@ -26,6 +26,7 @@ import { nullLogger } from '../logger.js'
 import { fdBudget, fdLimit } from '../util/fds.js'
 import { listen } from '../util/listen.js'
 import type { FrontCounters } from './conn.js'
+import type { ProtocolName } from '../protocol/types.js'
 import type { ConnTable } from './conns.js'
 import { createCore, newCounters } from './core.js'
 import type { Lifecycle } from './lifecycle.js'
@@ -61,6 +62,8 @@ export interface ReplicaStatus {
   lag_entries: number
   /** Client bytes logged and not yet acknowledged by it. */
   lag_bytes: number
+  /** Serial protocols: entries it holds (acknowledged) that wait for their turn. */
+  queued_entries: number
   pid?: number
 }
 
@@ -69,6 +72,8 @@ export interface FrontStatus {
   primary: string
   protected: boolean
   serving: boolean
+  /** config.protocol, as running: a changed config takes effect only after a restart. */
+  protocol: ProtocolName
   replicas: ReplicaStatus[]
   /** When protection last changed (ISO time). */
   protected_since: string
@@ -201,12 +206,14 @@ export class Front extends EventEmitter<FrontEvents> {
       primary: roles.primary.name,
       protected: roles.isProtected === true,
       serving: this.lifecycle.active,
+      protocol: this.cfg.protocol,
       replicas: this.replicas.map((r) => ({
         name: r.name,
         role: r.role,
         health: r.health.state,
         lag_entries: r.transport?.unacked ?? 0,
         lag_bytes: lag.get(r) ?? 0,
+        queued_entries: r.transport?.queued ?? 0,
         pid: r.supervisor?.pid,
       })),
       protected_since: roles.protectedSince.toISOString(),
@@ -354,6 +361,7 @@ export class Front extends EventEmitter<FrontEvents> {
       epoch: this.roles.state.epoch,
       primary: this.roles.primary.name,
       output_commit: this.cfg.output_commit,
+      protocol: this.cfg.protocol,
     })
     this.emit('listening', this.bound)
   }

@@ -42,6 +42,10 @@ interface Side {
   oweSince: number
   /** The front paused reading its output: its stall clock stops. */
   suspended: boolean
+  /** Its output ended: it owes nothing more. */
+  finished: boolean
+  /** It ended with a reset, which may have cut its output short anywhere (see finish()). */
+  short: boolean
 }
 
 const DUMP = 16
@@ -57,7 +61,15 @@ export class OutputStream {
   constructor (live: boolean[], primary: number) {
     this.primary = primary
     this.sides = live.map((l) => ({
-      live: l, produced: 0, ahead: [], aheadBytes: 0, oweTarget: -1, oweSince: 0, suspended: false,
+      live: l,
+      produced: 0,
+      ahead: [],
+      aheadBytes: 0,
+      oweTarget: -1,
+      oweSince: 0,
+      suspended: false,
+      finished: false,
+      short: false,
     }))
   }
 
@@ -150,11 +162,14 @@ export class OutputStream {
     if (to > this.committed) this.committed = to
   }
 
-  /** The lowest offset every live backup has produced and matched (end if none). */
+  /**
+   * The lowest offset every live backup has produced and matched (end if none). A backup
+   * whose output a reset cut short holds nothing back: it will never match more.
+   */
   matchedByBackups (): number {
     let m = this.end
     this.sides.forEach((s, r) => {
-      if (r !== this.primary && s.live) m = Math.min(m, s.produced)
+      if (r !== this.primary && s.live && !s.short) m = Math.min(m, s.produced)
     })
     return m
   }
@@ -240,9 +255,34 @@ export class OutputStream {
     return true
   }
 
-  /** Whether every live replica has produced exactly the reference. */
+  /**
+   * Whether every live replica has produced exactly the reference (or, cut short by a
+   * reset, a part of it).
+   */
   get inSync (): boolean {
-    return this.sides.every((s) => !s.live || (s.produced === this.end && s.aheadBytes === 0))
+    return this.sides.every((s) => !s.live ||
+      (s.aheadBytes === 0 && (s.produced === this.end || s.short)))
+  }
+
+  /**
+   * r's output ended: it owes nothing more. `short`: the end was a reset, which discards
+   * whatever the server had not sent yet, so two copies may stop at different offsets: its
+   * bytes were compared as far as they go, and it holds back nothing after them.
+   */
+  finish (r: number, short: boolean, now: number): void {
+    const side = this.side(r)
+    side.finished = true
+    side.short = short
+    side.oweTarget = -1
+    this.noteProgress(now)
+  }
+
+  /** Drop what backup r produced beyond the reference: the primary's output was cut short. */
+  cutAhead (r: number): void {
+    const side = this.side(r)
+    side.produced -= side.aheadBytes
+    side.ahead = []
+    side.aheadBytes = 0
   }
 
   /** Stop (suspend) or restart the stall clock of r: the front paused its reads. */
@@ -285,7 +325,7 @@ export class OutputStream {
     let max = this.end
     for (const s of this.sides) if (s.live) max = Math.max(max, s.produced)
     for (const s of this.sides) {
-      if (!s.live || s.suspended) continue
+      if (!s.live || s.suspended || s.finished) continue
       if (s.oweTarget >= 0 && s.produced >= s.oweTarget) s.oweTarget = -1
       if (s.oweTarget < 0 && s.produced < max) {
         s.oweTarget = max

@@ -7,6 +7,7 @@ import { HealthCheck } from '../health.js'
 import type { Logger } from '../logger.js'
 import { Applier } from '../replica/applier.js'
 import { AgentTransport } from '../replica/agent-transport.js'
+import { protocolFor } from '../protocol/index.js'
 import type { Transport } from '../replica/transport.js'
 import { Supervisor } from '../supervise.js'
 
@@ -45,6 +46,7 @@ export class Replica {
   detach (): void {
     this.transport?.close()
     this.transport = null
+    this.health.prober = null
   }
 
   /** Start the configured command under a supervisor (nothing without one). */
@@ -68,10 +70,12 @@ export function transportFactory (
   config: () => Config, frontId: string, epoch: () => number
 ): TransportFactory {
   return (r) => {
-    const { timeouts, health_check: hc, limits } = config()
+    const { timeouts, health_check: hc, limits, protocol: name } = config()
+    const protocol = protocolFor(name)
     if (!r.cfg.agent) {
       const { connect: connectTimeout, linger } = timeouts
-      return new Applier({ address: r.address, connectTimeout, linger })
+      const holdBytes = limits.max_lag
+      return new Applier({ address: r.address, connectTimeout, linger, protocol, holdBytes })
     }
     return new AgentTransport({
       address: r.cfg.agent,
@@ -79,6 +83,7 @@ export function transportFactory (
       frontId,
       epoch,
       window: limits.max_lag,
+      protocol: name,
       interval: hc.interval,
       heartbeat: timeouts.heartbeat,
       connectTimeout: timeouts.connect,

@@ -17,7 +17,7 @@ import type { Config } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { ConnTable } from './conns.js'
-import type { FrontCounters } from './conn.js'
+import { TURN_WAIT_BOUNDS_MS, type FrontCounters } from './conn.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import type { Replica, Role, TransportFactory } from './replica.js'
@@ -164,6 +164,8 @@ export class Roles {
     const t = this.o.transport(r)
     const conns = this.o.conns
     r.transport = t
+    r.health.prober = t.prober
+    t.on('turn', (ms) => this.turnEnded(ms))
     t.on('ack', (entry) => conns.onAck(r, entry))
     t.on('output', (conn, data) => conns.onOutput(r, conn, data))
     t.on('output_end', (conn, err) => conns.onOutputEnd(r, conn, err))
@@ -177,6 +179,15 @@ export class Roles {
       if (r.viaAgent) r.health.state = 'down'
       this.fail(r, r.viaAgent ? `agent: ${err.message}` : `connect: ${code ?? err.message}`)
     })
+  }
+
+  private turnEnded (ms: number): void {
+    const c = this.o.counters
+    c.turns++
+    c.turn_wait_ms += ms
+    const i = TURN_WAIT_BOUNDS_MS.findIndex((bound) => ms <= bound)
+    const bucket = i < 0 ? TURN_WAIT_BOUNDS_MS.length : i
+    c.turn_wait_buckets[bucket] = (c.turn_wait_buckets[bucket] ?? 0) + 1
   }
 
   /** Health says r answers again. */
@@ -411,8 +422,11 @@ export class Roles {
   }
 
   // Every entry acknowledged by every serving replica, every output produced by all alike.
+  // Serial protocols acknowledge entries a replica holds before it runs them: in sync also
+  // means none is still waiting for its turn.
   private inSync (): boolean {
-    return this.o.input.length === 0 && this.o.conns.inSync()
+    const queued = this.o.replicas.some((r) => (r.transport?.queued ?? 0) > 0)
+    return !queued && this.o.input.length === 0 && this.o.conns.inSync()
   }
 
   // ---- arbiter ----------------------------------------------------------------------------

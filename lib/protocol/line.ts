@@ -142,6 +142,7 @@ class LineSession implements Session {
 export const line: Protocol = {
   name: 'line',
   serial: true,
+  uncompared: false,
   control: null,
   session: () => new LineSession(),
 }

@@ -14,6 +14,7 @@ const session: Session = {
 export const raw: Protocol = {
   name: 'raw',
   serial: false,
+  uncompared: false,
   control: null,
   // Stateless: one session serves every connection.
   session: () => session,

@@ -18,6 +18,7 @@ const respControl: ControlDialect = {
 export const resp: Protocol = {
   name: 'resp',
   serial: true,
+  uncompared: true,
   control: respControl,
   session: () => new RespSession(),
 }

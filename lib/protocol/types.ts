@@ -101,6 +101,8 @@ export interface Protocol {
   readonly name: ProtocolName
   /** Whether requests of all connections go to every replica in one order (turns). */
   readonly serial: boolean
+  /** Whether some replies may legitimately differ between copies (Request.compare false). */
+  readonly uncompared: boolean
   /** Framing state for a new connection. */
   session (): Session
   /** The control dialect (resp), or none. */

@@ -20,6 +20,7 @@ import { performance } from 'node:perf_hooks'
 import type { HostPort } from '../address.js'
 import type { TlsConfig } from '../config/index.js'
 import { FtproxyError, type ErrorCode } from '../errors.js'
+import type { ProtocolName } from '../protocol/types.js'
 import type { Logger } from '../logger.js'
 import type { Entry } from '../front/log.js'
 import { Channel } from '../channel/channel.js'
@@ -42,6 +43,8 @@ export interface AgentTransportOptions {
   epoch: () => number
   /** Output the agent may send ahead per connection before it waits for credit. */
   window: number
+  /** The application protocol: the agent frames and orders the log by it. */
+  protocol: ProtocolName
   /** Heartbeat period. */
   interval: number
   /** Nothing heard for this long: failed. */
@@ -86,6 +89,10 @@ function refusalMessage (r: TlsRefusal): string {
 export class AgentTransport extends EventEmitter<TransportEvents> implements Transport {
   sent = 0
   readonly endsConfirmed = true
+  /** The agent checks its server itself; its heartbeats say whether it is up. */
+  readonly prober = null
+  /** What waits in the agent is not known here (it is in lag_entries until acknowledged). */
+  readonly queued = 0
   private readonly held = new Map<number, Entry>()
   /** Output received per connection (the offset the agent resumes from). */
   private readonly received = new Map<number, number>()
@@ -181,6 +188,7 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
         version: PROTOCOL_VERSION,
         frontId: this.opts.frontId,
         window: this.opts.window,
+        protocol: this.opts.protocol,
         resume: [...this.received].map(([conn, offset]) => ({ conn, offset })),
       })
     })

@@ -10,21 +10,35 @@
 //
 // This is the one implementation of "drive a server with the log": the front uses it for a
 // direct replica. It never decides roles; it reports and the front decides.
+//
+// With a framed protocol (serial mode, see turns.ts) entries go out one turn at a time, in the
+// same order on every copy, and an entry is acknowledged as soon as it is held here (a
+// primary failure cannot lose it), as long as what is held stays within `holdBytes`.
 
 import { EventEmitter } from 'node:events'
+import { readSync } from 'node:fs'
 import net from 'node:net'
 import type { Entry } from '../front/log.js'
 import type { HostPort } from '../address.js'
 import { FtproxyError } from '../errors.js'
+import type { Protocol } from '../protocol/types.js'
+import { formatHostPort } from '../address.js'
+import type { Prober } from '../health.js'
 import { isLocalResourceError } from '../util/fds.js'
 import { Queue } from '../util/queue.js'
 import { runningTimeout, type RunningTimeout } from '../util/timer.js'
+import { Control } from './control.js'
 import type { Transport, TransportEvents } from './transport.js'
+import { Turns, type ConnOrder } from './turns.js'
 
 export interface ApplierOptions {
   address: HostPort
   connectTimeout: number
   linger: number
+  /** The framing; a serial one delivers the log in turns. @default raw (no framing) */
+  protocol?: Protocol
+  /** Serial mode: input held unwritten beyond this is acknowledged only once written. */
+  holdBytes?: number
 }
 
 /** Its events are the Transport's: the front uses an Applier directly for a direct replica. */
@@ -38,9 +52,29 @@ interface AppConn {
   /** of those, the ones whose write completed (acked once every earlier one is) */
   done: Set<Entry>
   connectTimer?: RunningTimeout
+  /** Serial mode: the connection's place in the order. */
+  order?: ConnOrder
   outputEnded: boolean
   closed: boolean
   lingerTimer?: NodeJS.Timeout
+}
+
+const NONE = Buffer.alloc(0)
+
+// A failed write's error as an end: EPIPE means the server's FIN came first (its kernel then
+// refused our bytes), a clean end; anything else is a reset.
+function resetOnly (err: Error | null | undefined): Error | null {
+  return err && (err as NodeJS.ErrnoException).code !== 'EPIPE' ? err : null
+}
+
+// read(2) on a non-blocking descriptor; 0 once nothing is left (EAGAIN), or at the end (EOF,
+// or ECONNRESET after the last byte).
+function readRaw (fd: number, buf: Buffer): number {
+  try {
+    return readSync(fd, buf, 0, buf.length, null)
+  } catch {
+    return 0
+  }
 }
 
 export class Applier extends EventEmitter<ApplierEvents> implements Transport {
@@ -55,9 +89,29 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   private readonly queue = new Queue<Entry>()
   private connecting = false
   private stopped = false
+  /** Serial mode: turns, and the control connection they (and health probes) use. */
+  private readonly turns: Turns | null = null
+  private readonly control: Control | null = null
+  readonly prober: Prober | null = null
+  /** Serial mode: entries acknowledged while held, and the bytes they hold. */
+  private readonly early = new Set<Entry>()
+  private heldBytes = 0
 
   constructor (private readonly opts: ApplierOptions) {
     super()
+    const protocol = opts.protocol
+    if (!protocol?.serial) return
+    if (protocol.control) {
+      this.control = new Control(opts.address, protocol, (err) => this.fail(err))
+      this.openControl(this.control)
+      const control = this.control
+      this.prober = (timeout) => control.probe(timeout)
+    }
+    this.turns = new Turns(protocol, {
+      control: this.control,
+      next: () => this.drain(),
+      turn: (ms) => this.emit('turn', ms),
+    })
   }
 
   /** Hand over the next entry. Entries must come in seq order. */
@@ -65,7 +119,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     if (this.stopped) return
     this.sent = entry.seq
     this.unacked++
-    if (this.connecting || this.queue.length > 0) {
+    if (this.turns) this.hold(entry)
+    if (this.connecting || this.queue.length > 0 || this.turns?.busy) {
       this.queue.push(entry)
       return
     }
@@ -85,6 +140,9 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   close (): void {
     this.stopped = true
     this.removeAllListeners()
+    this.turns?.close()
+    this.control?.close()
+    this.early.clear()
     for (const c of this.conns.values()) {
       clearTimeout(c.lingerTimer)
       c.connectTimer?.clear()
@@ -94,11 +152,16 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     this.queue.clear()
   }
 
+  get queued (): number {
+    return this.queue.length
+  }
+
   get connections (): number {
     return this.conns.size
   }
 
   private run (entry: Entry): void {
+    if (entry.data && this.early.has(entry)) this.heldBytes -= entry.data.length
     switch (entry.type) {
       case 'OPEN': return this.open(entry)
       case 'DATA': return this.write(entry)
@@ -108,11 +171,40 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   }
 
   private drain (): void {
-    while (!this.connecting && !this.stopped) {
+    while (!this.connecting && !this.stopped && !this.turns?.busy) {
       const entry = this.queue.shift()
       if (entry === undefined) return
       this.run(entry)
     }
+  }
+
+  // Held here, it survives a primary failure: acknowledge it now, unless the backlog is over
+  // its bound (then the ack waits for the write, and the front's caps on unacknowledged input
+  // stop reading the clients).
+  private hold (entry: Entry): void {
+    const size = entry.data?.length ?? 0
+    if (this.heldBytes + size > (this.opts.holdBytes ?? Infinity)) return
+    this.heldBytes += size
+    this.early.add(entry)
+    this.unacked--
+    this.emit('ack', entry)
+  }
+
+  // The control connection opens before any client's: it takes the same place in every
+  // copy's accept order. Entries wait for it.
+  private openControl (control: Control): void {
+    this.connecting = true
+    control.connect(this.opts.connectTimeout).then(() => {
+      if (this.stopped) return
+      this.connecting = false
+      this.drain()
+    }, (err: Error) => this.fail(err))
+  }
+
+  private fail (err: Error): void {
+    if (this.stopped) return
+    this.emit('failed', err)
+    this.close()
   }
 
   private open (entry: Entry): void {
@@ -138,8 +230,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       if (isLocalResourceError(err) && this.listenerCount('conn_failed') > 0) {
         return this.connFailed(c, entry, err)
       }
-      this.emit('failed', err)
-      this.close()
+      this.fail(err)
     }
     socket.once('error', onConnectError)
     socket.once('connect', () => {
@@ -148,6 +239,11 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       if (this.stopped) {
         socket.destroy()
         return
+      }
+      if (this.turns) {
+        c.order = this.turns.open()
+        const local = { host: socket.localAddress ?? '', port: socket.localPort ?? 0 }
+        c.order.addr = formatHostPort(local)
       }
       this.wire(c)
       this.connecting = false
@@ -171,8 +267,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   // The one place an app socket's listeners are set.
   private wire (c: AppConn): void {
     const { socket } = c
-    socket.on('data', (data: Buffer) => this.emit('output', c.id, data))
-    socket.on('end', () => this.outputEnd(c, null))
+    socket.on('data', (data: Buffer) => this.received(c, data))
+    socket.on('end', () => this.ended(c))
     socket.on('error', (err) => this.outputEnd(c, err))
     socket.on('close', () => {
       c.closed = true
@@ -186,9 +282,23 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     })
   }
 
+  private received (c: AppConn, data: Buffer): void {
+    if (c.order) this.turns?.output(c.order, data)
+    this.emit('output', c.id, data)
+  }
+
+  // Node reports a reset that follows the last bytes read as an end too (libuv takes the
+  // hang-up for one). The kernel tells them apart: an empty write succeeds after a FIN and
+  // fails with ECONNRESET after a reset (EPIPE: a FIN came first, then a reset).
+  private ended (c: AppConn): void {
+    if (c.outputEnded || !c.socket.writable) return this.outputEnd(c, null)
+    c.socket.write(NONE, (err) => this.outputEnd(c, resetOnly(err)))
+  }
+
   private outputEnd (c: AppConn, err: Error | null): void {
     if (c.outputEnded) return
     c.outputEnded = true
+    if (c.order) this.turns?.ended(c.order)
     this.emit('output_end', c.id, err)
   }
 
@@ -197,9 +307,29 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     if (!c) return this.confirm(entry)
     c.pending.push(entry)
     if (c.closed || c.socket.destroyed || !c.socket.writable) return this.settle(c, entry)
+    if (c.order) this.turns?.input(c.order, entry.data as Buffer)
     // A write that fails (the server reset the connection) is settled too: those bytes can
     // never be written, and a dead socket must not hold up the log.
-    c.socket.write(entry.data as Buffer, () => this.settle(c, entry))
+    c.socket.write(entry.data as Buffer, (err) => {
+      if (err) this.readRest(c, err)
+      this.settle(c, entry)
+    })
+  }
+
+  // A write fails once the server has closed the connection, and Node then closes the socket
+  // without reading what it holds: what the server sent before it closed (Redis: its
+  // `-ERR Protocol error` reply) would be lost. Read it now, while the descriptor is open.
+  private readRest (c: AppConn, err: Error): void {
+    if (c.outputEnded) return
+    while (c.socket.read() !== null); // buffered while paused: emitted through 'data'
+    const fd = (c.socket as unknown as { _handle?: { fd?: number } })._handle?.fd
+    if (typeof fd === 'number' && fd >= 0) {
+      const buf = Buffer.allocUnsafe(64 * 1024)
+      for (let n = readRaw(fd, buf); n > 0; n = readRaw(fd, buf)) {
+        this.received(c, Buffer.from(buf.subarray(0, n)))
+      }
+    }
+    this.outputEnd(c, resetOnly(err))
   }
 
   private finish (entry: Entry, close: boolean): void {
@@ -238,6 +368,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   }
 
   private confirm (entry: Entry): void {
+    if (this.early.delete(entry)) return
     this.unacked--
     this.emit('ack', entry)
   }

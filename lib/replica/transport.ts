@@ -4,6 +4,7 @@
 
 import type { EventEmitter } from 'node:events'
 import type { Entry } from '../front/log.js'
+import type { Prober } from '../health.js'
 
 export interface TransportEvents {
   /** The entry reached the server (direct: written to its socket; agent: the agent's ACK). */
@@ -27,6 +28,8 @@ export interface TransportEvents {
    * to report a single connection). The agent transport never emits it.
    */
   conn_failed: [conn: number, err: Error]
+  /** Serial mode: a turn ended after waiting `ms` for the server (direct replicas only). */
+  turn: [ms: number]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {
@@ -34,11 +37,18 @@ export interface Transport extends EventEmitter<TransportEvents> {
   readonly sent: number
   /** Entries handed to apply() and not yet acknowledged. */
   readonly unacked: number
+  /** Entries held, acknowledged or not, that the server has not been given yet. */
+  readonly queued: number
   /**
    * Whether an output_end is already known to be the server's own (the agent checked its
    * server is alive before reporting it); otherwise the front probes the server.
    */
   readonly endsConfirmed: boolean
+  /**
+   * Health probes through the transport's own control connection (serial resp), so that
+   * checks open no connections to the server; null: the health check connects itself.
+   */
+  readonly prober: Prober | null
   /** Hand over the next entry; entries come in seq order. */
   apply (entry: Entry): void
   /** Stop / restart reading the server's output for `conn` (backpressure). */

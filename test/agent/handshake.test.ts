@@ -99,7 +99,9 @@ t.test('a frame before HELLO changes nothing: not the epoch, not a live channel'
   }
   // Not a valid HELLO either: a version this agent does not speak.
   const old = await RawChannel.open(tt, h.port)
-  old.send({ type: 'HELLO', epoch: 7, version: 99, frontId: 'x', window: 1, resume: [] })
+  old.send({
+    type: 'HELLO', epoch: 7, version: 99, frontId: 'x', window: 1, protocol: 'raw', resume: [],
+  })
   tt.match(await old.next('ERROR'), { code: 'ERR_FTPROXY_PROTOCOL' })
 
   tt.equal(recordedEpoch(h), 1, 'the recorded epoch is unchanged')

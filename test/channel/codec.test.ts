@@ -16,7 +16,9 @@ const U32 = 0xffffffff
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex')
 const bytes = (frame: Frame): Buffer => Buffer.concat(encode(frame))
 /** A minimal HELLO and WELCOME, for cases that vary one field. */
-const HELLO = { type: 'HELLO', epoch: 1, version: 1, frontId: 'f', window: 1, resume: [] } as const
+const HELLO = {
+  type: 'HELLO', epoch: 1, version: 1, frontId: 'f', window: 1, protocol: 'raw', resume: [],
+} as const
 const WELCOME = { type: 'WELCOME', epoch: 1, version: 1, applied: 0, acks: [] } as const
 
 function decodeAll (buf: Buffer, opts?: { maxFrame?: number }): Frame[] {
@@ -28,13 +30,22 @@ function decodeAll (buf: Buffer, opts?: { maxFrame?: number }): Frame[] {
 
 /** One frame of every type, with boundary values. */
 const samples: Frame[] = [
-  { type: 'HELLO', epoch: 0, version: PROTOCOL_VERSION, frontId: '', window: 0, resume: [] },
+  {
+    type: 'HELLO',
+    epoch: 0,
+    version: PROTOCOL_VERSION,
+    frontId: '',
+    window: 0,
+    protocol: '',
+    resume: [],
+  },
   {
     type: 'HELLO',
     epoch: U32,
     version: 0xffff,
     frontId: 'front-ä-日本-😀',
     window: U32,
+    protocol: 'resp',
     resume: [{ conn: 0, offset: 0 }, { conn: U32, offset: MAX }],
   },
   {
@@ -43,6 +54,7 @@ const samples: Frame[] = [
     version: 1,
     frontId: 'x'.repeat(MAX_STRING),
     window: 65536,
+    protocol: 'line',
     resume: [{ conn: 7, offset: 2 ** 32 }],
   },
   { type: 'WELCOME', epoch: 0, version: 1, applied: 0, acks: [] },
@@ -117,7 +129,7 @@ function decodeFails (
 }
 
 t.test('constants', async (t) => {
-  t.equal(PROTOCOL_VERSION, 1)
+  t.equal(PROTOCOL_VERSION, 2)
   t.equal(MAGIC, 'FTPX')
   t.equal(DEFAULT_MAX_FRAME, 1024 * 1024 + 64)
   t.equal(MAX_DATA, 1024 * 1024)
@@ -182,7 +194,8 @@ t.test('golden bytes', async (t) => {
     [{ type: 'OUT_ACK', epoch: 2, conn: 5, offset: MAX },
       '00000011 0b 00000002 00000005 001fffffffffffff'],
     [{ ...HELLO, frontId: 'f1', window: 65536, resume: [{ conn: 3, offset: 10 }] },
-      '00000023 01 00000001 46545058 0001 0002 6631 00010000 00000001 00000003 000000000000000a'],
+      '00000028 01 00000001 46545058 0001 0002 6631 00010000 0003 726177 00000001 00000003 ' +
+      '000000000000000a'],
     [{ type: 'WELCOME', epoch: 1, version: 1, applied: 9, acks: [{ conn: 1, seq: 2 }] },
       '0000001f 02 00000001 0001 0000000000000009 00000001 00000001 0000000000000002'],
     [{ type: 'ERROR', epoch: 3, code: 'E', message: 'é' }, '0000000c 0d 00000003 0001 45 0002 c3a9']
@@ -260,7 +273,7 @@ t.test('helloLen(n) is the len of the largest HELLO naming n connections', async
   const frontId = 'x'.repeat(MAX_STRING)
   for (const n of [0, 1, 256, 10000]) {
     const resume = Array.from({ length: n }, (_, i) => ({ conn: i, offset: MAX }))
-    const [buf] = encode({ ...HELLO, epoch: U32, frontId, resume })
+    const [buf] = encode({ ...HELLO, epoch: U32, frontId, protocol: 'p'.repeat(16), resume })
     t.equal(buf?.readUInt32BE(0), helloLen(n), `n = ${n}`)
   }
   t.ok(helloLen(256) < 4200, 'a few KiB for 256 connections')
@@ -319,7 +332,9 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
   })
 
   t.test('wrong magic in HELLO', async (t) => {
-    const h = bytes({ type: 'HELLO', epoch: 1, version: 1, frontId: 'f', window: 1, resume: [] })
+    const h = bytes({
+      type: 'HELLO', epoch: 1, version: 1, frontId: 'f', window: 1, protocol: 'raw', resume: [],
+    })
     h.write('FTPY', 9, 'latin1')
     decodeFails(t, [h], 'magic')
     decodeFails(t, [hex('00000007 01 00000001 4654')], 'truncated')

@@ -89,7 +89,7 @@ class Gen {
         // Properties are evaluated in order: keep it, so a seed replays the same frames.
         const version = this.u16()
         const frontId = this.str(MAX_STRING)
-        return { type, epoch, version, frontId, window: this.u32(), resume }
+        return { type, epoch, version, frontId, window: this.u32(), protocol: 'raw', resume }
       }
       case 'WELCOME': {
         const length = this.rand() < 0.7 ? this.int(4) : this.int(300)

@@ -6,10 +6,9 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import {
-  Client, TestFront, agentInProcess, frontYaml, haveRedis, redisServer,
-} from '../helpers/cluster.js'
+import { TestFront, agentInProcess, frontYaml, haveRedis, redisServer } from '../helpers/cluster.js'
 import { freePort } from '../helpers/ports.js'
+import { RespConn, encode } from '../helpers/resp.js'
 import { until } from '../helpers/until.js'
 
 const skip = haveRedis() ? false : 'redis-server not installed'
@@ -21,78 +20,12 @@ const BURST = 10 // commands per write
 const WINDOW = 40 // unanswered commands per connection at most
 const KILL_AFTER = CONNS * COUNT / 5 // replies in all before the kill
 
-type Reply = number | string | null | Error
-
-function command (...args: string[]): string {
-  return `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')
-}
-
-/** A RESP connection: a recording Client plus an incremental parser of its replies. */
-class Resp {
-  readonly replies: Reply[] = []
-  /** Bytes that are not a reply this parser understands (arrays are never expected here). */
-  junk: string | null = null
-  private pos = 0
-
-  constructor (readonly client: Client) {}
-
-  static async open (port: number): Promise<Resp> {
-    return new Resp(await Client.open(port))
-  }
-
-  send (s: string): void { this.client.send(s) }
-
-  /** Parse what arrived since the last call; returns the number of replies so far. */
-  parse (): number {
-    const text = this.client.text
-    while (this.junk === null) {
-      const eol = text.indexOf('\r\n', this.pos)
-      if (eol < 0) break
-      const type = text[this.pos]
-      const line = text.slice(this.pos + 1, eol)
-      if (type === ':' && /^-?\d+$/.test(line)) {
-        this.replies.push(Number(line))
-      } else if (type === '+') {
-        this.replies.push(line)
-      } else if (type === '-') {
-        this.replies.push(new Error(line))
-      } else if (type === '$' && /^-?\d+$/.test(line)) {
-        const len = Number(line)
-        if (len < 0) {
-          this.replies.push(null)
-        } else {
-          if (text.length < eol + 2 + len + 2) break
-          this.replies.push(text.slice(eol + 2, eol + 2 + len))
-          this.pos = eol + 2 + len + 2
-          continue
-        }
-      } else {
-        this.junk = text.slice(this.pos, this.pos + 64)
-        break
-      }
-      this.pos = eol + 2
-    }
-    return this.replies.length
-  }
-
-  async call (args: string[][], ms = 10000): Promise<Reply[]> {
-    const from = this.replies.length
-    this.send(args.map((a) => command(...a)).join(''))
-    const done = (): boolean =>
-      this.parse() >= from + args.length || this.client.closed || this.junk !== null
-    await until(done, `${args.length} replies from redis`, ms)
-    return this.replies.slice(from, from + args.length)
-  }
-
-  close (): void { this.client.close() }
-}
-
 const keyOf = (conn: number, cmd: number): string => `ft:${conn}:${cmd % KEYS}`
 /** The reply the n-th INCR of a connection must get (n from 0): its key's count so far. */
 const expected = (cmd: number): number => Math.floor(cmd / KEYS) + 1
 
 interface Load {
-  conns: Resp[]
+  conns: RespConn[]
   /** Total replies received when the kill happened (0: never). */
   killedAt: number
   /** Commands sent and not yet answered when the kill happened. */
@@ -106,37 +39,36 @@ interface Load {
 // its own data events, so the load keeps flowing through the kill. `kill` runs once, from a
 // data event, as soon as `killAfter` replies arrived in all.
 async function load (port: number, killAfter: number, kill: () => void): Promise<Load> {
-  const conns = await Promise.all(Array.from({ length: CONNS }, () => Resp.open(port)))
-  // Each connection (i: its index) and how many INCRs it sent.
-  const drives = conns.map((r, i) => ({ r, i, sent: 0 }))
+  const conns = await Promise.all(Array.from({ length: CONNS }, () => RespConn.open(port)))
+  // Each connection (i: its index) and how many of its replies were counted in `total`.
+  const drives = conns.map((r, i) => ({ r, i, counted: 0 }))
   let total = 0
   let killedAt = 0
   let inflightAtKill = 0
-  const pump = (d: { r: Resp, i: number, sent: number }): void => {
-    while (d.sent < COUNT && d.sent - d.r.replies.length < WINDOW) {
-      const n = Math.min(BURST, COUNT - d.sent)
-      let out = ''
-      for (let k = d.sent; k < d.sent + n; k++) out += command('INCR', keyOf(d.i, k))
-      d.r.send(out)
-      d.sent += n
+  const pump = (d: { r: RespConn, i: number }): void => {
+    while (d.r.sent < COUNT && d.r.sent - d.r.received < WINDOW) {
+      const n = Math.min(BURST, COUNT - d.r.sent)
+      const out: Buffer[] = []
+      for (let k = d.r.sent; k < d.r.sent + n; k++) out.push(encode(['INCR', keyOf(d.i, k)]))
+      d.r.sendRaw(Buffer.concat(out), n)
     }
   }
   const started = Date.now()
   for (const d of drives) {
-    d.r.client.socket.on('data', () => {
-      const before = d.r.replies.length
-      total += d.r.parse() - before
+    d.r.onData = () => {
+      total += d.r.received - d.counted
+      d.counted = d.r.received
       if (killedAt === 0 && total >= killAfter) {
         killedAt = total
-        inflightAtKill = drives.reduce((x, y) => x + y.sent, 0) - total
+        inflightAtKill = drives.reduce((x, y) => x + y.r.sent, 0) - total
         kill()
       }
       pump(d)
-    })
+    }
     pump(d)
   }
   let timedOut: string | null = null
-  const broken = (r: Resp): boolean => r.client.closed || r.client.error !== null || r.junk !== null
+  const broken = (r: RespConn): boolean => r.closed || r.error !== null
   // On a timeout, go on to the checks: they say which connection is missing what.
   await until(() => total >= CONNS * COUNT || conns.some(broken), 'every reply', 60000)
     .catch((err: Error) => { timedOut = err.message })
@@ -145,15 +77,14 @@ async function load (port: number, killAfter: number, kill: () => void): Promise
 
 // No gap, no duplicate, nothing but the integers each key's count must go through; the
 // connection is still open and saw no error. Returns the acknowledged INCRs per key.
-function checkReplies (tt: Test, conns: Resp[]): Map<string, number> {
+function checkReplies (tt: Test, conns: RespConn[]): Map<string, number> {
   const acked = new Map<string, number>()
   conns.forEach((r, i) => {
     const want = Array.from({ length: COUNT }, (_, k) => expected(k))
-    tt.equal(r.junk, null, `conn ${i}: nothing but RESP replies`)
     tt.same(r.replies, want, `conn ${i}: ${COUNT} replies, 1,2,3... per key in order`)
-    tt.equal(r.client.closed, false, `conn ${i} kept its connection`)
-    tt.equal(r.client.ended, false, `conn ${i} was not ended`)
-    tt.equal(r.client.error, null, `conn ${i} saw no error`)
+    tt.equal(r.closed, false, `conn ${i} kept its connection`)
+    tt.equal(r.ended, false, `conn ${i} was not ended`)
+    tt.equal(r.error, null, `conn ${i} saw no error (nothing but RESP replies)`)
     r.replies.forEach((v, k) => {
       if (typeof v === 'number') acked.set(keyOf(i, k), (acked.get(keyOf(i, k)) ?? 0) + 1)
     })
@@ -164,7 +95,7 @@ function checkReplies (tt: Test, conns: Resp[]): Map<string, number> {
 // Ask the surviving redis itself, not through the front: every acknowledged INCR is there,
 // none twice, and there is nothing else.
 async function checkServer (tt: Test, port: number, acked: Map<string, number>): Promise<void> {
-  const direct = await Resp.open(port)
+  const direct = await RespConn.open(port)
   const keys = [...acked.keys()]
   const got = await direct.call(keys.map((k) => ['GET', k]))
   const bad = keys.filter((k, i) => got[i] !== String(acked.get(k)))

@@ -123,16 +123,22 @@ export class TestFront {
   }
 }
 
-/** YAML for a front in front of the given direct replicas (extra: more top-level YAML). */
+const HEALTH = 'interval: 200ms, timeout: 200ms, fall: 2, rise: 1'
+
+/**
+ * YAML for a front in front of the given direct replicas (extra: more top-level YAML;
+ * health: the health_check settings, inside the braces).
+ */
 export function frontYaml (
-  t: Test, replicas: Array<{ name: string, port: number, command?: string[] }>, extra = ''
+  t: Test, replicas: Array<{ name: string, port: number, command?: string[] }>, extra = '',
+  health = HEALTH
 ): string {
   const dir = t.testdir({})
   const rs = replicas.map((r) => `  - name: ${r.name}\n    address: 127.0.0.1:${r.port}\n` +
     (r.command ? `    command: ${JSON.stringify(r.command)}\n` : '')).join('')
   return `listen: 127.0.0.1:0\nstate_dir: ${JSON.stringify(dir)}\n` +
     'admin: { listen: 127.0.0.1:0 }\n' +
-    'health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }\n' +
+    `health_check: { ${health} }\n` +
     `timeouts: { connect: 1s, stall: 1s, linger: 1s }\nreplicas:\n${rs}${extra}\n`
 }
 
@@ -197,6 +203,16 @@ export async function demoPair (
   const b = await demoServer(t, { divergeAfter: opts.divergeAfterB })
   const yaml = frontYaml(t, [{ name: 'a', port: a.port }, { name: 'b', port: b.port }], extra)
   const f = await new TestFront().start(t, yaml)
+  return { a, b, f }
+}
+
+/** Two test-started redis-server copies (a: primary) and a front before them. */
+export async function redisPair (t: Test, extra: string, health?: string):
+Promise<{ a: Server, b: Server, f: TestFront }> {
+  const a = await redisServer(t)
+  const b = await redisServer(t)
+  const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+  const f = await new TestFront().start(t, frontYaml(t, replicas, extra, health))
   return { a, b, f }
 }
 

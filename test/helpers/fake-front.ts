@@ -52,6 +52,8 @@ class FakeTransport extends EventEmitter<TransportEvents> implements Transport {
   readonly paused = new Set<number>()
   closed = false
   readonly endsConfirmed = true
+  readonly prober = null
+  readonly queued = 0
 
   get unacked (): number {
     return this.entries.length

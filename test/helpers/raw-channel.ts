@@ -30,7 +30,8 @@ export class RawChannel {
   send (f: Frame): void { for (const p of encode(f)) this.socket.write(p) }
 
   hello (epoch: number, frontId: string, resume: HelloFrame['resume'] = []): void {
-    this.send({ type: 'HELLO', epoch, version: PROTOCOL_VERSION, frontId, window: 1 << 20, resume })
+    const version = PROTOCOL_VERSION
+    this.send({ type: 'HELLO', epoch, version, frontId, window: 1 << 20, protocol: 'raw', resume })
   }
 
   /** The first frame of that type received; rejects if the channel closes without one. */

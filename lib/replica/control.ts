@@ -1,0 +1,137 @@
+// The control connection: one connection per replica that ftproxy itself keeps to the server,
+// opened before any client's, so it takes the same place in every copy's accept order. It
+// carries what ftproxy has to ask the server (health probes, and whether the server took a
+// blocking request: see turns.ts) without opening new connections at moments unrelated to
+// the log, which would make connection ids differ between the copies.
+//
+// Queries are sent one at a time, in order; each resolves with its reply's bytes, framed by
+// the protocol's own reply reader.
+
+import net from 'node:net'
+import type { HostPort } from '../address.js'
+import { FtproxyError } from '../errors.js'
+import type { ControlDialect, Protocol, ReplyReader, Session } from '../protocol/types.js'
+import { Queue } from '../util/queue.js'
+import { runningTimeout } from '../util/timer.js'
+
+interface Query {
+  resolve: (reply: Buffer) => void
+  reject: (err: Error) => void
+}
+
+export class Control {
+  readonly dialect: ControlDialect
+  private socket: net.Socket | null = null
+  private readonly session: Session
+  private readonly reader: ReplyReader
+  private readonly waiting = new Queue<Query>()
+  /** Bytes of the reply being read, across chunks. */
+  private partial: Buffer[] = []
+  private dead: Error | null = null
+
+  constructor (
+    private readonly address: HostPort,
+    protocol: Protocol,
+    private readonly onFailed: (err: Error) => void
+  ) {
+    if (!protocol.control) throw new TypeError(`protocol ${protocol.name} has no control dialect`)
+    this.dialect = protocol.control
+    this.session = protocol.session()
+    this.reader = this.session.reader()
+  }
+
+  /** Connect within `timeout` ms. */
+  connect (timeout: number): Promise<void> {
+    const { host, port } = this.address
+    const socket = net.connect({ host, port, noDelay: true })
+    this.socket = socket
+    return new Promise((resolve, reject) => {
+      const timer = runningTimeout(timeout, () => {
+        const message = `control connection to ${host}:${port} timed out`
+        socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', message))
+      })
+      socket.once('error', (err) => {
+        timer.clear()
+        reject(err)
+      })
+      socket.once('connect', () => {
+        timer.clear()
+        socket.removeAllListeners('error')
+        socket.on('data', (data: Buffer) => this.onData(data))
+        socket.on('error', (err) => this.fail(err))
+        socket.on('close', () => this.fail(new FtproxyError(
+          'ERR_FTPROXY_CONTROL_CLOSED', 'the server closed the control connection')))
+        resolve()
+      })
+    })
+  }
+
+  /** Send one request; resolves with its reply. Rejects once the connection is gone. */
+  query (request: Buffer): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      if (this.dead || !this.socket) {
+        return reject(this.dead ?? new Error('control connection not open'))
+      }
+      this.session.request(request)
+      this.waiting.push({ resolve, reject })
+      this.socket.write(request)
+    })
+  }
+
+  /** A health probe: null when the server answered as a serving one should, else why not. */
+  async probe (timeout: number): Promise<Error | null> {
+    let timer: ReturnType<typeof runningTimeout> | undefined
+    const late = new Promise<Error>((resolve) => {
+      timer = runningTimeout(timeout, () => {
+        const err = new Error(`health check timed out after ${timeout}ms`)
+        resolve(Object.assign(err, { code: 'ETIMEDOUT' }))
+      })
+    })
+    const answer = this.query(this.dialect.probe).then(
+      (reply) => this.dialect.healthy(reply)
+        ? null
+        : new FtproxyError('ERR_FTPROXY_UNHEALTHY', `probe answered ${describe(reply)}`),
+      (err: NodeJS.ErrnoException) => Object.assign(err, { code: err.code ?? 'ECONNRESET' })
+    )
+    const err = await Promise.race([answer, late])
+    timer?.clear()
+    return err
+  }
+
+  close (): void {
+    this.dead ??= new Error('control connection closed')
+    this.socket?.destroy()
+    this.rejectAll()
+  }
+
+  private onData (data: Buffer): void {
+    let from = 0
+    for (const mark of this.reader.push(data)) {
+      this.partial.push(data.subarray(from, mark.end))
+      from = mark.end
+      const reply = Buffer.concat(this.partial)
+      this.partial = []
+      this.waiting.shift()?.resolve(reply)
+    }
+    if (from < data.length) this.partial.push(data.subarray(from))
+    if (this.reader.error) {
+      this.fail(new FtproxyError('ERR_FTPROXY_CONTROL_PROTOCOL', this.reader.error))
+    }
+  }
+
+  private fail (err: Error): void {
+    if (this.dead) return
+    this.dead = err
+    this.socket?.destroy()
+    this.rejectAll()
+    this.onFailed(err)
+  }
+
+  private rejectAll (): void {
+    for (let q = this.waiting.shift(); q; q = this.waiting.shift()) q.reject(this.dead as Error)
+  }
+}
+
+function describe (reply: Buffer): string {
+  return JSON.stringify(reply.subarray(0, 40).toString('latin1'))
+}

@@ -1,0 +1,168 @@
+// Serial delivery: one order across connections. A server reads its client sockets in
+// whatever order they become ready, so two copies fed the same per-connection input can still
+// apply requests of different connections in different orders. With a framed protocol the
+// applier hands the server the log one *turn* at a time: a turn is one DATA entry (that
+// connection's input up to its last complete request, and maybe a partial one after it), and
+// the next entry goes out only once the server has answered every complete request the
+// connection has sent. Every copy then executes the requests of all connections in log order.
+//
+// A request the server takes without answering (a blocking one, BLPOP) cannot be waited for:
+// its answer comes when another connection's turn unblocks it. The turn ends instead once the
+// server says (on the control connection) that the client is blocked and that the bytes it
+// has read and not executed are exactly those sent after the blocking request. Then it has
+// executed everything before it, taken the blocking request, and read the rest: nothing of
+// this connection is left to run at a moment that differs between copies. Later requests on
+// a connection that is still blocked end their turn the same way.
+//
+// A connection whose input cannot be framed, or whose replies cannot be counted, falls back
+// to raw order: its bytes are written as they come and no turn waits for it.
+
+import { performance } from 'node:perf_hooks'
+import type { Protocol, ReplyReader, Request, Session } from '../protocol/types.js'
+import { Queue } from '../util/queue.js'
+import type { Control } from './control.js'
+
+interface Pending {
+  req: Request
+  /** The connection's input offset just after the request. */
+  end: number
+  /** Replies still to come. */
+  left: number
+}
+
+/** The ordering state of one connection to the server. */
+export class ConnOrder {
+  readonly session: Session
+  readonly reader: ReplyReader
+  /** Bytes of client input written to the server. */
+  written = 0
+  /** Framed requests not answered yet, in order. */
+  readonly pending = new Queue<Pending>()
+  /** The server's address of this socket, host:port as the server lists it. */
+  addr = ''
+  ended = false
+
+  constructor (protocol: Protocol) {
+    this.session = protocol.session()
+    this.reader = this.session.reader()
+  }
+
+  /** No turn can wait for it any more: unframeable, uncountable, or closed. */
+  get unordered (): boolean {
+    return this.ended || this.session.fallback !== null || this.reader.error !== null
+  }
+}
+
+export interface TurnsOptions {
+  control: Control | null
+  /** A turn ended: the next entry may go. */
+  next: () => void
+  /** A turn that waited ended, after `ms`. */
+  turn: (ms: number) => void
+}
+
+const POLL_MS = 1
+
+export class Turns {
+  /** The connection whose turn runs, or null. */
+  private current: ConnOrder | null = null
+  private started = 0
+  /** A control query for the current turn is in flight. */
+  private polling = false
+  private pollTimer?: NodeJS.Timeout
+
+  constructor (private readonly protocol: Protocol, private readonly opts: TurnsOptions) {}
+
+  get busy (): boolean {
+    return this.current !== null
+  }
+
+  open (): ConnOrder {
+    return new ConnOrder(this.protocol)
+  }
+
+  /** Client bytes about to be written to c's socket: frames them; may start c's turn. */
+  input (c: ConnOrder, data: Buffer): void {
+    if (c.unordered) {
+      c.written += data.length
+      return
+    }
+    let end = c.written
+    for (const req of c.session.request(data)) {
+      end += req.size
+      c.pending.push({ req, end, left: req.replies })
+    }
+    c.written += data.length
+    if (c.unordered) c.pending.clear()
+    this.skipSilent(c)
+    if (c.pending.length === 0) return
+    this.current = c
+    this.started = performance.now()
+    this.check()
+  }
+
+  /** Server bytes from c's socket (before they go anywhere else). */
+  output (c: ConnOrder, data: Buffer): void {
+    if (c.unordered) return
+    for (const mark of c.reader.push(data)) {
+      const head = c.pending.peek()
+      if (mark.request === null || head === undefined) continue
+      if (--head.left <= 0) c.pending.shift()
+    }
+    if (c.unordered) c.pending.clear()
+    this.skipSilent(c)
+    if (c === this.current) this.check()
+  }
+
+  /** The server ended c: nothing more will be answered on it. */
+  ended (c: ConnOrder): void {
+    c.ended = true
+    c.pending.clear()
+    if (c === this.current) this.check()
+  }
+
+  close (): void {
+    clearTimeout(this.pollTimer)
+    this.current = null
+  }
+
+  // Requests that owe no reply are answered as soon as every earlier one is.
+  private skipSilent (c: ConnOrder): void {
+    for (let p = c.pending.peek(); p && p.left <= 0; p = c.pending.peek()) c.pending.shift()
+  }
+
+  // Whether the current turn is over; ends it, or asks the server when a blocking request is
+  // all that is left.
+  private check (): void {
+    const c = this.current
+    if (!c) return
+    const head = c.pending.peek()
+    if (head === undefined || c.unordered) return this.finish()
+    if (!head.req.blocking || this.polling) return
+    this.poll(c, head)
+  }
+
+  private poll (c: ConnOrder, head: Pending): void {
+    const control = this.opts.control
+    if (!control) return this.finish() // no way to ask: nothing better than not waiting
+    this.polling = true
+    control.query(control.dialect.clients).then((reply) => {
+      this.polling = false
+      if (this.current !== c) return
+      const state = control.dialect.client(reply, c.addr)
+      if (state?.blocked && state.unexecuted === c.written - head.end) return this.finish()
+      if (c.pending.peek() !== head) return this.check()
+      this.pollTimer = setTimeout(() => this.check(), POLL_MS)
+    }, () => {
+      // The control connection is gone: the replica fails through it (see Control).
+      this.polling = false
+    })
+  }
+
+  private finish (): void {
+    clearTimeout(this.pollTimer)
+    this.current = null
+    this.opts.turn(performance.now() - this.started)
+    this.opts.next()
+  }
+}
