@@ -2,15 +2,24 @@
 // `npm run bench`: ftproxy against redis-server direct and HAProxy, side by side, on loopback.
 //
 //   for each repetition (target order rotated each time):
-//     for each target (direct, haproxy, ftproxy none / ack / match, ftproxy ack via agents):
+//     for each target (direct, haproxy, ftproxy none / ack / match, ftproxy ack with
+//                      protocol resp, ftproxy ack via agents):
 //       redis phase   fresh redis-server copies (+ proxy) ─▶ redis-benchmark -P 1, -P 16
 //       echo phase    fresh echo servers (+ proxy)       ─▶ Node throughput, Node latency
+//                     (not resp: echo bytes are not RESP)
 //       idle phase    (haproxy, ftproxy ack only)         ─▶ N idle connections, RSS delta
+//       incr phase    (direct, haproxy, ack, resp)        ─▶ redis-benchmark -t incr on one
+//                     shared key, -P 1 and -P 16, each on fresh copies behind a fresh proxy;
+//                     a front's divergences and the copies' counters afterwards
 //   every figure: median of the repetitions, with min–max
 //   ─▶ stdout table, bench/results/results.{json,md}, bench/results/chart.svg
 //
-//   node bench/bench.mjs [--quick] [--reps N] [--targets direct,haproxy,none,ack,match,agent]
-//                        [--cpu-prof]   (fronts write .cpuprofile files; the dir is printed)
+//   node bench/bench.mjs [--quick] [--reps N]
+//                        [--targets direct,haproxy,none,ack,resp,match,agent]
+//                        [--only redis,echo,idle,incr]   (phases; default all)
+//                        [--cpu-prof]   (fronts write .cpuprofile files, a dir per front and
+//                                        load under the printed dir; bench/cpuprofile.mjs
+//                                        prints a profile's top functions)
 //
 // A target that fails (does not start, times out, errors) is reported as failed; the run
 // goes on. Every child process is killed on exit, error and SIGINT (see lib.mjs).
@@ -27,10 +36,13 @@ import {
   nofileHardLimit, percentile, sleep, spawnChild, startAgent, startEcho, startFront, startHaproxy,
   startRedis, summarize, withDeadline,
 } from './lib.mjs'
+import { RespClient } from './resp.mjs'
 
 /**
- * @typedef {'direct' | 'haproxy' | 'none' | 'ack' | 'match' | 'agent'} TargetName
+ * @typedef {'direct' | 'haproxy' | 'none' | 'ack' | 'resp' | 'match' | 'agent'} TargetName
+ *   ack: output_commit ack (protocol raw); resp: the same with protocol resp;
  *   agent: output_commit ack, each replica reached through its own `ftproxy agent` process
+ * @typedef {'redis' | 'echo' | 'idle' | 'incr'} PhaseName
  * @typedef {import('./lib.mjs').Server} Server
  * @typedef {import('./lib.mjs').Summary} Summary
  *
@@ -65,18 +77,32 @@ import {
  * @property {(x: number) => string} fmt
  * @property {'higher' | 'lower'} better
  * @property {TargetName[]} targets    where it is measured
+ * @property {PhaseName[]} phases      the phases that measure it (its row shows when one runs)
+ * @property {((reps: RepResult[]) => string) | undefined} cell
+ *   a cell from a target's repetitions, instead of median and ratios (counts)
  */
 
 /** @type {TargetName[]} */
-const ALL_TARGETS = ['direct', 'haproxy', 'none', 'ack', 'match', 'agent']
-const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'match', 'agent'])
-const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'match', 'agent'])
+const ALL_TARGETS = ['direct', 'haproxy', 'none', 'ack', 'resp', 'match', 'agent']
+const PROXIES = /** @type {TargetName[]} */ (['haproxy', 'none', 'ack', 'resp', 'match', 'agent'])
+const FRONTS = /** @type {TargetName[]} */ (['none', 'ack', 'resp', 'match', 'agent'])
+/** @type {PhaseName[]} */
+const ALL_PHASES = ['redis', 'echo', 'idle', 'incr']
+/** @type {Record<PhaseName, TargetName[]>} */
+const PHASE_TARGETS = {
+  redis: ALL_TARGETS,
+  // The echo servers' bytes are not RESP: a resp front would refuse them.
+  echo: ALL_TARGETS.filter((t) => t !== 'resp'),
+  idle: ['haproxy', 'ack'],
+  incr: ['direct', 'haproxy', 'ack', 'resp'],
+}
 /** @type {Record<TargetName, string>} */
 const TITLE = {
   direct: 'direct',
   haproxy: 'haproxy',
   none: 'ftproxy none',
   ack: 'ftproxy ack',
+  resp: 'ftproxy resp',
   match: 'ftproxy match',
   agent: 'ack via agents',
 }
@@ -86,6 +112,7 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     reps: { type: 'string' },
     targets: { type: 'string' },
+    only: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
   },
 })
@@ -132,12 +159,28 @@ if (flags.reps !== undefined) {
     throw new Error('--reps: an integer 1..20')
   }
 }
-const targets = flags.targets === undefined
+const phases = flags.only === undefined
+  ? ALL_PHASES
+  : ALL_PHASES.filter((p) => (flags.only ?? '').split(',').includes(p))
+if (phases.length === 0) throw new Error(`--only: some of ${ALL_PHASES.join(',')}`)
+/** The phases `t` runs in this invocation. @param {TargetName} t */
+const phasesOf = (t) => phases.filter((p) => PHASE_TARGETS[p].includes(t))
+// Without --targets, every target that runs one of the phases.
+const targets = (flags.targets === undefined
   ? ALL_TARGETS
   : ALL_TARGETS.filter((t) => (flags.targets ?? '').split(',').includes(t))
-if (targets.length === 0) throw new Error(`--targets: some of ${ALL_TARGETS.join(',')}`)
+).filter((t) => phasesOf(t).length > 0)
+if (targets.length === 0) {
+  throw new Error(`--targets: some of ${ALL_TARGETS.join(',')}, one that runs a phase of --only`)
+}
 
 const profDir = flags['cpu-prof'] ? makeTempDir('bench-cpuprof', true) : null
+/**
+ * Where a front writes its CPU profile: a dir per target and load (repetitions add files).
+ * @param {TargetName} target
+ * @param {string} label
+ */
+const profileDir = (target, label) => path.join(profDir ?? '.', `${target}-${label}`)
 const RESULTS = path.join(ROOT, 'bench', 'results')
 
 // ---- metrics --------------------------------------------------------------------------------
@@ -155,72 +198,117 @@ const fixed = (/** @type {number} */ d) => (/** @type {number} */ x) => x.toFixe
  * @param {(x: number) => string} fmt
  * @param {'higher' | 'lower'} better
  * @param {TargetName[]} where
+ * @param {PhaseName | PhaseName[]} phase
+ * @param {(reps: RepResult[]) => string} [cell]
  * @returns {Metric}
  */
-const metric = (key, label, fmt, better, where) => ({ key, label, fmt, better, targets: where })
+const metric = (key, label, fmt, better, where, phase, cell) => {
+  const inPhases = [phase].flat()
+  const targets = where.filter((t) => inPhases.some((p) => PHASE_TARGETS[p].includes(t)))
+  return { key, label, fmt, better, targets, phases: inPhases, cell }
+}
 
 const idleLabel = `memory per idle conn, KiB (${P.idleConns} conns)`
+const INCR_FRONTS = /** @type {TargetName[]} */ (['ack', 'resp'])
 /** @type {Metric[]} */
 const METRICS = [
-  metric('set_p1', 'SET req/s, P1', kilo, 'higher', ALL_TARGETS),
-  metric('get_p1', 'GET req/s, P1', kilo, 'higher', ALL_TARGETS),
-  metric('set_p16', 'SET req/s, P16', kilo, 'higher', ALL_TARGETS),
-  metric('get_p16', 'GET req/s, P16', kilo, 'higher', ALL_TARGETS),
-  metric('tput_mbps', 'echo throughput, MB/s', fixed(0), 'higher', ALL_TARGETS),
-  metric('lat_p50_us', 'echo latency p50, µs', fixed(0), 'lower', ALL_TARGETS),
-  metric('lat_p99_us', 'echo latency p99, µs', fixed(0), 'lower', ALL_TARGETS),
-  metric('lat_p999_us', 'echo latency p99.9, µs', fixed(0), 'lower', ALL_TARGETS),
-  metric('cpu_p1_s', 'proxy CPU s, redis P1', fixed(2), 'lower', PROXIES),
-  metric('cpu_p16_s', 'proxy CPU s, redis P16', fixed(2), 'lower', PROXIES),
-  metric('cpu_tput_s', 'proxy CPU s, throughput', fixed(2), 'lower', PROXIES),
-  metric('cpu_lat_s', 'proxy CPU s, latency', fixed(2), 'lower', PROXIES),
-  metric('srv_cpu_p1_s', 'servers CPU s, redis P1 (all copies)', fixed(2), 'lower', ALL_TARGETS),
-  metric('agents_cpu_p1_s', 'agents CPU s, redis P1 (both)', fixed(2), 'lower', ['agent']),
-  metric('rss_peak_mib', 'proxy peak RSS, MiB', fixed(1), 'lower', PROXIES),
-  metric('idle_kib_per_conn', idleLabel, fixed(1), 'lower', ['haproxy', 'ack']),
+  metric('set_p1', 'SET req/s, P1', kilo, 'higher', ALL_TARGETS, 'redis'),
+  metric('get_p1', 'GET req/s, P1', kilo, 'higher', ALL_TARGETS, 'redis'),
+  metric('set_p16', 'SET req/s, P16', kilo, 'higher', ALL_TARGETS, 'redis'),
+  metric('get_p16', 'GET req/s, P16', kilo, 'higher', ALL_TARGETS, 'redis'),
+  metric('incr_p1', 'INCR one key, req/s, P1', kilo, 'higher', ALL_TARGETS, 'incr'),
+  metric('incr_p16', 'INCR one key, req/s, P16', kilo, 'higher', ALL_TARGETS, 'incr'),
+  metric('incr_p99_p1_ms', 'INCR one key, p99 ms, P1', fixed(2), 'lower', ALL_TARGETS, 'incr'),
+  metric('incr_p99_p16_ms', 'INCR one key, p99 ms, P16', fixed(2), 'lower', ALL_TARGETS, 'incr'),
+  metric('incr_div_p1', 'INCR one key, divergences, P1', fixed(0), 'lower', INCR_FRONTS, 'incr',
+    (reps) => divergenceCell(reps, 'p1')),
+  metric('incr_div_p16', 'INCR one key, divergences, P16', fixed(0), 'lower', INCR_FRONTS, 'incr',
+    (reps) => divergenceCell(reps, 'p16')),
+  metric('tput_mbps', 'echo throughput, MB/s', fixed(0), 'higher', ALL_TARGETS, 'echo'),
+  metric('lat_p50_us', 'echo latency p50, µs', fixed(0), 'lower', ALL_TARGETS, 'echo'),
+  metric('lat_p99_us', 'echo latency p99, µs', fixed(0), 'lower', ALL_TARGETS, 'echo'),
+  metric('lat_p999_us', 'echo latency p99.9, µs', fixed(0), 'lower', ALL_TARGETS, 'echo'),
+  metric('cpu_p1_s', 'proxy CPU s, redis P1', fixed(2), 'lower', PROXIES, 'redis'),
+  metric('cpu_p16_s', 'proxy CPU s, redis P16', fixed(2), 'lower', PROXIES, 'redis'),
+  metric('cpu_incr_p1_s', 'proxy CPU s, INCR P1', fixed(2), 'lower', PROXIES, 'incr'),
+  metric('cpu_incr_p16_s', 'proxy CPU s, INCR P16', fixed(2), 'lower', PROXIES, 'incr'),
+  metric('cpu_tput_s', 'proxy CPU s, throughput', fixed(2), 'lower', PROXIES, 'echo'),
+  metric('cpu_lat_s', 'proxy CPU s, latency', fixed(2), 'lower', PROXIES, 'echo'),
+  metric('srv_cpu_p1_s', 'servers CPU s, redis P1 (all copies)', fixed(2), 'lower', ALL_TARGETS,
+    'redis'),
+  metric('agents_cpu_p1_s', 'agents CPU s, redis P1 (both)', fixed(2), 'lower', ['agent'],
+    'redis'),
+  metric('rss_peak_mib', 'proxy peak RSS, MiB', fixed(1), 'lower', PROXIES, ['redis', 'echo']),
+  metric('idle_kib_per_conn', idleLabel, fixed(1), 'lower', ['haproxy', 'ack'], 'idle'),
 ]
+
+/**
+ * A divergence cell: divergences over the repetitions, whether the backup ended stale and, for
+ * one repetition, where the backup's counter stopped.
+ * @param {RepResult[]} reps    one target's
+ * @param {string} k            'p1' or 'p16'
+ */
+function divergenceCell (reps, k) {
+  const ran = reps.filter((r) => r.figures[`incr_div_${k}`] !== undefined)
+  if (ran.length === 0) return '**failed**'
+  const div = ran.reduce((a, r) => a + (r.figures[`incr_div_${k}`] ?? 0), 0)
+  const stale = ran.filter((r) => r.figures[`incr_stale_${k}`] === 1)
+  const runs = ran.length > 1 ? ` in ${ran.length} runs` : ''
+  if (stale.length === 0) return `${div}${runs}, backup in sync`
+  const [only] = stale
+  const c = /** @type {IncrCounters | undefined} */ (only?.extra[`incr_counters_${k}`])
+  const at = ran.length === 1 && c ? ` at ${c.backup} of ${c.requests}` : ''
+  const of = ran.length > 1 ? ` ${stale.length}/${ran.length}` : ''
+  return `${div}${runs}, backup stale${of}${at}`
+}
 
 // ---- loads ----------------------------------------------------------------------------------
 
 /**
- * redis-benchmark -t set,get --csv against a port; requests/s per test (and its p99 ms).
+ * @typedef {{ rps: number, p99ms: number }} BenchRow   one redis-benchmark test's result
+ */
+
+/**
+ * redis-benchmark -t TESTS --csv against a port: requests/s and p99 (ms) per test, by the name
+ * it prints (SET, GET, INCR). Without -r every key is one literal key (`key:__rand_int__`,
+ * `counter:__rand_int__`), which all the clients share.
  * @param {number} port
  * @param {number} pipeline
  * @param {number} requests
- * @returns {Promise<{ set: number, get: number, setP99ms: number, getP99ms: number }>}
+ * @param {string[]} tests    -t names, lower case: set, get, incr
+ * @returns {Promise<Record<string, BenchRow>>}   every test in `tests` (upper case) is there
  */
-async function redisBenchmark (port, pipeline, requests) {
+async function redisBenchmark (port, pipeline, requests, tests) {
   /** @type {string[]} */
   const out = []
+  const what = `redis-benchmark -t ${tests.join(',')} -P ${pipeline}`
   const child = spawnChild('redis-benchmark', [
     '-h', '127.0.0.1', '-p', String(port), '-c', String(P.clients), '-n', String(requests),
-    '-P', String(pipeline), '-t', 'set,get', '--csv',
+    '-P', String(pipeline), '-t', tests.join(','), '--csv',
   ], {
-    name: `redis-benchmark -P ${pipeline}`,
+    name: what,
     onLine: (line) => { if (line.startsWith('"')) out.push(line) },
   })
-  // Worst case assumed: 2 tests at 2,000 req/s, plus startup.
-  const deadline = 30000 + Math.ceil((2 * requests) / 2000) * 1000
+  // Worst case assumed: every test at 2,000 req/s, plus startup.
+  const deadline = 30000 + Math.ceil((tests.length * requests) / 2000) * 1000
   try {
-    const exit = await withDeadline(child.exited, deadline, `redis-benchmark -P ${pipeline}`)
-    /** @type {Record<string, string[]>} */
+    const exit = await withDeadline(child.exited, deadline, what)
+    /** @type {Record<string, BenchRow>} */
     const rows = {}
     for (const line of out) {
+      // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+      // "p99_latency_ms","max_latency_ms"
       const cells = line.split(',').map((c) => c.replace(/^"|"$/g, ''))
-      const [test] = cells
-      if (test !== undefined) rows[test] = cells
+      const [test, rps, , , , , p99] = cells
+      if (test !== undefined) rows[test] = { rps: Number(rps), p99ms: Number(p99) }
     }
-    if (!rows.SET || !rows.GET) {
+    const missing = tests.filter((t) => !rows[t.toUpperCase()])
+    if (missing.length > 0) {
       const tail = child.tail().split('\n').filter((l) => l.trim() !== '')
-      const what = `redis-benchmark -P ${pipeline}: no SET/GET result (exit ${exit.code})`
-      throw new Error(`${what}: ${tail.at(-1) ?? ''}\n${tail.join('\n')}`)
+      const no = `${what}: no ${missing.join('/')} result (exit ${exit.code})`
+      throw new Error(`${no}: ${tail.at(-1) ?? ''}\n${tail.join('\n')}`)
     }
-    return {
-      set: Number(rows.SET[1]),
-      get: Number(rows.GET[1]),
-      setP99ms: Number(rows.SET[6]),
-      getP99ms: Number(rows.GET[6]),
-    }
+    return rows
   } finally {
     await child.stop(500)
   }
@@ -446,9 +534,10 @@ async function idleMemory (pid, port, upstreams) {
  * @param {TargetName} target
  * @param {number[]} ports
  * @param {string} dir
+ * @param {string} label    the load it is started for (names a front's profile dir)
  * @returns {Promise<Running>}
  */
-async function startTarget (target, ports, dir) {
+async function startTarget (target, ports, dir, label) {
   if (target === 'direct' || target === 'haproxy') {
     const [first] = ports
     if (first === undefined) throw new Error(`${target}: no server to stand in front of`)
@@ -457,18 +546,19 @@ async function startTarget (target, ports, dir) {
     const h = await startHaproxy({ backends: [first], dir })
     return { port: h.port, pid: h.pid, stop: () => h.stop(), ...none }
   }
-  return startFrontTarget(target, ports, dir)
+  return startFrontTarget(target, ports, dir, label)
 }
 
 /**
  * An ftproxy front in front of `ports`; for the agent target, one `ftproxy agent` per server
- * and the front reaches each replica through its agent.
- * @param {'none' | 'ack' | 'match' | 'agent'} target
+ * and the front reaches each replica through its agent; for resp, `protocol: resp`.
+ * @param {'none' | 'ack' | 'resp' | 'match' | 'agent'} target
  * @param {number[]} ports
  * @param {string} dir
+ * @param {string} label    with --cpu-prof, the profile goes to a dir of that name
  * @returns {Promise<Running>}
  */
-async function startFrontTarget (target, ports, dir) {
+async function startFrontTarget (target, ports, dir, label) {
   /** @type {Awaited<ReturnType<typeof startAgent>>[]} */
   const agents = []
   const stopAgents = () => Promise.all(agents.map((a) => a.stop(3000)))
@@ -483,10 +573,13 @@ async function startFrontTarget (target, ports, dir) {
           ? { name: 'ab'.charAt(i), agent: `127.0.0.1:${agent.port}` }
           : { name: 'ab'.charAt(i), address: `127.0.0.1:${p}` }
       }),
-      outputCommit: target === 'agent' ? 'ack' : target,
+      outputCommit: target === 'agent' || target === 'resp' ? 'ack' : target,
+      protocol: target === 'resp' ? 'resp' : undefined,
+      // A port of its own (its admin_listening event says which): nothing else collides.
+      extraYaml: 'admin: { listen: 127.0.0.1:0 }',
       dir,
       maxConnections: 20000,
-      nodeArgs: profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [],
+      nodeArgs: profDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir(target, label)}`] : [],
     })
     return {
       port: f.port,
@@ -509,14 +602,15 @@ async function startFrontTarget (target, ports, dir) {
  * @param {RepResult} r
  * @param {string} dir
  * @param {string} label       the phase: the proxy's VmHWM after it goes to extra.hwm_mib[label]
- * @param {(t: { port: number, pid: number | null, agentPids: number[] }) => Promise<void>} body
- * @param {boolean} [trackPeak]   fold the proxy's VmHWM into rss_peak_mib (not for the idle phase)
+ * @param {(t: Running) => Promise<void>} body
+ * @param {boolean} [trackPeak]
+ *   fold the proxy's VmHWM into rss_peak_mib (not for the idle and incr phases)
  */
 async function withTarget (target, backends, r, dir, label, body, trackPeak = true) {
   /** @type {Running | null} */
   let t = null
   try {
-    t = await startTarget(target, backends.map((b) => b.port), dir)
+    t = await startTarget(target, backends.map((b) => b.port), dir, label)
     await body(t)
     if (t.pid !== null) {
       const hwm = memKiB(t.pid).hwm / 1024
@@ -618,14 +712,13 @@ async function runTarget (target, rep) {
   /** @type {Rep} */
   const ctx = { target, r, dir, copies, agentsCpu: {} }
 
-  await phase('redis', r, () => redisPhase(ctx))
-  await phase('echo', r, () => echoPhase(ctx))
-
+  /** @type {Record<PhaseName, (ctx: Rep) => Promise<void>>} */
+  const run = { redis: redisPhase, echo: echoPhase, idle: idlePhase, incr: incrPhase }
+  // Idle memory: HAProxy and ftproxy ack only; INCR: not the other fronts (PHASE_TARGETS).
+  for (const p of phasesOf(target)) await phase(p, r, () => run[p](ctx))
   if (target === 'agent') {
     r.extra.agents_cpu_s = { p1: r.figures.agents_cpu_p1_s ?? NaN, ...ctx.agentsCpu }
   }
-  // Idle memory: HAProxy and ftproxy ack only (not measured for the agent target).
-  if (target === 'haproxy' || target === 'ack') await phase('idle', r, () => idlePhase(ctx))
   return r
 }
 
@@ -638,28 +731,29 @@ async function redisPhase ({ target, r, dir, copies, agentsCpu }) {
   const start = () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) })
   const redis = await startCopies(copies, start)
   await withTarget(target, redis, r, dir, 'redis', async (t) => {
-    let p1 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+    const none = { rps: NaN, p99ms: NaN }
+    let p1 = { SET: none, GET: none }
     /** @type {CpuGroup} */
     const servers = { pids: redis.map((x) => x.pid) }
     /** @type {CpuGroup} */
     const agents = { pids: t.agentPids }
     f.cpu_p1_s = await cpuOf(t.pid, async () => {
-      p1 = await redisBenchmark(t.port, 1, P.p1Requests)
+      p1 = { ...p1, ...await redisBenchmark(t.port, 1, P.p1Requests, ['set', 'get']) }
     }, servers, agents)
     f.srv_cpu_p1_s = servers.total ?? NaN
     if (target === 'agent') f.agents_cpu_p1_s = agents.total ?? NaN
-    Object.assign(f, { set_p1: p1.set, get_p1: p1.get })
-    let p16 = { set: NaN, get: NaN, setP99ms: NaN, getP99ms: NaN }
+    Object.assign(f, { set_p1: p1.SET.rps, get_p1: p1.GET.rps })
+    let p16 = { SET: none, GET: none }
     f.cpu_p16_s = await cpuOf(t.pid, async () => {
-      p16 = await redisBenchmark(t.port, 16, P.p16Requests)
+      p16 = { ...p16, ...await redisBenchmark(t.port, 16, P.p16Requests, ['set', 'get']) }
     }, agents)
-    Object.assign(f, { set_p16: p16.set, get_p16: p16.get })
+    Object.assign(f, { set_p16: p16.SET.rps, get_p16: p16.GET.rps })
     if (target === 'agent') agentsCpu.p16 = agents.total ?? NaN
     r.extra.redis_benchmark_p99_ms = {
-      set_p1: p1.setP99ms,
-      get_p1: p1.getP99ms,
-      set_p16: p16.setP99ms,
-      get_p16: p16.getP99ms,
+      set_p1: p1.SET.p99ms,
+      get_p1: p1.GET.p99ms,
+      set_p16: p16.SET.p99ms,
+      get_p16: p16.GET.p99ms,
     }
   })
 }
@@ -702,6 +796,141 @@ async function idlePhase ({ target, r, dir, copies }) {
   }, false)
 }
 
+/** The one key every redis-benchmark INCR client increments (no -r: the name is literal). */
+const INCR_KEY = 'counter:__rand_int__'
+
+/**
+ * @typedef {object} IncrCounters   the shared counter on each copy after an INCR run
+ * @property {number} requests      INCRs redis-benchmark sent
+ * @property {number} primary       the first copy's (the primary's unless it failed over)
+ * @property {number} backup        the second copy's (NaN with one copy)
+ *
+ * @typedef {object} FrontFacts     what a front says of itself after a run (admin endpoint)
+ * @property {number} turns         ftproxy_turns_total: turns the replicas answered (resp)
+ * @property {number} turnWaitMs    ftproxy_turn_wait_seconds_sum, in ms
+ * @property {number} divergences   ftproxy_divergences_total
+ * @property {boolean} protected    GET /status: a backup in service
+ */
+
+/**
+ * INCR on one shared key, P1 then P16, each on fresh copies behind a fresh proxy: a front's
+ * backup starts in sync for each, so each run shows its own divergences.
+ * @param {Rep} ctx
+ */
+async function incrPhase (ctx) {
+  /** @type {Array<[number, number]>} */
+  const runs = [[1, P.p1Requests], [16, P.p16Requests]]
+  for (const [pipeline, requests] of runs) await incrRun(ctx, pipeline, requests)
+}
+
+/**
+ * One INCR run: req/s and p99 from redis-benchmark, the proxy's CPU; for a front the
+ * divergences it logged, whether a replica went stale, and the copies' counters.
+ * @param {Rep} ctx
+ * @param {number} pipeline
+ * @param {number} requests
+ */
+async function incrRun ({ target, r, dir, copies }, pipeline, requests) {
+  const k = `p${pipeline}`
+  const f = r.figures
+  const start = () => startRedis({ dir: makeTempDir(`bench-redis-${target}`) })
+  const redis = await startCopies(copies, start)
+  /** @type {Record<string, unknown>[]} */
+  let events = []
+  /** @type {IncrCounters} */
+  const counters = { requests, primary: NaN, backup: NaN }
+  await withTarget(target, redis, r, dir, `incr_${k}`, async (t) => {
+    events = t.events
+    let rows = /** @type {Record<string, BenchRow>} */ ({})
+    f[`cpu_incr_${k}_s`] = await cpuOf(t.pid, async () => {
+      rows = await redisBenchmark(t.port, pipeline, requests, ['incr'])
+    })
+    f[`incr_${k}`] = rows.INCR?.rps ?? NaN
+    f[`incr_p99_${k}_ms`] = rows.INCR?.p99ms ?? NaN
+    const [primary = NaN, backup = NaN] = await countersOf(redis, () => staleIn(events))
+    Object.assign(counters, { primary, backup })
+    if (FRONTS.includes(target)) r.extra[`incr_front_${k}`] = await frontFacts(events)
+  }, false)
+  r.extra[`incr_counters_${k}`] = counters
+  if (!FRONTS.includes(target)) return
+  // The front has stopped: its whole log was read.
+  f[`incr_div_${k}`] = events.filter((e) => e.event === 'divergence').length
+  const stale = staleIn(events)
+  f[`incr_stale_${k}`] = stale ? 1 : 0
+  if (!stale && counters.primary !== counters.backup) {
+    r.errors.push(`incr P${pipeline}: the copies' counters differ (${counters.primary} and ` +
+      `${counters.backup}) and no replica went stale`)
+  }
+  const facts = /** @type {FrontFacts | null} */ (r.extra[`incr_front_${k}`])
+  if (facts && facts.protected === stale) {
+    r.errors.push(`incr P${pipeline}: /status says protected ${facts.protected}, yet ` +
+      `${stale ? 'a' : 'no'} replica went stale`)
+  }
+}
+
+/**
+ * Ask a front (its admin endpoint, from its admin_listening event) for its turns, divergences
+ * and protection. Null when it has no admin endpoint or does not answer within 3 s.
+ * @param {Record<string, unknown>[]} events
+ * @returns {Promise<FrontFacts | null>}
+ */
+async function frontFacts (events) {
+  const ev = events.find((e) => e.event === 'admin_listening')
+  if (typeof ev?.address !== 'string') return null
+  const get = async (/** @type {string} */ p) => {
+    const res = await fetch(`http://${ev.address}${p}`, { signal: AbortSignal.timeout(3000) })
+    return res.text()
+  }
+  try {
+    const metrics = await get('/metrics')
+    const value = (/** @type {string} */ name) => {
+      return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN)
+    }
+    const status = JSON.parse(await get('/status'))
+    return {
+      turns: value('ftproxy_turns_total'),
+      turnWaitMs: value('ftproxy_turn_wait_seconds_sum') * 1000,
+      divergences: value('ftproxy_divergences_total'),
+      protected: status.protected === true,
+    }
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Whether the front took a replica out of service (a divergence retires a backup as stale).
+ * @param {Record<string, unknown>[]} events
+ */
+function staleIn (events) {
+  return events.some((e) => e.event === 'replica_role' && e.to === 'stale')
+}
+
+/**
+ * The shared counter on each copy. A backup in ack mode may still be running the last commands
+ * it acknowledged: read again until the copies agree, a replica went stale or 5 s passed.
+ * @param {Server[]} copies
+ * @param {() => boolean} stale
+ * @returns {Promise<number[]>}
+ */
+async function countersOf (copies, stale) {
+  const read = () => Promise.all(copies.map(async (c) => {
+    const client = await RespClient.connect(c.port)
+    try {
+      const [v] = await client.call([['GET', INCR_KEY]], 5000)
+      return v === null ? 0 : Number(v)
+    } finally {
+      client.destroy()
+    }
+  }))
+  let values = await read()
+  for (let i = 0; i < 50 && new Set(values).size > 1 && !stale(); i++) {
+    await sleep(100)
+    values = await read()
+  }
+  return values
+}
+
 // ---- report ---------------------------------------------------------------------------------
 
 /**
@@ -732,13 +961,22 @@ function summarizeAll (raw) {
 }
 
 /**
- * The markdown table: a row per metric, a column per target.
+ * The markdown table: a row per metric of the phases that ran, a column per target.
  * @param {Sums} sum
+ * @param {RepResult[]} raw
  */
-function table (sum) {
+function table (sum, raw) {
   const head = ['figure', ...targets.map((t) => TITLE[t])]
   const rows = [head, head.map(() => '---')]
-  for (const m of METRICS) rows.push([m.label, ...targets.map((t) => tableCell(sum, m, t))])
+  const shown = METRICS.filter((m) => {
+    return m.phases.some((p) => phases.includes(p)) && m.targets.some((t) => targets.includes(t))
+  })
+  for (const m of shown) {
+    rows.push([m.label, ...targets.map((t) => {
+      if (m.cell && m.targets.includes(t)) return m.cell(raw.filter((r) => r.target === t))
+      return tableCell(sum, m, t)
+    })])
+  }
   return rows.map((r) => `| ${r.join(' | ')} |`).join('\n')
 }
 
@@ -759,8 +997,9 @@ function tableCell (sum, m, t) {
   const ratios = []
   /** @type {Array<[TargetName, string]>} */
   const refs = [['haproxy', 'H'], ['direct', 'D']]
-  // The agent column is also compared with ftproxy ack (direct replicas): ×A.
-  if (t === 'agent') refs.push(['ack', 'A'])
+  // ack via agents and ack with protocol resp are also compared with ftproxy ack (direct
+  // replicas, protocol raw): ×A.
+  if (t === 'agent' || t === 'resp') refs.push(['ack', 'A'])
   for (const [ref, tag] of refs) {
     const r = sum[m.key]?.[ref]
     if (ref !== t && r && r.n > 0 && r.median > 0) {
@@ -778,6 +1017,7 @@ const COLORS = {
   haproxy: '#1f77b4',
   none: '#9ecae1',
   ack: '#ff7f0e',
+  resp: '#9467bd',
   match: '#d62728',
   agent: '#2ca02c',
 }
@@ -808,7 +1048,7 @@ function chart (sum) {
     out.push(...chartPanel(sum, title, keys, 60 + pi * (PANEL_W + 20)))
   })
   targets.forEach((t, i) => {
-    const lx = 60 + i * 150
+    const lx = 60 + i * 120
     out.push(`<rect x="${lx}" y="${CHART_H - 28}" width="12" height="12" fill="${COLORS[t]}"/>`)
     out.push(`<text x="${lx + 16}" y="${CHART_H - 18}">${TITLE[t]}</text>`)
   })
@@ -959,6 +1199,7 @@ function runMeta () {
     dist: distHash(),
     params: P,
     targets,
+    phases,
     /** CPU busy fraction (all cores) in the second before the run: something else running? */
     busy_before: NaN,
   }
@@ -982,7 +1223,8 @@ function runMeta () {
 async function preflight (meta) {
   const cores = `${meta.nproc} cores, node ${meta.node}`
   process.stderr.write(
-    `bench: ${meta.mode}, ${P.reps} repetition(s), targets ${targets.join(', ')}, ${cores}\n`)
+    `bench: ${meta.mode}, ${P.reps} repetition(s), targets ${targets.join(', ')}, ` +
+    `phases ${phases.join(', ')}, ${cores}\n`)
   // Figures from a machine that is busy with something else mean little: say so.
   const busyBefore = meta.busy_before = await machineBusy(1000)
   if (busyBefore > 0.1) {
@@ -1100,8 +1342,8 @@ function machineLine (meta, run) {
 
 /** What the table's cells are and how they were measured (a paragraph each). */
 function legend () {
-  const alsoAck = targets.includes('agent') && targets.includes('ack')
-    ? '; ack via agents also to ftproxy ack (×A)'
+  const alsoAck = targets.includes('ack') && (targets.includes('agent') || targets.includes('resp'))
+    ? '; ftproxy resp and ack via agents also to ftproxy ack (×A)'
     : ''
   const mib = P.tputBytes >> 20
   const kib = P.tputChunk >> 10
@@ -1109,7 +1351,12 @@ function legend () {
     'Each cell: median over repetitions (min–max), then its ratio to HAProxy (×H) and to ' +
       `direct (×D)${alsoAck}.`,
     `redis-benchmark: -c ${P.clients} -n ${P.p1Requests} (P1) / ${P.p16Requests} (P16), ` +
-      '-t set,get. ' +
+      '-t set,get; INCR one key: -t incr, no -r, so every client increments the one key ' +
+      `${INCR_KEY}, each pipeline depth on fresh copies behind a fresh proxy. ` +
+      'Divergences: `divergence` events the front logged during that run; "backup stale at X ' +
+      'of N": the front retired the backup (its counter stopped at X of the N INCRs) and ran ' +
+      'the rest on the primary alone, unprotected. ' +
+      'ftproxy ack uses protocol raw; ftproxy resp is the same with protocol resp. ' +
       'Echo (Node load generator against bench/echo.mjs): ' +
       `${P.tputConns} connections × ${mib} MiB in ${kib} KiB writes; ` +
       `latency: ${P.latConns} connections × ${P.latCount} sequential ${P.latSize}-byte ` +
@@ -1130,15 +1377,17 @@ function legend () {
  */
 function report (meta, run, raw) {
   const sum = summarizeAll(raw)
-  const md = table(sum)
+  const md = table(sum, raw)
   const notes = notesOf(raw)
   const machine = machineLine(meta, run)
+  const verdict = incrVerdict(sum, raw)
   const doc = [
-    '# ftproxy benchmark', '', machine, '', md, '', ...legend().map((l) => `${l}\n`),
+    '# ftproxy benchmark', '', machine, '', md, '', ...verdict.map((l) => `${l}\n`),
+    ...legend().map((l) => `${l}\n`),
     ...(notes.length ? ['Notes:', '', ...notes.map((n) => `* ${n}`), ''] : []),
   ].join('\n')
 
-  process.stdout.write(`\n${md}\n\n${machine}\n`)
+  process.stdout.write(`\n${md}\n\n${verdict.map((l) => `${l}\n\n`).join('')}${machine}\n`)
   if (notes.length) process.stdout.write(`\nNotes:\n${notes.map((n) => `* ${n}`).join('\n')}\n`)
 
   mkdirSync(RESULTS, { recursive: true })
@@ -1151,12 +1400,107 @@ function report (meta, run, raw) {
     foreign_cpu_s: run.foreign,
     dist_after: run.distAfter,
   }
-  const json = JSON.stringify({ meta: runMetaOut, summary: sum, raw, notes }, round, 1)
+  const out = { meta: runMetaOut, summary: sum, raw, notes, incr_verdict: verdict }
+  const json = JSON.stringify(out, round, 1)
   writeFileSync(path.join(RESULTS, 'results.json'), json + '\n')
   writeFileSync(path.join(RESULTS, 'results.md'), doc)
-  writeFileSync(path.join(RESULTS, 'chart.svg'), chart(sum))
-  process.stderr.write(
-    `bench: ${run.seconds} s; wrote bench/results/results.json, results.md, chart.svg\n`)
+  // The chart is of the SET/GET figures: left as it was when they were not measured.
+  const charted = phases.includes('redis')
+  if (charted) writeFileSync(path.join(RESULTS, 'chart.svg'), chart(sum))
+  process.stderr.write(`bench: ${run.seconds} s; wrote bench/results/results.json, results.md` +
+    `${charted ? ', chart.svg' : ''}\n`)
+}
+
+/**
+ * Issue 10's INCR goal: ftproxy resp's req/s as a share of ftproxy ack's (protocol raw) in
+ * this invocation, the divergences of each, and what raw's figure is worth once it diverged.
+ * Nothing unless both ran the INCR phase.
+ * @param {Sums} sum
+ * @param {RepResult[]} raw
+ * @returns {string[]}
+ */
+function incrVerdict (sum, raw) {
+  if (!phases.includes('incr') || !targets.includes('ack') || !targets.includes('resp')) return []
+  /** @type {(key: string, t: TargetName, ref: TargetName) => string} */
+  const ratio = (key, t, ref) => {
+    const [a, b] = [sum[key]?.[t], sum[key]?.[ref]]
+    return a && b && a.n > 0 && b.n > 0 ? `${(a.median / b.median).toFixed(2)}×` : 'n/a'
+  }
+  /** @type {(t: TargetName, ref: TargetName, what?: string) => string} */
+  const both = (t, ref, what = 'incr') => {
+    return `P1 ${ratio(`${what}_p1`, t, ref)}, P16 ${ratio(`${what}_p16`, t, ref)}`
+  }
+  const share = (/** @type {string} */ key) => {
+    return (sum[key]?.resp?.median ?? NaN) / (sum[key]?.ack?.median ?? NaN)
+  }
+  const met = share('incr_p1') >= 0.8 && share('incr_p16') >= 0.8
+  const lines = [
+    'INCR on one shared key, req/s, ftproxy resp / ftproxy ack (protocol raw): ' +
+      `${both('resp', 'ack')} (goal ≥ 0.8×: ${met ? 'met' : 'missed'}). ` +
+      `${divergenceSummary(raw, 'resp')}; ${divergenceSummary(raw, 'ack')}.`,
+  ]
+  if (targets.includes('haproxy')) {
+    lines.push(`INCR against HAProxy (one server): resp ${both('resp', 'haproxy')}; ` +
+      `raw ${both('ack', 'haproxy')}.`)
+  }
+  lines.push(`resp turns (one connection's requests, answered before the next goes): ${
+    ['p1', 'p16'].map((k) => turnSummary(raw, k)).join('; ')}.`)
+  const rawStale = (/** @type {RepResult} */ r) => {
+    return r.target === 'ack' && (r.figures.incr_stale_p1 === 1 || r.figures.incr_stale_p16 === 1)
+  }
+  if (raw.some(rawStale)) {
+    const set = phases.includes('redis')
+      ? ' SET, where the raw copies stay in sync (every reply is +OK), resp / raw: ' +
+        `${both('resp', 'ack', 'set')}.`
+      : ''
+    lines.push('raw diverged: past its first divergence it ran on the primary alone, ' +
+      `unprotected, so its INCR figure is not that of a protected front.${set}`)
+  }
+  return lines
+}
+
+/**
+ * "P1 100000 turns for 100000 INCRs (two copies), mean wait 0.071 ms", over resp's runs.
+ * @param {RepResult[]} raw
+ * @param {string} k    'p1' or 'p16'
+ */
+function turnSummary (raw, k) {
+  let turns = 0
+  let waitMs = 0
+  let requests = 0
+  for (const r of raw.filter((x) => x.target === 'resp')) {
+    const facts = /** @type {FrontFacts | null | undefined} */ (r.extra[`incr_front_${k}`])
+    const c = /** @type {IncrCounters | undefined} */ (r.extra[`incr_counters_${k}`])
+    if (!facts || !c) continue
+    turns += facts.turns
+    waitMs += facts.turnWaitMs
+    requests += c.requests
+  }
+  const mean = turns > 0 ? (waitMs / turns).toFixed(3) : 'n/a'
+  return `${k.toUpperCase()} ${turns} turns for ${requests} INCRs (two copies), ` +
+    `mean wait ${mean} ms`
+}
+
+/**
+ * "resp: 0 divergences, backup stale in 0 of 2 runs"
+ * @param {RepResult[]} raw
+ * @param {TargetName} t
+ */
+function divergenceSummary (raw, t) {
+  let div = 0
+  let stale = 0
+  let runs = 0
+  for (const r of raw.filter((x) => x.target === t)) {
+    for (const k of ['p1', 'p16']) {
+      const d = r.figures[`incr_div_${k}`]
+      if (d === undefined) continue
+      runs++
+      div += d
+      stale += r.figures[`incr_stale_${k}`] ?? 0
+    }
+  }
+  const name = t === 'ack' ? 'raw' : t
+  return `${name}: ${div} divergence(s), backup stale in ${stale} of ${runs} runs`
 }
 
 async function main () {

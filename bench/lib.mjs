@@ -65,6 +65,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  * @typedef {object} FrontOptions
  * @property {FrontReplica[]} replicas
  * @property {'ack' | 'match' | 'none'} [outputCommit]   default ack
+ * @property {'raw' | 'line' | 'resp'} [protocol]   top-level `protocol:` (default: left out: raw)
  * @property {string} [dir]               temp dir for the config and state_dir (default: a new one)
  * @property {number} [maxConnections]    limits.max_connections (default 20000)
  * @property {'error' | 'warn' | 'info' | 'debug'} [logLevel]
@@ -561,7 +562,7 @@ export function startHaproxy (opts) {
  * The front's YAML config.
  * @param {{
  *   port: number, stateDir: string, replicas: FrontReplica[], outputCommit: string,
- *   maxConnections: number, logLevel: string, extraYaml?: string,
+ *   maxConnections: number, logLevel: string, extraYaml?: string, protocol?: string,
  * }} o
  */
 export function frontConfigYaml (o) {
@@ -569,6 +570,7 @@ export function frontConfigYaml (o) {
     `listen: 127.0.0.1:${o.port}`,
     `state_dir: ${JSON.stringify(o.stateDir)}`,
     `output_commit: ${o.outputCommit}`,
+    ...(o.protocol !== undefined ? [`protocol: ${o.protocol}`] : []),
     'replicas:',
     ...o.replicas.flatMap((r) => [
       `  - name: ${r.name}`,
@@ -597,6 +599,7 @@ export async function startFront (opts) {
     stateDir,
     replicas: opts.replicas,
     outputCommit: opts.outputCommit ?? 'ack',
+    protocol: opts.protocol,
     maxConnections: opts.maxConnections ?? 20000,
     logLevel: opts.logLevel ?? 'info',
     extraYaml: opts.extraYaml,
@@ -618,7 +621,7 @@ export async function startFront (opts) {
     onFailed = reject
   }))
   const child = spawnChild('bash', ['-c', cmd], {
-    name: `ftproxy:${opts.outputCommit ?? 'ack'}`,
+    name: `ftproxy:${opts.outputCommit ?? 'ack'}${opts.protocol ? `/${opts.protocol}` : ''}`,
     onLine: eventLines(events, onListening, (ev) => {
       if (ev.event !== 'startup_failed') return
       onFailed(new Error(`ftproxy startup_failed: ${String(ev.code)} ${String(ev.error)}`))
