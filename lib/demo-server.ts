@@ -193,7 +193,8 @@ export async function startDemoServer (opts: DemoServerOptions = {}): Promise<De
   const store = new DemoStore(opts.divergeAfter)
   const conns = new Set<Connection>()
   // allowHalfOpen: a client's EOF must not end our side before its last replies are written.
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+  // No Nagle: a client (ftproxy in serial mode) waits for each reply before its next request.
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     setConnection(socket, store, conns, log)
   })
 

@@ -159,10 +159,7 @@ export class Conn {
     if (this.session && this.session.fallback === null) this.frame(this.session, data)
     this.append('DATA', data)
     this.logged += data.length
-    if (!this.inputPaused && this.over(this.inflight())) {
-      this.inputPaused = true
-      this.socket.pause()
-    }
+    if (this.over(this.inflight())) this.pauseInput()
   }
 
   /**
@@ -474,7 +471,7 @@ export class Conn {
   /** Resume reading the client if its input in flight fell to half of its cap. */
   resumeIfDrained (): void {
     // Resume at half the cap (growing the allowance for it if the budget has room).
-    if (!this.inputPaused || this.over(2 * this.inflight())) return
+    if (!this.inputPaused || this.over(2 * this.inflight()) || this.outputBound) return
     this.inputPaused = false
     if (!this.env.holding) this.socket.resume()
   }
@@ -517,10 +514,25 @@ export class Conn {
         side.paused = true
         this.stream.suspend(r.index, true, performance.now())
         r.transport.pause(this.id)
+        if (this.outputBound) this.pauseInput()
       } else if (!over && side.paused) {
         this.resumeReplica(r)
+        if (r === this.env.primary) this.resumeIfDrained()
       }
     }
+  }
+
+  // Serial protocols: a replica reads a turn to its end even when its client does not read
+  // (the order waits for no one), so a client whose output is over its cap is not read from
+  // either: it sends no new turns until it has read.
+  private get outputBound (): boolean {
+    return this.session !== null && this.side(this.env.primary).paused
+  }
+
+  private pauseInput (): void {
+    if (this.inputPaused) return
+    this.inputPaused = true
+    this.socket.pause()
   }
 
   // A backup's output beyond the primary's: in the stream, or held by the aligner.

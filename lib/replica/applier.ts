@@ -128,12 +128,15 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   }
 
   pause (conn: number): void {
-    this.conns.get(conn)?.socket.pause()
+    const c = this.conns.get(conn)
+    if (c?.order) this.turns?.pause(c.order, true)
+    else c?.socket.pause()
   }
 
   resume (conn: number): void {
     const c = this.conns.get(conn)
-    if (c && !c.outputEnded) c.socket.resume()
+    if (c?.order) this.turns?.pause(c.order, false)
+    else if (c && !c.outputEnded) c.socket.resume()
   }
 
   /** Stop for good: every socket is destroyed at once and no event is emitted after. */
@@ -241,7 +244,10 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
         return
       }
       if (this.turns) {
-        c.order = this.turns.open()
+        c.order = this.turns.open((on) => {
+          if (!on) socket.pause()
+          else if (!c.outputEnded) socket.resume()
+        })
         const local = { host: socket.localAddress ?? '', port: socket.localPort ?? 0 }
         c.order.addr = formatHostPort(local)
       }

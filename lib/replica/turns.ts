@@ -41,10 +41,21 @@ export class ConnOrder {
   /** The server's address of this socket, host:port as the server lists it. */
   addr = ''
   ended = false
+  /**
+   * The front asked to stop reading this connection's output (backpressure). Its turns must
+   * still be read to their end, or the order would stop for every connection: it is read
+   * while its turn runs and paused in between (see Applier.pause).
+   */
+  paused = false
 
-  constructor (protocol: Protocol) {
+  constructor (protocol: Protocol, private readonly reading: (on: boolean) => void) {
     this.session = protocol.session()
     this.reader = this.session.reader()
+  }
+
+  /** Read its output now: its turn runs, or the front wants it. */
+  read (on: boolean): void {
+    this.reading(on || !this.paused)
   }
 
   /** No turn can wait for it any more: unframeable, uncountable, or closed. */
@@ -77,8 +88,15 @@ export class Turns {
     return this.current !== null
   }
 
-  open (): ConnOrder {
-    return new ConnOrder(this.protocol)
+  /** A connection's ordering state; `reading` starts or stops reading its output. */
+  open (reading: (on: boolean) => void): ConnOrder {
+    return new ConnOrder(this.protocol, reading)
+  }
+
+  /** The front wants c's output paused (or not): it is, except while c's turn runs. */
+  pause (c: ConnOrder, paused: boolean): void {
+    c.paused = paused
+    c.read(c === this.current)
   }
 
   /** Client bytes about to be written to c's socket: frames them; may start c's turn. */
@@ -98,6 +116,7 @@ export class Turns {
     if (c.pending.length === 0) return
     this.current = c
     this.started = performance.now()
+    if (c.paused) c.read(true)
     this.check()
   }
 
@@ -161,6 +180,7 @@ export class Turns {
 
   private finish (): void {
     clearTimeout(this.pollTimer)
+    if (this.current?.paused) this.current.read(false)
     this.current = null
     this.opts.turn(performance.now() - this.started)
     this.opts.next()
