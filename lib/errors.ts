@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'ERR_FTPROXY_CONTROL_CLOSED'  // the server closed ftproxy's control connection
   | 'ERR_FTPROXY_CONTROL_PROTOCOL' // a server's reply on the control connection was unframeable
   | 'ERR_FTPROXY_UNHEALTHY'       // a server answered a health probe, but not as a serving one
+  | 'ERR_FTPROXY_BUSY'            // no answer in time to a probe on the control connection
 
 export class FtproxyError extends Error {
   readonly code: ErrorCode

@@ -157,8 +157,10 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
     return this.prober ? this.prober(timeout) : probe(address, timeout)
   }
 
-  // A probe that failed for want of the front's own resources proves nothing either way.
+  // A probe that failed for want of the front's own resources proves nothing either way;
+  // neither does one a busy server has not answered yet (see Control.probe).
   private inconclusive (err: Error | null): boolean {
+    if ((err as NodeJS.ErrnoException | null)?.code === 'ERR_FTPROXY_BUSY') return true
     if (err === null || !isLocalResourceError(err)) {
       this.starved = false
       return false

@@ -320,6 +320,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     const applier = new Applier({ address, connectTimeout, linger, protocol, holdBytes: window })
     // Health checks go through the applier's control connection when it has one.
     this.health.prober = applier.prober
+    applier.on('control_refused', (reason) => this.log.warn('control_refused', { reason }))
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     applier.on('ack', (e) => {

@@ -7,10 +7,13 @@ import type { ClientState, ControlDialect, Protocol } from './types.js'
 import { RespSession } from './resp-session.js'
 
 const PONG = Buffer.from('+PONG\r\n')
+// A server with requirepass or ACLs answers ftproxy's connection with these: it is serving.
+const AUTH_ERRORS = /^-(NOAUTH|NOPERM|WRONGPASS)/
 
 const respControl: ControlDialect = {
   probe: Buffer.from('*1\r\n$4\r\nPING\r\n'),
-  healthy: (reply) => reply.equals(PONG),
+  healthy: (reply) => reply.equals(PONG) || AUTH_ERRORS.test(reply.toString('latin1', 0, 16)),
+  refused: (reply) => reply[0] === 0x2d ? reply.toString('latin1').trimEnd().slice(1) : null,
   clients: Buffer.from('*4\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n'),
   client: clientState,
 }

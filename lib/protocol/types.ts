@@ -79,8 +79,13 @@ export interface Session {
 export interface ControlDialect {
   /** A request whose one reply says the server is serving (resp: PING). */
   readonly probe: Buffer
-  /** Whether that reply is the healthy one. */
+  /**
+   * Whether that reply shows a serving server: the healthy answer, or a refusal of ftproxy's
+   * unauthenticated connection (the server is up; it just will not take orders from it).
+   */
   healthy (reply: Buffer): boolean
+  /** The server refused a control request (resp: an error reply): its text, else null. */
+  refused (reply: Buffer): string | null
   /** A request listing the server's view of its clients (resp: CLIENT LIST TYPE normal). */
   readonly clients: Buffer
   /**

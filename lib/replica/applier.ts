@@ -111,6 +111,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       control: this.control,
       next: () => this.drain(),
       turn: (ms) => this.emit('turn', ms),
+      refused: (reason) => this.emit('control_refused', reason),
     })
   }
 

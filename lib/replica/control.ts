@@ -15,6 +15,7 @@ import { Queue } from '../util/queue.js'
 import { runningTimeout } from '../util/timer.js'
 
 interface Query {
+  request: Buffer
   resolve: (reply: Buffer) => void
   reject: (err: Error) => void
 }
@@ -22,16 +23,21 @@ interface Query {
 export class Control {
   readonly dialect: ControlDialect
   private socket: net.Socket | null = null
-  private readonly session: Session
-  private readonly reader: ReplyReader
+  private session: Session
+  private reader: ReplyReader
+  /** Queries sent (or to send once connected), oldest first: each one's reply is next. */
   private readonly waiting = new Queue<Query>()
   /** Bytes of the reply being read, across chunks. */
   private partial: Buffer[] = []
+  private open = false
   private dead: Error | null = null
+  private timeout = 0
+  /** The probe in flight: a later one shares it rather than queue behind a busy server. */
+  private probing: Promise<Error | null> | null = null
 
   constructor (
     private readonly address: HostPort,
-    protocol: Protocol,
+    private readonly protocol: Protocol,
     private readonly onFailed: (err: Error) => void
   ) {
     if (!protocol.control) throw new TypeError(`protocol ${protocol.name} has no control dialect`)
@@ -40,8 +46,9 @@ export class Control {
     this.reader = this.session.reader()
   }
 
-  /** Connect within `timeout` ms. */
+  /** Connect within `timeout` ms (and reconnect within it, should the server close it). */
   connect (timeout: number): Promise<void> {
+    this.timeout = timeout
     const { host, port } = this.address
     const socket = net.connect({ host, port, noDelay: true })
     this.socket = socket
@@ -58,9 +65,10 @@ export class Control {
         timer.clear()
         socket.removeAllListeners('error')
         socket.on('data', (data: Buffer) => this.onData(data))
-        socket.on('error', (err) => this.fail(err))
-        socket.on('close', () => this.fail(new FtproxyError(
-          'ERR_FTPROXY_CONTROL_CLOSED', 'the server closed the control connection')))
+        socket.on('error', () => {}) // 'close' follows, and decides
+        socket.on('close', () => this.closed(socket))
+        this.open = true
+        for (const q of this.waiting) socket.write(q.request)
         resolve()
       })
     })
@@ -73,18 +81,27 @@ export class Control {
         return reject(this.dead ?? new Error('control connection not open'))
       }
       this.session.request(request)
-      this.waiting.push({ resolve, reject })
-      this.socket.write(request)
+      this.waiting.push({ request, resolve, reject })
+      if (this.open) this.socket.write(request)
     })
   }
 
-  /** A health probe: null when the server answered as a serving one should, else why not. */
-  async probe (timeout: number): Promise<Error | null> {
+  /**
+   * A health probe: null when the server answered as a serving one should, else why not.
+   * No answer within `timeout` is ERR_FTPROXY_BUSY, not a failure: the probe waits behind
+   * whatever the server is running (a long command holds every copy alike), and the
+   * connection itself shows a dead server. A hung one is the stall check's to find.
+   */
+  probe (timeout: number): Promise<Error | null> {
+    this.probing ??= this.probeOnce(timeout).finally(() => { this.probing = null })
+    return this.probing
+  }
+
+  private async probeOnce (timeout: number): Promise<Error | null> {
     let timer: ReturnType<typeof runningTimeout> | undefined
     const late = new Promise<Error>((resolve) => {
       timer = runningTimeout(timeout, () => {
-        const err = new Error(`health check timed out after ${timeout}ms`)
-        resolve(Object.assign(err, { code: 'ETIMEDOUT' }))
+        resolve(new FtproxyError('ERR_FTPROXY_BUSY', `no answer to a probe within ${timeout}ms`))
       })
     })
     const answer = this.query(this.dialect.probe).then(
@@ -102,6 +119,20 @@ export class Control {
     this.dead ??= new Error('control connection closed')
     this.socket?.destroy()
     this.rejectAll()
+  }
+
+  // The server closed it: a client may have killed it (CLIENT KILL TYPE normal, which every
+  // copy runs) or the server reaped it idle (its `timeout`). Reconnect once, with the
+  // queries not answered yet sent again; the replica fails only if the server is gone.
+  private closed (socket: net.Socket): void {
+    if (this.dead || socket !== this.socket) return
+    this.open = false
+    this.partial = []
+    this.session = this.protocol.session()
+    this.reader = this.session.reader()
+    for (const q of this.waiting) this.session.request(q.request)
+    this.connect(this.timeout).catch((err: Error) => this.fail(new FtproxyError(
+      'ERR_FTPROXY_CONTROL_CLOSED', `the server closed the control connection: ${err.message}`)))
   }
 
   private onData (data: Buffer): void {

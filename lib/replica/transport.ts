@@ -30,6 +30,11 @@ export interface TransportEvents {
   conn_failed: [conn: number, err: Error]
   /** Serial mode: a turn ended after waiting `ms` for the server (direct replicas only). */
   turn: [ms: number]
+  /**
+   * Serial mode: the server refused the control connection's check that a blocking request
+   * was taken (e.g. it requires AUTH): such turns end without it, once (direct replicas).
+   */
+  control_refused: [reason: string]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {

@@ -58,9 +58,9 @@ export class ConnOrder {
     this.reading(on || !this.paused)
   }
 
-  /** No turn can wait for it any more: unframeable, uncountable, or closed. */
-  get unordered (): boolean {
-    return this.ended || this.session.fallback !== null || this.reader.error !== null
+  /** Its replies can no longer be counted: the server ended it, or its output is unframeable. */
+  get lost (): boolean {
+    return this.ended || this.reader.error !== null
   }
 }
 
@@ -70,9 +70,24 @@ export interface TurnsOptions {
   next: () => void
   /** A turn that waited ended, after `ms`. */
   turn: (ms: number) => void
+  /** The server refused the control connection's check (once): turns can no longer ask. */
+  refused: (reason: string) => void
 }
 
+/** Between checks that a blocking request was taken. */
 const POLL_MS = 1
+/**
+ * A turn whose next reply is this late asks the server too: a request may block that the
+ * protocol module does not know as blocking (a module's command), and it must not hold the
+ * order for ever. Asked again at this period while the turn waits.
+ */
+const SLOW_TURN_MS = 100
+/**
+ * A connection the server does not list for this long (it sees another address: a proxy or
+ * NAT between ftproxy and the server) cannot be checked: rather than hold the order for
+ * ever, turns stop asking (refused), as when the server refuses the check.
+ */
+const UNLISTED_MS = 1000
 
 export class Turns {
   /** The connection whose turn runs, or null. */
@@ -81,6 +96,10 @@ export class Turns {
   /** A control query for the current turn is in flight. */
   private polling = false
   private pollTimer?: NodeJS.Timeout
+  /** The server refused the check (no permission): turns with a blocking request just end. */
+  private blind = false
+  /** When the current turn's connection was first missing from the server's list (0: not). */
+  private unlistedSince = 0
 
   constructor (private readonly protocol: Protocol, private readonly opts: TurnsOptions) {}
 
@@ -100,8 +119,12 @@ export class Turns {
   }
 
   /** Client bytes about to be written to c's socket: frames them; may start c's turn. */
+  // A connection whose input can no longer be framed (session.fallback) takes no new turns;
+  // the requests framed before that point still are (their replies are counted), so a
+  // pipeline that ends in garbage does not escape the order. Redis closes such a connection,
+  // which ends the turn at the latest.
   input (c: ConnOrder, data: Buffer): void {
-    if (c.unordered) {
+    if (c.lost || c.session.fallback !== null) {
       c.written += data.length
       return
     }
@@ -111,7 +134,7 @@ export class Turns {
       c.pending.push({ req, end, left: req.replies })
     }
     c.written += data.length
-    if (c.unordered) c.pending.clear()
+    if (c.lost) c.pending.clear()
     this.skipSilent(c)
     if (c.pending.length === 0) return
     this.current = c
@@ -122,13 +145,13 @@ export class Turns {
 
   /** Server bytes from c's socket (before they go anywhere else). */
   output (c: ConnOrder, data: Buffer): void {
-    if (c.unordered) return
+    if (c.lost || (c.pending.length === 0 && c.session.fallback !== null)) return
     for (const mark of c.reader.push(data)) {
       const head = c.pending.peek()
       if (mark.request === null || head === undefined) continue
       if (--head.left <= 0) c.pending.shift()
     }
-    if (c.unordered) c.pending.clear()
+    if (c.lost) c.pending.clear()
     this.skipSilent(c)
     if (c === this.current) this.check()
   }
@@ -142,6 +165,7 @@ export class Turns {
 
   close (): void {
     clearTimeout(this.pollTimer)
+    this.pollTimer = undefined
     this.current = null
   }
 
@@ -156,30 +180,65 @@ export class Turns {
     const c = this.current
     if (!c) return
     const head = c.pending.peek()
-    if (head === undefined || c.unordered) return this.finish()
-    if (!head.req.blocking || this.polling) return
-    this.poll(c, head)
+    if (head === undefined || c.lost) return this.finish()
+    if (this.polling) return
+    if (head.req.blocking) {
+      clearTimeout(this.pollTimer)
+      this.pollTimer = undefined
+      return this.poll(c, head)
+    }
+    if (this.pollTimer || !this.opts.control || this.blind) return
+    this.pollTimer = setTimeout(() => {
+      this.pollTimer = undefined
+      const next = c.pending.peek()
+      if (this.current === c && next) this.poll(c, next)
+    }, SLOW_TURN_MS)
   }
 
   private poll (c: ConnOrder, head: Pending): void {
     const control = this.opts.control
-    if (!control) return this.finish() // no way to ask: nothing better than not waiting
+    // No way to ask: nothing better than not waiting.
+    if (!control || this.blind) return this.finish()
     this.polling = true
     control.query(control.dialect.clients).then((reply) => {
       this.polling = false
       if (this.current !== c) return
+      const refusal = control.dialect.refused(reply)
+      if (refusal !== null) return this.goBlind(refusal)
       const state = control.dialect.client(reply, c.addr)
       if (state?.blocked && state.unexecuted === c.written - head.end) return this.finish()
+      if (this.unlisted(state === null)) {
+        return this.goBlind(`the server does not list ftproxy's connection from ${c.addr}`)
+      }
       if (c.pending.peek() !== head) return this.check()
-      this.pollTimer = setTimeout(() => this.check(), POLL_MS)
+      const wait = head.req.blocking ? POLL_MS : SLOW_TURN_MS
+      this.pollTimer = setTimeout(() => {
+        this.pollTimer = undefined
+        this.check()
+      }, wait)
     }, () => {
       // The control connection is gone: the replica fails through it (see Control).
       this.polling = false
     })
   }
 
+  // Whether the current turn's connection has been missing from the server's list too long.
+  private unlisted (missing: boolean): boolean {
+    if (!missing) this.unlistedSince = 0
+    else if (this.unlistedSince === 0) this.unlistedSince = performance.now()
+    return missing && performance.now() - this.unlistedSince > UNLISTED_MS
+  }
+
+  private goBlind (reason: string): void {
+    this.blind = true
+    this.opts.refused(reason)
+    this.finish()
+  }
+
   private finish (): void {
     clearTimeout(this.pollTimer)
+    this.pollTimer = undefined
+    this.unlistedSince = 0
     if (this.current?.paused) this.current.read(false)
     this.current = null
     this.opts.turn(performance.now() - this.started)

@@ -70,11 +70,11 @@ export function haveRedis (): boolean {
 }
 
 /** redis-server on a free loopback port, no persistence. */
-export async function redisServer (t: Test): Promise<Server> {
+export async function redisServer (t: Test, extra: string[] = []): Promise<Server> {
   const port = await freePort()
   const args = [
     '--port', String(port), '--bind', '127.0.0.1',
-    '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
+    '--save', '', '--appendonly', 'no', '--protected-mode', 'no', ...extra,
   ]
   const proc = spawn('redis-server', args, { stdio: 'ignore' })
   t.teardown(() => { proc.kill('SIGKILL') })
