@@ -116,6 +116,10 @@ t.test('resp control dialect', async (t) => {
   t.ok(control.healthy(Buffer.from('+PONG\r\n')))
   t.notOk(control.healthy(Buffer.from('-LOADING Redis is loading\r\n')))
   t.notOk(control.healthy(Buffer.from('+PONG\r\n+PONG\r\n')))
+  t.ok(control.healthy(Buffer.from('-NOAUTH Authentication required.\r\n')),
+    'a server that wants AUTH is serving')
+  t.equal(control.refused(Buffer.from('-NOPERM no\r\n')), 'NOPERM no')
+  t.equal(control.refused(Buffer.from('$3\r\nabc\r\n')), null)
   t.equal(control.clients.toString(),
     '*4\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n')
   const list = [
