@@ -252,7 +252,9 @@ export class ReplyAligner {
       return true
     }
     if (s.lost) {
-      this.allRaw('reference_unframed')
+      // The connection cannot be spliced (the caller closes it): nothing the new primary
+      // holds may reach the client first.
+      this.hooks.raw(to, 'reference_unframed', s.replies, s.reader?.error ?? null)
       return false
     }
     this.takeOver(to, s)

@@ -169,12 +169,48 @@ export function uncomparedReason (
  * form-dependent entry above), or null when it does. The same for every request of that
  * name, so sessions compute it once per run of a name.
  */
-export function plainVerdict (base: string): { compare: boolean, blocking: boolean } | null {
+export function plainVerdict (base: string): Verdict | null {
   if (CONTAINERS.has(base) || base === 'xread' || base === 'xreadgroup') return null
   const entry = UNCOMPARED.get(base)
   if (entry?.when !== undefined) return null
-  return { compare: entry === undefined, blocking: BLOCKING.has(base) }
+  const shareable = SHAREABLE.has(base)
+  return { compare: entry === undefined, blocking: BLOCKING.has(base), shareable }
 }
+
+export interface Verdict { compare: boolean, blocking: boolean, shareable: boolean }
+
+/**
+ * Plain data commands whose effect and reply depend only on the keyspace, not on the
+ * connection that sends them (no database selected, no transaction, no subscription, no
+ * name, no blocking, no clock): a replica may carry them for many connections on one shared
+ * connection, pipelined in log order (lib/replica/lane.ts). A connection that sends anything
+ * else leaves the shared connection for good (its session may differ from then on).
+ */
+const SHAREABLE = new Set([
+  // strings
+  'get', 'set', 'setnx', 'setex', 'psetex', 'getset', 'getdel', 'mget', 'mset', 'msetnx',
+  'incr', 'incrby', 'incrbyfloat', 'decr', 'decrby', 'append', 'strlen', 'getrange', 'setrange',
+  'substr',
+  // keys
+  'del', 'unlink', 'exists', 'type', 'rename', 'renamenx', 'copy', 'touch',
+  // lists
+  'lpush', 'rpush', 'lpushx', 'rpushx', 'lpop', 'rpop', 'llen', 'lrange', 'lindex', 'lset',
+  'lrem', 'ltrim', 'linsert', 'lpos', 'lmove', 'rpoplpush',
+  // sets
+  'sadd', 'srem', 'sismember', 'smismember', 'scard', 'smove',
+  // hashes
+  'hset', 'hsetnx', 'hget', 'hmget', 'hmset', 'hdel', 'hexists', 'hlen', 'hincrby',
+  'hincrbyfloat', 'hstrlen',
+  // sorted sets
+  'zadd', 'zrem', 'zscore', 'zmscore', 'zincrby', 'zcard', 'zcount', 'zrange', 'zrangebyscore',
+  'zrevrange', 'zrevrangebyscore', 'zrank', 'zrevrank', 'zlexcount', 'zrangebylex',
+  'zrevrangebylex', 'zremrangebyrank', 'zremrangebyscore', 'zremrangebylex', 'zpopmin',
+  'zpopmax',
+  // hyperloglog, bitmaps
+  'pfadd', 'pfcount', 'pfmerge', 'setbit', 'getbit', 'bitcount', 'bitpos',
+  // connection-neutral
+  'ping', 'echo',
+])
 
 /** Commands a RESP2 connection may send while subscribed; Redis refuses the rest. */
 export const SUBSCRIBED_ALLOWED = new Set([

@@ -16,7 +16,7 @@ import { CHANNEL, PATTERN, PUBSUB, type Kind } from './resp-commands.js'
 import { Queue } from '../util/queue.js'
 
 /** What a request's replies tell the reader (beyond being counted). */
-const OP_NONE = 0
+export const OP_NONE = 0
 /** (P|S)SUBSCRIBE, or an UNSUBSCRIBE with arguments: one confirmation each, or one error. */
 export const OP_PUBSUB = 1
 /** An UNSUBSCRIBE with no argument: one confirmation per subscription of its kind, or one. */
@@ -38,7 +38,8 @@ export class RespRequest implements Request {
     /** OP_*: what its replies tell the reader. */
     readonly op = OP_NONE,
     /** For the pub/sub ops: which subscriptions. */
-    readonly kind: Kind = CHANNEL
+    readonly kind: Kind = CHANNEL,
+    readonly shareable = false
   ) {}
 }
 

@@ -5,11 +5,11 @@
 import type { Request, Session } from './types.js'
 import {
   PUBSUB, SUBSCRIBED_ALLOWED, captureCount, isBlocking, isContainer, plainVerdict,
-  uncomparedReason,
+  uncomparedReason, CHANNEL, type Verdict as PlainVerdict,
 } from './resp-commands.js'
 import { RequestFramer, type CommandSink } from './resp-parse.js'
 import {
-  OP_HELLO, OP_MONITOR, OP_PUBSUB, OP_RESET, OP_UNSUB_ALL, RespReader, RespRequest,
+  OP_HELLO, OP_MONITOR, OP_NONE, OP_PUBSUB, OP_RESET, OP_UNSUB_ALL, RespReader, RespRequest,
 } from './resp-reply.js'
 
 /** Commands with a rule of their own below (and the pub/sub ones). */
@@ -18,7 +18,7 @@ const RULES = new Set([
   'psync', 'post', 'host:',
 ])
 
-type Verdict = { compare: boolean, blocking: boolean } | null
+type Verdict = PlainVerdict | null
 
 export class RespSession implements Session, CommandSink {
   fallback: string | null = null
@@ -37,6 +37,8 @@ export class RespSession implements Session, CommandSink {
   /** The verdict on the last name seen (pipelines repeat names; the framer reuses them). */
   private lastBase = ''
   private lastVerdict: Verdict = null
+  /** Every request so far was shareable: the connection's session is still the default. */
+  private pristine = true
 
   request (data: Buffer): Request[] {
     if (this.fallback !== null) return []
@@ -86,8 +88,13 @@ export class RespSession implements Session, CommandSink {
     const plain = this.lastVerdict
     // The common case: a command with no rule, on a connection in no special state.
     if (plain !== null && !this.multi && !this.monitor && !this.subscribed()) {
-      return this.emit(new RespRequest(base, size, 1, plain.blocking, plain.compare))
+      const shareable = this.pristine && plain.shareable
+      this.pristine = shareable
+      const op = OP_NONE
+      return this.emit(
+        new RespRequest(base, size, 1, plain.blocking, plain.compare, op, CHANNEL, shareable))
     }
+    this.pristine = false
     // Redis takes these for HTTP or a cross-protocol attack and closes without a reply.
     if (base === 'post' || base === 'host:') return this.stop('an HTTP request, not RESP')
     const sub = argc > 1 && isContainer(base) ? args[0] : undefined

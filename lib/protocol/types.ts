@@ -32,6 +32,13 @@ export interface Request {
    * correct copies (iteration order, clocks, process facts): counted and dropped on a backup.
    */
   readonly compare: boolean
+  /**
+   * Its effect and its reply do not depend on which connection carries it (a plain data
+   * command on a connection that never changed its session): a replica may send it on one
+   * connection shared by all such requests, pipelined, in log order (lib/replica/lane.ts).
+   * Optional: absent means false.
+   */
+  readonly shareable?: boolean
 }
 
 /** One complete reply (or message) in the server's output. */

@@ -29,6 +29,7 @@ import { Queue } from '../util/queue.js'
 import { runningTimeout, type RunningTimeout } from '../util/timer.js'
 import { Control } from './control.js'
 import type { Transport, TransportEvents } from './transport.js'
+import { Lane } from './lane.js'
 import { Turns, type ConnOrder } from './turns.js'
 
 export interface ApplierOptions {
@@ -92,6 +93,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   /** Serial mode: turns, and the control connection they (and health probes) use. */
   private readonly turns: Turns | null = null
   private readonly control: Control | null = null
+  /** Serial resp: the connection shared by requests that do not depend on their connection. */
+  private readonly lane: Lane | null = null
   readonly prober: Prober | null = null
   /** Serial mode: entries acknowledged while held, and the bytes they hold. */
   private readonly early = new Set<Entry>()
@@ -113,6 +116,13 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       turn: (ms) => this.emit('turn', ms),
       refused: (reason) => this.emit('control_refused', reason),
     })
+    if (this.control) {
+      const turns = this.turns
+      this.turns.lane = this.lane = new Lane(opts.address, protocol, {
+        drained: () => turns.laneDrained(),
+        failed: (err) => this.fail(err),
+      })
+    }
   }
 
   /** Hand over the next entry. Entries must come in seq order. */
@@ -169,9 +179,16 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     switch (entry.type) {
       case 'OPEN': return this.open(entry)
       case 'DATA': return this.write(entry)
-      case 'EOF': return this.finish(entry, false)
-      case 'CLOSE': return this.finish(entry, true)
+      case 'EOF': return this.end(entry, false)
+      case 'CLOSE': return this.end(entry, true)
     }
+  }
+
+  // An end goes after the connection's requests on the shared lane are answered.
+  private end (entry: Entry, close: boolean): void {
+    const order = this.conns.get(entry.conn)?.order
+    if (order && this.turns) this.turns.end(order, () => this.finish(entry, close))
+    else this.finish(entry, close)
   }
 
   private drain (): void {
@@ -196,13 +213,17 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
 
   // The control connection opens before any client's: it takes the same place in every
   // copy's accept order. Entries wait for it.
+  // The control connection, then the shared lane, open before any client's: they take the
+  // same places in every copy's accept order. Entries wait for them.
   private openControl (control: Control): void {
     this.connecting = true
-    control.connect(this.opts.connectTimeout).then(() => {
+    const timeout = this.opts.connectTimeout
+    control.connect(timeout).then(async () => {
+      await this.lane?.connect(timeout)
       if (this.stopped) return
       this.connecting = false
       this.drain()
-    }, (err: Error) => this.fail(err))
+    }).catch((err: Error) => this.fail(err))
   }
 
   private fail (err: Error): void {
@@ -245,9 +266,16 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
         return
       }
       if (this.turns) {
-        c.order = this.turns.open((on) => {
-          if (!on) socket.pause()
-          else if (!c.outputEnded) socket.resume()
+        c.order = this.turns.open({
+          read: (on) => {
+            if (!on) socket.pause()
+            else if (!c.outputEnded) socket.resume()
+          },
+          write: (data) => {
+            if (c.closed || socket.destroyed || !socket.writable) return
+            socket.write(data, (err) => { if (err) this.readRest(c, err) })
+          },
+          output: (data) => this.received(c, data),
         })
         const local = { host: socket.localAddress ?? '', port: socket.localPort ?? 0 }
         c.order.addr = formatHostPort(local)
@@ -314,7 +342,11 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     if (!c) return this.confirm(entry)
     c.pending.push(entry)
     if (c.closed || c.socket.destroyed || !c.socket.writable) return this.settle(c, entry)
-    if (c.order) this.turns?.input(c.order, entry.data as Buffer)
+    if (c.order && this.turns) {
+      // Held by the turns until its turn (or the lane) takes it: acknowledged now.
+      this.turns.input(c.order, entry.data as Buffer)
+      return this.settle(c, entry)
+    }
     // A write that fails (the server reset the connection) is settled too: those bytes can
     // never be written, and a dead socket must not hold up the log.
     c.socket.write(entry.data as Buffer, (err) => {

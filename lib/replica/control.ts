@@ -7,12 +7,13 @@
 // Queries are sent one at a time, in order; each resolves with its reply's bytes, framed by
 // the protocol's own reply reader.
 
-import net from 'node:net'
+import type net from 'node:net'
 import type { HostPort } from '../address.js'
 import { FtproxyError } from '../errors.js'
 import type { ControlDialect, Protocol, ReplyReader, Session } from '../protocol/types.js'
 import { Queue } from '../util/queue.js'
 import { runningTimeout } from '../util/timer.js'
+import { dial } from './dial.js'
 
 interface Query {
   request: Buffer
@@ -47,31 +48,18 @@ export class Control {
   }
 
   /** Connect within `timeout` ms (and reconnect within it, should the server close it). */
-  connect (timeout: number): Promise<void> {
+  async connect (timeout: number): Promise<void> {
     this.timeout = timeout
-    const { host, port } = this.address
-    const socket = net.connect({ host, port, noDelay: true })
+    const socket = await dial(this.address, timeout, 'the control connection')
+    if (this.dead) {
+      socket.destroy()
+      return
+    }
+    socket.on('data', (data: Buffer) => this.onData(data))
+    socket.on('close', () => this.closed(socket))
     this.socket = socket
-    return new Promise((resolve, reject) => {
-      const timer = runningTimeout(timeout, () => {
-        const message = `control connection to ${host}:${port} timed out`
-        socket.destroy(new FtproxyError('ERR_FTPROXY_CONNECT_TIMEOUT', message))
-      })
-      socket.once('error', (err) => {
-        timer.clear()
-        reject(err)
-      })
-      socket.once('connect', () => {
-        timer.clear()
-        socket.removeAllListeners('error')
-        socket.on('data', (data: Buffer) => this.onData(data))
-        socket.on('error', () => {}) // 'close' follows, and decides
-        socket.on('close', () => this.closed(socket))
-        this.open = true
-        for (const q of this.waiting) socket.write(q.request)
-        resolve()
-      })
-    })
+    this.open = true
+    for (const q of this.waiting) socket.write(q.request)
   }
 
   /** Send one request; resolves with its reply. Rejects once the connection is gone. */

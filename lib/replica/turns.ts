@@ -21,6 +21,22 @@ import { performance } from 'node:perf_hooks'
 import type { Protocol, ReplyReader, Request, Session } from '../protocol/types.js'
 import { Queue } from '../util/queue.js'
 import type { Control } from './control.js'
+import type { Lane, LaneSink } from './lane.js'
+
+/** How a connection's ordering state reaches its server connection (the Applier's). */
+export interface ConnIO {
+  /** Start or stop reading the server's output for it. */
+  read (on: boolean): void
+  /** Write client bytes to its own server connection. */
+  write (data: Buffer): void
+  /** Server output for it that came another way (the shared lane). */
+  output (data: Buffer): void
+}
+
+const EMPTY: Buffer = Buffer.alloc(0)
+
+/** What goes to a connection's own server connection: bytes, and the requests they frame. */
+interface Rest { bytes: Buffer, reqs: readonly Request[] }
 
 interface Pending {
   req: Request
@@ -31,7 +47,7 @@ interface Pending {
 }
 
 /** The ordering state of one connection to the server. */
-export class ConnOrder {
+export class ConnOrder implements LaneSink {
   readonly session: Session
   readonly reader: ReplyReader
   /** Bytes of client input written to the server. */
@@ -47,15 +63,25 @@ export class ConnOrder {
    * while its turn runs and paused in between (see Applier.pause).
    */
   paused = false
+  /** Its requests go on the shared lane (it has sent nothing but shareable ones). */
+  onLane: boolean
+  /** On the lane: the start of a request not complete yet, not sent anywhere. */
+  unsent: Buffer = EMPTY
 
-  constructor (protocol: Protocol, private readonly reading: (on: boolean) => void) {
+  constructor (protocol: Protocol, readonly io: ConnIO, lane: boolean) {
     this.session = protocol.session()
     this.reader = this.session.reader()
+    this.onLane = lane
   }
 
   /** Read its output now: its turn runs, or the front wants it. */
   read (on: boolean): void {
-    this.reading(on || !this.paused)
+    this.io.read(on || !this.paused)
+  }
+
+  /** Replies to its requests from the shared lane. */
+  output (data: Buffer): void {
+    this.io.output(data)
   }
 
   /** Its replies can no longer be counted: the server ended it, or its output is unframeable. */
@@ -100,16 +126,48 @@ export class Turns {
   private blind = false
   /** When the current turn's connection was first missing from the server's list (0: not). */
   private unlistedSince = 0
+  /** The shared lane, when the protocol has shareable requests (set by the Applier). */
+  lane: Lane | null = null
+  /** Work that waits until the lane has answered everything sent before it. */
+  private gated: (() => void) | null = null
+  /** A lane request must be answered before the next entry (see toLane). */
+  private laneWait = false
+  /** Connections left with requests unanswered after their turn (blocked on the server). */
+  private readonly blocked = new Set<ConnOrder>()
 
   constructor (private readonly protocol: Protocol, private readonly opts: TurnsOptions) {}
 
   get busy (): boolean {
-    return this.current !== null
+    return this.current !== null || this.gated !== null || this.laneWait
   }
 
-  /** A connection's ordering state; `reading` starts or stops reading its output. */
-  open (reading: (on: boolean) => void): ConnOrder {
-    return new ConnOrder(this.protocol, reading)
+  /** A connection's ordering state. */
+  open (io: ConnIO): ConnOrder {
+    return new ConnOrder(this.protocol, io, this.lane !== null)
+  }
+
+  /** Run `work` once the lane has answered everything sent so far (at once if it has). */
+  gate (work: () => void): void {
+    if (this.lane?.busy === true) this.gated = work
+    else work()
+  }
+
+  /** Everything sent on the lane is answered. */
+  laneDrained (): void {
+    const work = this.gated
+    this.gated = null
+    this.laneWait = false
+    work?.()
+    if (!this.busy) this.opts.next()
+  }
+
+  /** c ends (EOF, CLOSE): after its lane requests, with a partial one it holds sent first. */
+  end (c: ConnOrder, work: () => void): void {
+    this.gate(() => {
+      if (c.unsent.length > 0) c.io.write(c.unsent)
+      c.unsent = EMPTY
+      work()
+    })
   }
 
   /** The front wants c's output paused (or not): it is, except while c's turn runs. */
@@ -124,15 +182,42 @@ export class Turns {
   // pipeline that ends in garbage does not escape the order. Redis closes such a connection,
   // which ends the turn at the latest.
   input (c: ConnOrder, data: Buffer): void {
-    if (c.lost || c.session.fallback !== null) {
-      c.written += data.length
-      return
+    const framing = !c.lost && c.session.fallback === null
+    const reqs = framing ? c.session.request(data) : []
+    const rest = c.onLane ? this.toLane(c, data, reqs) : { bytes: data, reqs }
+    if (rest !== null) this.gate(() => this.own(c, rest.bytes, rest.reqs))
+  }
+
+  // Shareable requests at the head go on the lane; the rest (from the first request that is
+  // not, or garbage) is returned, to go to c's own connection: c leaves the lane for good.
+  // While some connection is blocked with input behind its blocking request, Redis runs
+  // that input when a lane request unblocks it, at a moment that depends on how the lane's
+  // bytes were read: the next entry then waits for the lane's answer (laneWait).
+  private toLane (c: ConnOrder, data: Buffer, reqs: readonly Request[]): Rest | null {
+    const bytes = c.unsent.length > 0 ? Buffer.concat([c.unsent, data]) : data
+    let k = 0
+    let shared = 0
+    for (let r = reqs[0]; r?.shareable === true; r = reqs[++k]) shared += r.size
+    if (shared > 0) {
+      this.lane?.send(c, bytes.subarray(0, shared), reqs.slice(0, k))
+      if (this.blocked.size > 0) this.laneWait = true
     }
+    if (k === reqs.length && c.session.fallback === null && !c.lost) {
+      c.unsent = bytes.subarray(shared)
+      return null
+    }
+    c.onLane = false
+    c.unsent = EMPTY
+    return { bytes: bytes.subarray(shared), reqs: reqs.slice(k) }
+  }
+
+  private own (c: ConnOrder, data: Buffer, reqs: readonly Request[]): void {
     let end = c.written
-    for (const req of c.session.request(data)) {
+    for (const req of reqs) {
       end += req.size
       c.pending.push({ req, end, left: req.replies })
     }
+    c.io.write(data)
     c.written += data.length
     if (c.lost) c.pending.clear()
     this.skipSilent(c)
@@ -148,11 +233,14 @@ export class Turns {
     if (c.lost || (c.pending.length === 0 && c.session.fallback !== null)) return
     for (const mark of c.reader.push(data)) {
       const head = c.pending.peek()
-      if (mark.request === null || head === undefined) continue
+      // Replies to requests it sent on the lane come through here too (the reader counts
+      // every request of the connection), but they are not its own turn's.
+      if (mark.request === null || mark.request !== head?.req) continue
       if (--head.left <= 0) c.pending.shift()
     }
     if (c.lost) c.pending.clear()
     this.skipSilent(c)
+    if (c.pending.length === 0) this.blocked.delete(c)
     if (c === this.current) this.check()
   }
 
@@ -160,6 +248,7 @@ export class Turns {
   ended (c: ConnOrder): void {
     c.ended = true
     c.pending.clear()
+    this.blocked.delete(c)
     if (c === this.current) this.check()
   }
 
@@ -167,6 +256,7 @@ export class Turns {
     clearTimeout(this.pollTimer)
     this.pollTimer = undefined
     this.current = null
+    this.gated = null
   }
 
   // Requests that owe no reply are answered as soon as every earlier one is.
@@ -239,7 +329,9 @@ export class Turns {
     clearTimeout(this.pollTimer)
     this.pollTimer = undefined
     this.unlistedSince = 0
-    if (this.current?.paused) this.current.read(false)
+    const c = this.current
+    if (c?.paused) c.read(false)
+    if (c && c.pending.length > 0) this.blocked.add(c)
     this.current = null
     this.opts.turn(performance.now() - this.started)
     this.opts.next()

@@ -1,0 +1,122 @@
+// The shared lane: one connection per replica that carries, pipelined and in log order, the
+// requests of every client connection that has only ever sent shareable requests (plain data
+// commands whose effect and reply do not depend on the connection: Request.shareable).
+//
+// Turns keep one order across connections by waiting for each turn's replies, a round trip
+// per turn. Requests on one connection need no wait: the server runs them in the order they
+// arrive. So the common case (clients that GET, SET, INCR, LPUSH... on a default session)
+// goes out on this connection without waiting, and its replies are handed back to the client
+// connections they answer, in order. A client connection that sends anything else leaves the
+// lane for good; its requests go to its own server connection as turns, and a turn (or an
+// end) waits until the lane has answered everything sent before it (Turns.gate).
+//
+// Like the control connection it is opened before any client's, so every copy's accept order
+// (and its connection ids) stays the same.
+
+import type net from 'node:net'
+import type { HostPort } from '../address.js'
+import { FtproxyError } from '../errors.js'
+import type { Protocol, ReplyReader, Request, Session } from '../protocol/types.js'
+import { Queue } from '../util/queue.js'
+import { dial } from './dial.js'
+
+/** Where the lane's replies go: the client connection a request came from. */
+export interface LaneSink {
+  output (data: Buffer): void
+}
+
+interface Owed {
+  sink: LaneSink
+  /** Replies still to come for its requests sent in one piece. */
+  left: number
+}
+
+export interface LaneHooks {
+  /** Everything sent has been answered. */
+  drained: () => void
+  /** The lane cannot carry requests any more (its server is gone). */
+  failed: (err: Error) => void
+}
+
+export class Lane {
+  private socket: net.Socket | null = null
+  private session: Session
+  private reader: ReplyReader
+  private readonly owed = new Queue<Owed>()
+  private dead = false
+
+  constructor (
+    private readonly address: HostPort,
+    private readonly protocol: Protocol,
+    private readonly hooks: LaneHooks
+  ) {
+    this.session = protocol.session()
+    this.reader = this.session.reader()
+  }
+
+  /** Some request sent is not answered yet. */
+  get busy (): boolean {
+    return this.owed.length > 0
+  }
+
+  async connect (timeout: number): Promise<void> {
+    const socket = await dial(this.address, timeout, 'the lane connection')
+    socket.on('data', (data: Buffer) => this.onData(data))
+    socket.on('close', () => this.closed(socket, timeout))
+    this.socket = socket
+  }
+
+  /** Complete requests of one client connection (`requests` frames `bytes` exactly). */
+  send (sink: LaneSink, bytes: Buffer, requests: readonly Request[]): void {
+    let replies = 0
+    for (const r of requests) replies += r.replies
+    this.session.request(bytes)
+    if (replies > 0) this.owed.push({ sink, left: replies })
+    this.socket?.write(bytes)
+  }
+
+  close (): void {
+    this.dead = true
+    this.socket?.destroy()
+  }
+
+  // Replies in order, each to the connection it answers: the replies to one send() go out
+  // together; a reply cut across chunks goes out in pieces, to the same one.
+  private onData (data: Buffer): void {
+    let from = 0
+    for (const mark of this.reader.push(data)) {
+      const head = this.owed.peek()
+      if (head === undefined) break
+      if (mark.request === null || --head.left > 0) continue
+      head.sink.output(data.subarray(from, mark.end))
+      from = mark.end
+      this.owed.shift()
+    }
+    const head = this.owed.peek()
+    if (from < data.length && head !== undefined) head.sink.output(data.subarray(from))
+    if (this.reader.error !== null) {
+      return this.fail(new FtproxyError('ERR_FTPROXY_CONTROL_PROTOCOL', this.reader.error))
+    }
+    if (this.owed.length === 0) this.hooks.drained()
+  }
+
+  // The server closed it: the requests on it are lost with it (a server that closes every
+  // connection, CLIENT KILL TYPE normal or its idle timeout, closes its clients' own ones as
+  // well, and they end). Reopen it; the replica fails only if that fails.
+  private closed (socket: net.Socket, timeout: number): void {
+    if (this.dead || socket !== this.socket) return
+    this.socket = null
+    this.owed.clear()
+    this.session = this.protocol.session()
+    this.reader = this.session.reader()
+    this.hooks.drained()
+    this.connect(timeout).catch((err: Error) => this.fail(err))
+  }
+
+  private fail (err: Error): void {
+    if (this.dead) return
+    this.dead = true
+    this.socket?.destroy()
+    this.hooks.failed(err)
+  }
+}
