@@ -319,3 +319,21 @@ t.test('CLIENT REPLY ON, HELLO, MONITOR, RESET', async (t) => {
   t.same(one(cmd('MONITOR'), [cmd('MULTI')]), ['monitor', 1, false, true],
     'MONITOR inside MULTI is only queued')
 })
+
+t.test('shareable: plain data commands, until the connection does anything else', async (t) => {
+  const s = resp.session()
+  const shareable = (...requests: string[]): boolean[] =>
+    s.request(Buffer.from(requests.join(''))).map((r) => r.shareable === true)
+  t.same(shareable(cmd('INCR', 'k'), cmd('LPUSH', 'q', 'v'), cmd('GET', 'k')), [true, true, true])
+  t.same(shareable(cmd('TIME')), [false], 'an uncompared read is not on the list')
+  t.same(shareable(cmd('GET', 'k')), [false], 'and the connection has left the lane for good')
+  const other = resp.session()
+  const more = other.request(Buffer.from(cmd('SELECT', '1') + cmd('INCR', 'k')))
+  t.same(more.map((r) => r.shareable === true), [false, false], 'SELECT changes the session')
+  const multi = resp.session()
+  const queued = multi.request(Buffer.from(cmd('MULTI') + cmd('INCR', 'k') + cmd('EXEC')))
+  t.same(queued.map((r) => r.shareable === true), [false, false, false], 'MULTI: none')
+  const blocking = resp.session()
+  const b = blocking.request(Buffer.from(cmd('BLPOP', 'q', '0')))
+  t.same(b.map((r) => r.shareable === true), [false], 'a blocking command: no')
+})

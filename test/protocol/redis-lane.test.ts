@@ -1,0 +1,72 @@
+// The shared lane (lib/replica/lane.ts): requests that do not depend on their connection go
+// pipelined on one connection per replica. What must hold: a connection that leaves the lane
+// mid-pipeline keeps its order against everyone else's; a client that half-closes after lane
+// requests gets every reply before the end; the servers see the lane as one client.
+
+import t from 'tap'
+import net from 'node:net'
+import { haveRedis, redisPair } from '../helpers/cluster.js'
+import { converge } from '../helpers/redis-load.js'
+import { RespConn, encode } from '../helpers/resp.js'
+import { until } from '../helpers/until.js'
+
+const skip = haveRedis() ? false : 'redis-server not installed'
+const RESP = 'protocol: resp\noutput_commit: ack'
+
+t.test('leaving the lane mid-pipeline keeps the order', { skip }, async (tt) => {
+  const { a, b, f } = await redisPair(tt, RESP)
+  const others = await Promise.all(Array.from({ length: 4 }, () => RespConn.open(f.port)))
+  const load = { running: true }
+  const loaders = others.map(async (c) => {
+    while (load.running) await c.call([['INCR', 'n'], ['INCR', 'n']], 5000)
+  })
+  for (let round = 0; round < 20; round++) {
+    const c = await RespConn.open(f.port)
+    // Lane requests, then one that is not shareable (the connection leaves), then more.
+    const batch: string[][] = []
+    for (let i = 0; i < 50; i++) batch.push(['INCR', 'n'])
+    batch.push(['CLIENT', 'SETNAME', `c${round}`])
+    for (let i = 0; i < 50; i++) batch.push(['INCR', 'n'])
+    const replies = await c.call(batch, 10000)
+    const numbers = replies.filter((r): r is number => typeof r === 'number')
+    tt.equal(numbers.length, 100, `round ${round}: every INCR answered`)
+    if (numbers.some((n, i) => i > 0 && n <= (numbers[i - 1] ?? 0))) tt.fail('values rise')
+    c.close()
+  }
+  load.running = false
+  await Promise.all(loaders)
+  tt.same(f.all('divergence'), [], 'no divergence')
+  tt.same(await converge(a.port, b.port), [], 'both copies identical')
+  for (const c of others) c.close()
+})
+
+t.test('a half-close after lane requests: every reply, then the end', { skip }, async (tt) => {
+  const { f } = await redisPair(tt, RESP)
+  const s = net.connect({ port: f.port, host: '127.0.0.1', allowHalfOpen: true })
+  await new Promise((resolve) => s.once('connect', resolve))
+  let got = ''
+  let ended = false
+  s.on('data', (d: Buffer) => { got += d.toString() })
+  s.on('end', () => { ended = true })
+  s.end(Buffer.concat(Array.from({ length: 200 }, () => encode(['INCR', 'h']))))
+  await until(() => ended, 'the server ended the connection')
+  const values = got.split('\r\n').filter((l) => l.startsWith(':')).map((l) => Number(l.slice(1)))
+  tt.same(values, Array.from({ length: 200 }, (_, i) => i + 1), 'all 200 replies, in order')
+  s.destroy()
+})
+
+t.test('the lane is one connection on each server, opened with the control one', { skip },
+  async (tt) => {
+    const { a, b, f } = await redisPair(tt, RESP)
+    const clients = await Promise.all(Array.from({ length: 10 }, () => RespConn.open(f.port)))
+    for (const c of clients) await c.call([['INCR', 'x']])
+    const counts = await Promise.all([a.port, b.port].map(async (port) => {
+      const c = await RespConn.open(port)
+      const [list] = await c.call([['CLIENT', 'LIST']])
+      c.close()
+      // Clients whose last command was INCR: only the lane ran them.
+      return String(list).split('\n').filter((l) => / cmd=incr /.test(l)).length
+    }))
+    tt.same(counts, [1, 1], 'one connection ran every INCR, on each copy')
+    for (const c of clients) c.close()
+  })
