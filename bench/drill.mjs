@@ -1,5 +1,6 @@
 // @ts-check
-// Failure drill: `npm run drill [--rounds N] [--quick] [--seed S] [--only R] [--no-stop]`
+// Failure drill: `npm run drill [--rounds N] [--quick] [--seed S] [--only R] [--no-stop]
+// [--protocol raw|resp]`
 //
 // Each round, in a fresh temp dir: an ftproxy front (child process, output_commit ack) in front
 // of two redis-server copies that the front itself starts and supervises (replicas a and b;
@@ -45,11 +46,14 @@ const { values: opts } = parseArgs({
     seed: { type: 'string' },
     only: { type: 'string' },
     'no-stop': { type: 'boolean', default: false },
+    protocol: { type: 'string', default: 'raw' },
   },
   strict: true,
 })
 
 const QUICK = opts.quick === true
+const PROTOCOL = String(opts.protocol)
+if (!['raw', 'line', 'resp'].includes(PROTOCOL)) throw new Error('--protocol: raw, line or resp')
 const ROUNDS = Number(opts.rounds ?? (QUICK ? 2 : 10))
 if (!Number.isInteger(ROUNDS) || ROUNDS < 0 || ROUNDS > 1000) {
   throw new Error('--rounds: an integer 0..1000')
@@ -195,6 +199,7 @@ async function startFront (dir, replicas) {
     'listen: 127.0.0.1:0',
     `state_dir: ${JSON.stringify(path.join(dir, 'state'))}`,
     'output_commit: ack',
+    `protocol: ${PROTOCOL}`,
     'admin: { listen: 127.0.0.1:0 }',
     'health_check: { interval: 200ms, timeout: 200ms }',
     'timeouts: { connect: 1s, stall: 1s, linger: 1s }',
@@ -968,7 +973,8 @@ function writeResults (results, summary) {
   }
   writeFileSync(path.join(RESULTS, 'drill.json'), JSON.stringify(json, null, 2) + '\n')
   const { sigkill } = summary
-  const quickFlag = QUICK ? ' --quick' : ''
+  const quickFlag = (QUICK ? ' --quick' : '') +
+    (PROTOCOL !== 'raw' ? ` --protocol ${PROTOCOL}` : '')
   const md = [
     '# ftproxy failure drill',
     '',
@@ -1019,7 +1025,8 @@ async function main () {
   console.log(`ftproxy drill: ${rounds}, ` +
     `${CONNS} connections x ${PER_CONN} pipelined commands (window ${WINDOW}), ` +
     `base seed ${BASE_SEED}`)
-  const quickFlag = QUICK ? ' --quick' : ''
+  const quickFlag = (QUICK ? ' --quick' : '') +
+    (PROTOCOL !== 'raw' ? ` --protocol ${PROTOCOL}` : '')
   console.log(`replay: node bench/drill.mjs --seed ${BASE_SEED}${quickFlag} [--only R]`)
   /** @type {RoundResult[]} */
   const results = []
