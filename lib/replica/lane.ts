@@ -44,6 +44,7 @@ export class Lane {
   private reader: ReplyReader
   private readonly owed = new Queue<Owed>()
   private dead = false
+  private corked = false
 
   constructor (
     private readonly address: HostPort,
@@ -72,7 +73,19 @@ export class Lane {
     for (const r of requests) replies += r.replies
     this.session.request(bytes)
     if (replies > 0) this.owed.push({ sink, left: replies })
-    this.socket?.write(bytes)
+    const socket = this.socket
+    if (!socket) return
+    // Requests of many connections that arrive in one turn of the event loop go out in one
+    // write: corked until the loop has run every socket it read (setImmediate: after them).
+    if (!this.corked) {
+      this.corked = true
+      socket.cork()
+      setImmediate(() => {
+        this.corked = false
+        socket.uncork()
+      })
+    }
+    socket.write(bytes)
   }
 
   close (): void {
