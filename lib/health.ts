@@ -223,3 +223,48 @@ async function probeConclusively (check: HealthCheck, still: () => boolean): Pro
     await pause(END_CONFIRM_MS)
   }
 }
+
+/**
+ * Probes that open no connection while the server is up: one connection is kept open, and a
+ * probe only checks that the server has not closed it. A probe connects again only after
+ * the server closed it (it died or restarted: a new incarnation anyway). For an agent before
+ * the front's first session (the applier's control connection takes over then), so that its
+ * checks do not make its server's connection ids differ from another copy's.
+ */
+export class Watch {
+  private socket: net.Socket | null = null
+  private closed = false
+
+  constructor (private readonly address: HostPort) {}
+
+  readonly probe: Prober = (timeout) => {
+    if (this.socket !== null && !this.socket.destroyed) return Promise.resolve(null)
+    return new Promise((resolve) => {
+      const { host, port } = this.address
+      const socket = net.connect({ host, port })
+      const timer = runningTimeout(timeout, () => {
+        socket.destroy()
+        resolve(Object.assign(new Error(`health check timed out after ${timeout}ms`),
+          { code: 'ETIMEDOUT' }))
+      })
+      socket.once('error', (err) => {
+        timer.clear()
+        resolve(err)
+      })
+      socket.once('connect', () => {
+        timer.clear()
+        socket.removeAllListeners('error')
+        socket.on('error', () => {}) // 'close' follows; the next probe connects again
+        socket.on('data', () => {}) // nothing is expected; read whatever comes
+        if (this.closed) socket.destroy()
+        else this.socket = socket
+        resolve(null)
+      })
+    })
+  }
+
+  close (): void {
+    this.closed = true
+    this.socket?.destroy()
+  }
+}

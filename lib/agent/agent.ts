@@ -20,7 +20,7 @@ import type { AgentConfig } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import { nullLogger } from '../logger.js'
-import { HealthCheck, aliveAfterEnd, waitReachable } from '../health.js'
+import { HealthCheck, Watch, aliveAfterEnd, waitReachable } from '../health.js'
 import { Supervisor } from '../supervise.js'
 import { Applier } from '../replica/applier.js'
 import { protocolFor } from '../protocol/index.js'
@@ -49,6 +49,8 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private session: Session | null = null
   private supervisor?: Supervisor
   private readonly health: HealthCheck
+  /** Checks while no session's applier has a control connection: one connection kept. */
+  private readonly watch: Watch
   private epoch = 0
   private serverDown: string | null = null
   private heartbeatTimer?: NodeJS.Timeout
@@ -61,6 +63,8 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     this.log = opts.log ?? nullLogger()
     this.handshakes = new Handshakes(this.log)
     this.health = new HealthCheck({ address: cfg.server, ...cfg.health_check })
+    this.watch = new Watch(cfg.server)
+    this.health.prober = this.watch.probe
     this.epochFile = path.join(cfg.state_dir, 'epoch.json')
   }
 
@@ -102,6 +106,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   async close (): Promise<void> {
     clearInterval(this.heartbeatTimer)
     this.health.stop()
+    this.watch.close()
     const closed = new Promise<void>((resolve) => {
       if (this.server) this.server.close(() => resolve())
       else resolve()
@@ -319,7 +324,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     const protocol = protocolFor(f.protocol as ProtocolName)
     const applier = new Applier({ address, connectTimeout, linger, protocol, holdBytes: window })
     // Health checks go through the applier's control connection when it has one.
-    this.health.prober = applier.prober
+    this.health.prober = applier.prober ?? this.watch.probe
     applier.on('control_refused', (reason) => this.log.warn('control_refused', { reason }))
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
@@ -386,7 +391,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     this.channel = null
     this.session?.applier.close()
     this.session = null
-    this.health.prober = null
+    this.health.prober = this.watch.probe
   }
 
   // An epoch older than the newest seen is fenced, one too far ahead refused, a newer one

@@ -52,3 +52,23 @@ t.test('resp through agents: shared keys stay in sync', { skip }, async (tt) => 
   tt.equal(after[0] - before[0], 20 + 1, 'the clients\' connections, and one INFO call')
   for (const c of run.conns) c.close()
 })
+
+t.test('an agent with no front yet opens no connection per health check', { skip }, async (tt) => {
+  const r = await redisServer(tt)
+  const conn = await RespConn.open(r.port) // kept open: INFO on it adds no connection
+  const total = async (): Promise<number> => {
+    const [info] = await conn.call([['INFO', 'stats']])
+    return Number(/total_connections_received:(\d+)/.exec(String(info))?.[1] ?? NaN)
+  }
+  await agentInProcess(tt, r.port) // health_check every 200ms
+  const start = await total()
+  // Ten check periods: with a TCP connect per check the count would grow by ten.
+  const deadline = Date.now() + 2000
+  let grew = 0
+  while (Date.now() < deadline && grew < 3) {
+    grew = (await total()) - start
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  tt.ok(grew < 3, `the server accepted ${grew} connections over ten check periods`)
+  conn.close()
+})
