@@ -326,6 +326,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     // Health checks go through the applier's control connection when it has one.
     this.health.prober = applier.prober ?? this.watch.probe
     applier.on('control_refused', (reason) => this.log.warn('control_refused', { reason }))
+    applier.on('lane_off', (reason) => this.log.warn('lane_disabled', { reason }))
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
     applier.on('ack', (e) => {

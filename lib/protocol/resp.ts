@@ -16,6 +16,31 @@ const respControl: ControlDialect = {
   refused: (reply) => reply[0] === 0x2d ? reply.toString('latin1').trimEnd().slice(1) : null,
   clients: Buffer.from('*4\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n'),
   client: clientState,
+  laneSettings: Buffer.from('*4\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$7\r\ntimeout\r\n' +
+    '$26\r\nclient-output-buffer-limit\r\n'),
+  laneBlocked,
+}
+
+/**
+ * Why the shared lane may not carry requests on this server, from CONFIG GET timeout
+ * client-output-buffer-limit. A client's own server connection sits idle while its requests
+ * go on the lane: an idle `timeout` would close it under a busy client. An output limit for
+ * normal clients applies to the lane as a whole: one client's big reply would close it for
+ * all. Refused (ACL, a renamed CONFIG): unknown, so no.
+ */
+function laneBlocked (reply: Buffer): string | null {
+  if (reply[0] === 0x2d) return `CONFIG GET refused: ${reply.toString('latin1').trim()}`
+  const words = reply.toString('latin1').split('\r\n')
+    .filter((w) => w !== '' && w[0] !== '*' && w[0] !== '$')
+  const settings = new Map<string, string>()
+  for (let i = 0; i + 1 < words.length; i += 2) settings.set(words[i] ?? '', words[i + 1] ?? '')
+  const timeout = settings.get('timeout')
+  if (timeout !== '0') return `timeout is ${timeout ?? 'unknown'} (idle clients are closed)`
+  const normal = /normal (\d+) (\d+) (\d+)/.exec(settings.get('client-output-buffer-limit') ?? '')
+  if (normal === null || normal.slice(1).some((n) => n !== '0')) {
+    return 'client-output-buffer-limit for normal clients is set (one reply could close it)'
+  }
+  return null
 }
 
 export const resp: Protocol = {

@@ -100,6 +100,10 @@ export interface ControlDialect {
    * (host:port), or null if it is not listed.
    */
   client (reply: Buffer, addr: string): ClientState | null
+  /** A request for the server settings that decide whether the shared lane may be used. */
+  readonly laneSettings?: Buffer
+  /** From that reply: why the shared lane may not be used on this server, or null. */
+  laneBlocked? (reply: Buffer): string | null
 }
 
 export interface ClientState {

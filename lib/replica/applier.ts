@@ -94,7 +94,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   private readonly turns: Turns | null = null
   private readonly control: Control | null = null
   /** Serial resp: the connection shared by requests that do not depend on their connection. */
-  private readonly lane: Lane | null = null
+  private lane: Lane | null = null
   readonly prober: Prober | null = null
   /** Serial mode: entries acknowledged while held, and the bytes they hold. */
   private readonly early = new Set<Entry>()
@@ -156,6 +156,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     this.removeAllListeners()
     this.turns?.close()
     this.control?.close()
+    this.lane?.close()
     this.early.clear()
     for (const c of this.conns.values()) {
       clearTimeout(c.lingerTimer)
@@ -219,11 +220,24 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     this.connecting = true
     const timeout = this.opts.connectTimeout
     control.connect(timeout).then(async () => {
+      await this.laneAllowed(control)
       await this.lane?.connect(timeout)
       if (this.stopped) return
       this.connecting = false
       this.drain()
     }).catch((err: Error) => this.fail(err))
+  }
+
+  // The server's settings may rule the shared lane out (see resp's laneBlocked): then every
+  // connection uses its own server connection, in turns.
+  private async laneAllowed (control: Control): Promise<void> {
+    const { laneSettings, laneBlocked } = control.dialect
+    if (!this.lane || !this.turns || !laneSettings || !laneBlocked) return
+    const why = laneBlocked(await control.query(laneSettings))
+    if (why === null) return
+    this.lane = null
+    this.turns.lane = null
+    this.emit('lane_off', why)
   }
 
   private fail (err: Error): void {

@@ -45,6 +45,8 @@ export class Lane {
   private readonly owed = new Queue<Owed>()
   private dead = false
   private corked = false
+  /** Requests sent while it reconnects. */
+  private readonly unsent: Buffer[] = []
 
   constructor (
     private readonly address: HostPort,
@@ -65,6 +67,7 @@ export class Lane {
     socket.on('data', (data: Buffer) => this.onData(data))
     socket.on('close', () => this.closed(socket, timeout))
     this.socket = socket
+    for (const bytes of this.unsent.splice(0)) socket.write(bytes)
   }
 
   /** Complete requests of one client connection (`requests` frames `bytes` exactly). */
@@ -74,7 +77,10 @@ export class Lane {
     this.session.request(bytes)
     if (replies > 0) this.owed.push({ sink, left: replies })
     const socket = this.socket
-    if (!socket) return
+    if (!socket) {
+      this.unsent.push(bytes) // reconnecting: written first thing once connected
+      return
+    }
     // Requests of many connections that arrive in one turn of the event loop go out in one
     // write: corked until the loop has run every socket it read (setImmediate: after them).
     if (!this.corked) {
@@ -113,16 +119,19 @@ export class Lane {
     if (this.owed.length === 0) this.hooks.drained()
   }
 
-  // The server closed it: the requests on it are lost with it (a server that closes every
-  // connection, CLIENT KILL TYPE normal or its idle timeout, closes its clients' own ones as
-  // well, and they end). Reopen it; the replica fails only if that fails.
+  // The server closed it. With nothing owed (CLIENT KILL TYPE normal from a client, which
+  // runs only once the lane has answered everything before it, on every copy alike) it is
+  // reopened. With requests owed, they may or may not have run on this copy, and the other
+  // copies lost nothing: this replica cannot stay in step, it leaves service.
   private closed (socket: net.Socket, timeout: number): void {
     if (this.dead || socket !== this.socket) return
     this.socket = null
-    this.owed.clear()
+    if (this.owed.length > 0) {
+      return this.fail(new FtproxyError('ERR_FTPROXY_CONTROL_CLOSED',
+        `the server closed the shared lane with ${this.owed.length} requests unanswered`))
+    }
     this.session = this.protocol.session()
     this.reader = this.session.reader()
-    this.hooks.drained()
     this.connect(timeout).catch((err: Error) => this.fail(err))
   }
 

@@ -35,6 +35,8 @@ export interface TransportEvents {
    * was taken (e.g. it requires AUTH): such turns end without it, once (direct replicas).
    */
   control_refused: [reason: string]
+  /** Serial mode: the server's settings rule the shared lane out; every connection takes turns. */
+  lane_off: [reason: string]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {

@@ -5,7 +5,7 @@
 
 import t from 'tap'
 import net from 'node:net'
-import { haveRedis, redisPair } from '../helpers/cluster.js'
+import { TestFront, frontYaml, haveRedis, redisPair, redisServer } from '../helpers/cluster.js'
 import { converge } from '../helpers/redis-load.js'
 import { RespConn, encode } from '../helpers/resp.js'
 import { until } from '../helpers/until.js'
@@ -69,4 +69,53 @@ t.test('the lane is one connection on each server, opened with the control one',
     }))
     tt.same(counts, [1, 1], 'one connection ran every INCR, on each copy')
     for (const c of clients) c.close()
+  })
+
+t.test('a lane the server closes with requests owed takes its replica out of service',
+  { skip }, async (tt) => {
+    const { a, b, f } = await redisPair(tt, RESP)
+    const clients = await Promise.all(Array.from({ length: 10 }, () => RespConn.open(f.port)))
+    const load = { running: true }
+    const loaders = clients.map(async (c) => {
+      while (load.running) await c.call([['INCR', 'n'], ['INCR', 'n']], 5000)
+    })
+    const direct = await RespConn.open(b.port)
+    await until(async () => /cmd=incr/.test(String((await direct.call([['CLIENT', 'LIST']]))[0])),
+      'the lane ran an INCR on b')
+    const [list] = await direct.call([['CLIENT', 'LIST']])
+    const lane = /id=(\d+) [^\n]* cmd=incr /.exec(String(list))?.[1]
+    tt.ok(lane, 'found the lane on b')
+    await direct.call([['CLIENT', 'KILL', 'ID', String(lane)]])
+    await new Promise((resolve) => setTimeout(resolve, 300)) // load goes on meanwhile
+    load.running = false
+    await Promise.all(loaders)
+    // The backup either left service (it lost requests it owed) or was idle when its lane
+    // closed and reopened it: in both cases a backup still in service holds what a holds.
+    const role = f.role('b')
+    tt.comment(`b is ${role}`)
+    if (role === 'backup') tt.same(await converge(a.port, b.port), [], 'copies identical')
+    else tt.ok(f.find('replica_down'), 'b left service, and said so')
+    for (const c of clients) c.close()
+    direct.close()
+  })
+
+t.test('servers whose settings rule the lane out: every connection takes turns', { skip },
+  async (tt) => {
+    const idle = ['--timeout', '1']
+    const a = await redisServer(tt, idle)
+    const b = await redisServer(tt, idle)
+    const replicas = [{ name: 'a', port: a.port }, { name: 'b', port: b.port }]
+    const f = await new TestFront().start(tt, frontYaml(tt, replicas, RESP))
+    const ev = await f.waitEvent('lane_disabled')
+    tt.match(ev, { reason: /timeout is 1/ })
+    const c = await RespConn.open(f.port)
+    // A client busy for longer than the servers' idle timeout keeps its connection.
+    for (let i = 1; i <= 25; i++) {
+      const [v] = await c.call([['INCR', 'k']], 3000)
+      if (v !== i) tt.fail(`INCR ${i} answered ${String(v)}`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    tt.notOk(c.closed || c.ended, 'still connected after 2.5 s of one INCR per 100 ms')
+    tt.same(f.all('divergence'), [], 'no divergence')
+    c.close()
   })
