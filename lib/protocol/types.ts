@@ -57,6 +57,12 @@ export interface ReplyReader {
   push (data: Buffer): ReplyMark[]
   /** Set once the output cannot be framed (the reason); push then returns nothing. */
   readonly error: string | null
+  /**
+   * Expect replies to `request` too, as if the session had framed it after this reader was
+   * created: for a reader created late, or one fed requests framed by another session (the
+   * shared lane). Optional: without it, the caller frames the bytes again.
+   */
+  expect? (request: Request): void
 }
 
 /** The framing state of one client connection. */

@@ -289,7 +289,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
             if (c.closed || socket.destroyed || !socket.writable) return
             socket.write(data, (err) => { if (err) this.readRest(c, err) })
           },
-          output: (data) => this.received(c, data),
+          // Replies from the lane are counted there, not by this connection's turns.
+          output: (data) => this.emit('output', c.id, data),
         })
         const local = { host: socket.localAddress ?? '', port: socket.localPort ?? 0 }
         c.order.addr = formatHostPort(local)

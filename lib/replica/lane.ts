@@ -74,7 +74,10 @@ export class Lane {
   send (sink: LaneSink, bytes: Buffer, requests: readonly Request[]): void {
     let replies = 0
     for (const r of requests) replies += r.replies
-    this.session.request(bytes)
+    // The lane's reader expects their replies (framed once already, by their connection).
+    const expect = this.reader.expect?.bind(this.reader)
+    if (expect) for (const r of requests) { if (r.replies > 0) expect(r) }
+    else this.session.request(bytes)
     if (replies > 0) this.owed.push({ sink, left: replies })
     const socket = this.socket
     if (!socket) {

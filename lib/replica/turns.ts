@@ -49,7 +49,8 @@ interface Pending {
 /** The ordering state of one connection to the server. */
 export class ConnOrder implements LaneSink {
   readonly session: Session
-  readonly reader: ReplyReader
+  /** Its replies on its own server connection; none while its requests go on the lane. */
+  reader: ReplyReader | null
   /** Bytes of client input written to the server. */
   written = 0
   /** Framed requests not answered yet, in order. */
@@ -70,7 +71,7 @@ export class ConnOrder implements LaneSink {
 
   constructor (protocol: Protocol, readonly io: ConnIO, lane: boolean) {
     this.session = protocol.session()
-    this.reader = this.session.reader()
+    this.reader = lane ? null : this.session.reader()
     this.onLane = lane
   }
 
@@ -86,7 +87,7 @@ export class ConnOrder implements LaneSink {
 
   /** Its replies can no longer be counted: the server ended it, or its output is unframeable. */
   get lost (): boolean {
-    return this.ended || this.reader.error !== null
+    return this.ended || (this.reader !== null && this.reader.error !== null)
   }
 }
 
@@ -208,7 +209,12 @@ export class Turns {
     }
     c.onLane = false
     c.unsent = EMPTY
-    return { bytes: bytes.subarray(shared), reqs: reqs.slice(k) }
+    const rest = reqs.slice(k)
+    // Its own connection's replies from here on: a reader that expects the rest's requests
+    // (framed before it existed) and every later one.
+    const reader = c.reader = c.session.reader()
+    for (const r of rest) if (r.replies > 0) reader.expect?.(r)
+    return { bytes: bytes.subarray(shared), reqs: rest }
   }
 
   private own (c: ConnOrder, data: Buffer, reqs: readonly Request[]): void {
@@ -231,10 +237,9 @@ export class Turns {
   /** Server bytes from c's socket (before they go anywhere else). */
   output (c: ConnOrder, data: Buffer): void {
     if (c.lost || (c.pending.length === 0 && c.session.fallback !== null)) return
+    if (c.reader === null) return // on the lane: its replies were framed there
     for (const mark of c.reader.push(data)) {
       const head = c.pending.peek()
-      // Replies to requests it sent on the lane come through here too (the reader counts
-      // every request of the connection), but they are not its own turn's.
       if (mark.request === null || mark.request !== head?.req) continue
       if (--head.left <= 0) c.pending.shift()
     }
