@@ -120,8 +120,9 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       const turns = this.turns
       this.turns.lane = this.lane = new Lane(opts.address, protocol, {
         drained: () => turns.laneDrained(),
+        writable: () => turns.laneWritable(),
         failed: (err) => this.fail(err),
-      })
+      }, opts.holdBytes)
     }
   }
 

@@ -34,6 +34,8 @@ interface Owed {
 export interface LaneHooks {
   /** Everything sent has been answered. */
   drained: () => void
+  /** What was written has left for the server: no longer `full`. */
+  writable: () => void
   /** The lane cannot carry requests any more (its server is gone). */
   failed: (err: Error) => void
 }
@@ -51,7 +53,9 @@ export class Lane {
   constructor (
     private readonly address: HostPort,
     private readonly protocol: Protocol,
-    private readonly hooks: LaneHooks
+    private readonly hooks: LaneHooks,
+    /** Bytes written and not yet taken by the server beyond which the lane is `full`. */
+    private readonly limit = Infinity
   ) {
     this.session = protocol.session()
     this.reader = this.session.reader()
@@ -62,9 +66,18 @@ export class Lane {
     return this.owed.length > 0
   }
 
+  /**
+   * The server takes its input more slowly than it comes: no more is sent until it has
+   * taken it (Turns waits), so what waits in the front stays bounded (limits.max_lag).
+   */
+  get full (): boolean {
+    return (this.socket?.writableLength ?? 0) > this.limit
+  }
+
   async connect (timeout: number): Promise<void> {
     const socket = await dial(this.address, timeout, 'the lane connection')
     socket.on('data', (data: Buffer) => this.onData(data))
+    socket.on('drain', () => this.hooks.writable())
     socket.on('close', () => this.closed(socket, timeout))
     this.socket = socket
     for (const bytes of this.unsent.splice(0)) socket.write(bytes)

@@ -139,7 +139,13 @@ export class Turns {
   constructor (private readonly protocol: Protocol, private readonly opts: TurnsOptions) {}
 
   get busy (): boolean {
-    return this.current !== null || this.gated !== null || this.laneWait
+    return this.current !== null || this.gated !== null || this.laneWait ||
+      this.lane?.full === true
+  }
+
+  /** The lane took what it held: go on, unless something else still waits. */
+  laneWritable (): void {
+    if (!this.busy) this.opts.next()
   }
 
   /** A connection's ordering state. */
