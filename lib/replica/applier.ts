@@ -98,6 +98,8 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   readonly prober: Prober | null = null
   /** Serial mode: entries acknowledged while held, and the bytes they hold. */
   private readonly early = new Set<Entry>()
+  /** Serial mode: entries whose ack waits for their write (beyond holdBytes), in order. */
+  private readonly late = new Set<Entry>()
   private heldBytes = 0
 
   constructor (private readonly opts: ApplierOptions) {
@@ -159,6 +161,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     this.control?.close()
     this.lane?.close()
     this.early.clear()
+    this.late.clear()
     for (const c of this.conns.values()) {
       clearTimeout(c.lingerTimer)
       c.connectTimer?.clear()
@@ -204,17 +207,20 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
   // Held here, it survives a primary failure: acknowledge it now, unless the backlog is over
   // its bound (then the ack waits for the write, and the front's caps on unacknowledged input
   // stop reading the clients).
+  // Acks leave in log order: once one waits for its write, every later one waits behind it
+  // (an early ack for a later entry would move a connection's acknowledged seq backwards).
   private hold (entry: Entry): void {
     const size = entry.data?.length ?? 0
-    if (this.heldBytes + size > (this.opts.holdBytes ?? Infinity)) return
+    if (this.late.size > 0 || this.heldBytes + size > (this.opts.holdBytes ?? Infinity)) {
+      this.late.add(entry)
+      return
+    }
     this.heldBytes += size
     this.early.add(entry)
     this.unacked--
     this.emit('ack', entry)
   }
 
-  // The control connection opens before any client's: it takes the same place in every
-  // copy's accept order. Entries wait for it.
   // The control connection, then the shared lane, open before any client's: they take the
   // same places in every copy's accept order. Entries wait for them.
   private openControl (control: Control): void {
@@ -424,6 +430,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
 
   private confirm (entry: Entry): void {
     if (this.early.delete(entry)) return
+    this.late.delete(entry)
     this.unacked--
     this.emit('ack', entry)
   }

@@ -151,6 +151,7 @@ t.test('a backup that stops reading: what waits for it in the front stays bounde
     tt.ok(taken < 64 * 2 ** 20, 'bounded: far less than what the clients sent')
     b.proc.kill('SIGCONT')
     await until(() => clients.every((c) => c.received >= 200), 'every SET answered', 20000)
+
     tt.same(await converge(a.port, b.port), [], 'both copies identical')
     for (const c of clients) c.close()
   })
