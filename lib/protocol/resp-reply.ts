@@ -41,6 +41,9 @@ export class RespRequest implements Request {
     readonly kind: Kind = CHANNEL,
     readonly shareable = false
   ) {}
+
+  /** See Request.closesOthers (set by the session). */
+  closesOthers = false
 }
 
 export interface Settled {

@@ -30,6 +30,8 @@ export class RespSession implements Session, CommandSink {
   /** Inside MULTI, and whether every command queued so far is compared. */
   private multi = false
   private multiCompare = true
+  /** A CLIENT KILL is queued: EXEC may close other connections. */
+  private multiCloses = false
   /** Subscriptions by kind (channels, patterns, shard channels), as requested. */
   private readonly subs: [Set<string>, Set<string>, Set<string>] = [new Set(), new Set(), new Set()]
   private resp3 = false
@@ -128,9 +130,7 @@ export class RespSession implements Session, CommandSink {
       case 'exec': case 'discard':
         if (argc !== 1 || !this.multi) return undefined
         this.multi = false
-        // EXEC's array holds the queued commands' replies: compared only if all of theirs are.
-        return this.emit(
-          new RespRequest(name, size, 1, false, base === 'discard' || this.multiCompare))
+        return this.emitExec(name, size, base === 'exec')
       // WATCH is never queued (inside MULTI it is an error), QUIT never (it closes).
       case 'watch': return this.emit(new RespRequest(name, size, 1, false, true))
       case 'quit':
@@ -155,11 +155,20 @@ export class RespSession implements Session, CommandSink {
     }
   }
 
+  // EXEC's array holds the queued commands' replies: compared only if all of theirs are.
+  private emitExec (name: string, size: number, exec: boolean): boolean {
+    const req = new RespRequest(name, size, 1, false, !exec || this.multiCompare)
+    req.closesOthers = exec && this.multiCloses
+    this.multiCloses = false
+    return this.emit(req)
+  }
+
   private startMulti (size: number): boolean {
     // MULTI inside MULTI is an error and leaves the transaction as it is.
     if (!this.multi) {
       this.multi = true
       this.multiCompare = true
+      this.multiCloses = false
     }
     return this.emit(new RespRequest('multi', size, 1, false, true))
   }
@@ -222,6 +231,10 @@ export class RespSession implements Session, CommandSink {
   }
 
   private emit (req: RespRequest): boolean {
+    if (req.name === 'client|kill') {
+      if (this.multi) this.multiCloses = true
+      else req.closesOthers = true
+    }
     this.out.push(req)
     if (req.replies > 0) for (const r of this.readers) r.expect(req)
     return true

@@ -39,6 +39,12 @@ export interface Request {
    * Optional: absent means false.
    */
   readonly shareable?: boolean
+  /**
+   * It may close other connections, ftproxy's own included (resp: CLIENT KILL, or an EXEC
+   * that runs one): the replica checks its own connections before the next entry, so that
+   * reopening them happens at the same point in the order on every copy. Absent: false.
+   */
+  readonly closesOthers?: boolean
 }
 
 /** One complete reply (or message) in the server's output. */

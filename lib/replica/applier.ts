@@ -117,6 +117,9 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       next: () => this.drain(),
       turn: (ms) => this.emit('turn', ms),
       refused: (reason) => this.emit('control_refused', reason),
+      sync: async () => {
+        await Promise.all([this.control?.sync(), this.lane?.sync()])
+      },
     })
     if (this.control) {
       const turns = this.turns

@@ -103,6 +103,14 @@ export class Control {
     return err
   }
 
+  /**
+   * Resolves once the connection answers a request sent now: after a request that may have
+   * closed it (CLIENT KILL), that is once it is open again.
+   */
+  async sync (): Promise<void> {
+    await this.query(this.dialect.probe)
+  }
+
   close (): void {
     this.dead ??= new Error('control connection closed')
     this.socket?.destroy()

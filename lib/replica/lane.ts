@@ -29,7 +29,11 @@ interface Owed {
   sink: LaneSink
   /** Replies still to come for its requests sent in one piece. */
   left: number
+  /** A sync(): called once answered. */
+  done?: () => void
 }
+
+const NOWHERE: LaneSink = { output: () => {} }
 
 export interface LaneHooks {
   /** Everything sent has been answered. */
@@ -76,6 +80,10 @@ export class Lane {
 
   async connect (timeout: number): Promise<void> {
     const socket = await dial(this.address, timeout, 'the lane connection')
+    if (this.dead) {
+      socket.destroy()
+      return
+    }
     socket.on('data', (data: Buffer) => this.onData(data))
     socket.on('drain', () => this.hooks.writable())
     socket.on('close', () => this.closed(socket, timeout))
@@ -110,6 +118,21 @@ export class Lane {
     socket.write(bytes)
   }
 
+  /**
+   * Resolves once the lane answers a request sent now (the protocol's probe): after a request
+   * that may have closed it (CLIENT KILL), that is once it is open again.
+   */
+  sync (): Promise<void> {
+    const probe = this.protocol.control?.probe
+    if (!probe) return Promise.resolve()
+    return new Promise((resolve) => {
+      this.session.request(probe)
+      this.owed.push({ sink: NOWHERE, left: 1, done: resolve })
+      if (this.socket) this.socket.write(probe)
+      else this.unsent.push(probe)
+    })
+  }
+
   close (): void {
     this.dead = true
     this.socket?.destroy()
@@ -126,6 +149,7 @@ export class Lane {
       head.sink.output(data.subarray(from, mark.end))
       from = mark.end
       this.owed.shift()
+      head.done?.()
     }
     const head = this.owed.peek()
     if (from < data.length && head !== undefined) head.sink.output(data.subarray(from))
@@ -142,12 +166,22 @@ export class Lane {
   private closed (socket: net.Socket, timeout: number): void {
     if (this.dead || socket !== this.socket) return
     this.socket = null
-    if (this.owed.length > 0) {
+    const owed = [...this.owed]
+    if (owed.some((o) => o.done === undefined)) {
       return this.fail(new FtproxyError('ERR_FTPROXY_CONTROL_CLOSED',
         `the server closed the shared lane with ${this.owed.length} requests unanswered`))
     }
+    this.owed.clear()
     this.session = this.protocol.session()
     this.reader = this.session.reader()
+    // Syncs in flight are asked again on the new connection.
+    const probe = this.protocol.control?.probe
+    for (const o of owed) {
+      if (!probe) continue
+      this.session.request(probe)
+      this.owed.push(o)
+      this.unsent.push(probe)
+    }
     this.connect(timeout).catch((err: Error) => this.fail(err))
   }
 

@@ -99,6 +99,8 @@ export interface TurnsOptions {
   turn: (ms: number) => void
   /** The server refused the control connection's check (once): turns can no longer ask. */
   refused: (reason: string) => void
+  /** Resolves once ftproxy's own connections answer again (after a CLIENT KILL). */
+  sync: () => Promise<void>
 }
 
 /** Between checks that a blocking request was taken. */
@@ -135,11 +137,15 @@ export class Turns {
   private laneWait = false
   /** Connections left with requests unanswered after their turn (blocked on the server). */
   private readonly blocked = new Set<ConnOrder>()
+  /** The current turn may close other connections (Request.closesOthers). */
+  private closes = false
+  /** After such a turn: ftproxy's own connections are checked before the next entry. */
+  private syncing = false
 
   constructor (private readonly protocol: Protocol, private readonly opts: TurnsOptions) {}
 
   get busy (): boolean {
-    return this.current !== null || this.gated !== null || this.laneWait ||
+    return this.current !== null || this.gated !== null || this.laneWait || this.syncing ||
       this.lane?.full === true
   }
 
@@ -231,6 +237,7 @@ export class Turns {
     }
     c.io.write(data)
     c.written += data.length
+    this.closes = reqs.some((r) => r.closesOthers === true)
     if (c.lost) c.pending.clear()
     this.skipSilent(c)
     if (c.pending.length === 0) return
@@ -345,6 +352,19 @@ export class Turns {
     if (c && c.pending.length > 0) this.blocked.add(c)
     this.current = null
     this.opts.turn(performance.now() - this.started)
+    if (this.closes) return this.resync()
     this.opts.next()
+  }
+
+  // A turn that may have closed ftproxy's own connections (CLIENT KILL TYPE normal): they
+  // reopen now, at this point in the order on every copy, not whenever each copy notices.
+  private resync (): void {
+    this.closes = false
+    this.syncing = true
+    const go = (): void => {
+      this.syncing = false
+      if (!this.busy) this.opts.next()
+    }
+    this.opts.sync().then(go, go)
   }
 }

@@ -90,3 +90,19 @@ t.test('behind a relay the blocking check gives up, it does not hang', { skip },
   waiter.close()
   other.close()
 })
+
+t.test('CLIENT KILL TYPE normal again and again: every copy counts the same', { skip },
+  async (tt) => {
+    const { a, b, f } = await redisPair(tt, RESP)
+    const others = await Promise.all(Array.from({ length: 3 }, () => RespConn.open(f.port)))
+    for (const c of others) await c.call([['INCR', 'n']])
+    const killer = await RespConn.open(f.port)
+    // Each kill closes ftproxy's own connections on every copy; they must reopen at the same
+    // point in the order, or the next kill counts differently (its reply is compared).
+    for (let i = 0; i < 40; i++) await killer.call([['CLIENT', 'KILL', 'TYPE', 'normal']])
+    tt.same(f.all('divergence'), [], 'no divergence')
+    tt.equal(f.role('b'), 'backup', 'the backup is in service')
+    tt.same(await converge(a.port, b.port), [], 'both copies identical')
+    killer.close()
+    for (const c of others) c.close()
+  })

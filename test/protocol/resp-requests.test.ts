@@ -337,3 +337,13 @@ t.test('shareable: plain data commands, until the connection does anything else'
   const b = blocking.request(Buffer.from(cmd('BLPOP', 'q', '0')))
   t.same(b.map((r) => r.shareable === true), [false], 'a blocking command: no')
 })
+
+t.test('closesOthers: CLIENT KILL, and an EXEC that runs one', async (t) => {
+  const closes = (...requests: string[]): boolean[] => resp.session()
+    .request(Buffer.from(requests.join(''))).map((r) => r.closesOthers === true)
+  t.same(closes(cmd('CLIENT', 'KILL', 'TYPE', 'normal'), cmd('CLIENT', 'ID')), [true, false])
+  t.same(closes(cmd('MULTI'), cmd('CLIENT', 'KILL', 'ID', '7'), cmd('EXEC')),
+    [false, false, true], 'queued, it closes nothing; EXEC runs it')
+  t.same(closes(cmd('MULTI'), cmd('INCR', 'k'), cmd('EXEC'), cmd('MULTI'), cmd('EXEC')),
+    [false, false, false, false, false])
+})
