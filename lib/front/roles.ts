@@ -168,6 +168,9 @@ export class Roles {
     t.on('turn', (ms) => this.turnEnded(ms))
     t.on('control_refused', (reason) => r.log.warn('control_refused', { reason }))
     t.on('lane_off', (reason) => r.log.warn('lane_disabled', { reason }))
+    t.on('unframed', (conn, error) => {
+      r.log.warn('replies_unaligned', { conn, reason: 'reader_error', error })
+    })
     t.on('ack', (entry) => conns.onAck(r, entry))
     t.on('output', (conn, data) => conns.onOutput(r, conn, data))
     t.on('output_end', (conn, err) => conns.onOutputEnd(r, conn, err))

@@ -120,6 +120,10 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       sync: async () => {
         await Promise.all([this.control?.sync(), this.lane?.sync()])
       },
+      unframed: (order, reason) => {
+        const c = [...this.conns.values()].find((x) => x.order === order)
+        if (c) this.emit('unframed', c.id, reason)
+      },
     })
     if (this.control) {
       const turns = this.turns

@@ -37,6 +37,8 @@ export interface TransportEvents {
   control_refused: [reason: string]
   /** Serial mode: the server's settings rule the shared lane out; every connection takes turns. */
   lane_off: [reason: string]
+  /** Serial mode: the server's output on `conn` cannot be framed; it is ordered raw from now. */
+  unframed: [conn: number, reason: string]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {

@@ -101,6 +101,8 @@ export interface TurnsOptions {
   refused: (reason: string) => void
   /** Resolves once ftproxy's own connections answer again (after a CLIENT KILL). */
   sync: () => Promise<void>
+  /** c's server output cannot be framed (once): it is ordered raw from here on. */
+  unframed: (c: ConnOrder, reason: string) => void
 }
 
 /** Between checks that a blocking request was taken. */
@@ -256,6 +258,7 @@ export class Turns {
       if (mark.request === null || mark.request !== head?.req) continue
       if (--head.left <= 0) c.pending.shift()
     }
+    if (c.reader.error !== null) this.opts.unframed(c, c.reader.error)
     if (c.lost) c.pending.clear()
     this.skipSilent(c)
     if (c.pending.length === 0) this.blocked.delete(c)

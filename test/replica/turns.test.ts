@@ -125,3 +125,24 @@ t.test('serial mode acknowledges entries as soon as they are held', async (t) =>
   t.same(acked, [1, 2, 3, 4, 5], 'acks leave in log order')
   t.equal(a.queued, 0)
 })
+
+t.test('line: output that cannot be framed is reported once, and ordered raw', async (t) => {
+  // A server that answers every line with two: the second answers no request.
+  const srv = net.createServer((socket) => {
+    socket.on('data', () => socket.write('one\ntwo\n'))
+  })
+  const port = await listenLocal(srv)
+  t.teardown(() => srv.close())
+  const a = applier(t, { port, read: [], overlaps: 0 }, 'line')
+  const unframed: Array<[number, string]> = []
+  a.on('unframed', (conn, reason) => unframed.push([conn, reason]))
+  let got = ''
+  a.on('output', (_conn, data) => { got += data.toString() })
+  const log = new InputLog()
+  a.apply(log.append('OPEN', 1))
+  a.apply(log.append('DATA', 1, Buffer.from('x\n')))
+  a.apply(log.append('DATA', 1, Buffer.from('y\n')))
+  await until(() => got === 'one\ntwo\none\ntwo\n', 'both answers, all of them')
+  t.equal(unframed.length, 1, 'reported once')
+  t.equal(unframed[0]?.[0], 1)
+})
