@@ -338,6 +338,14 @@ export function splitArgs (line: string): string[] | null {
 
 const ESCAPES: Record<string, string> = { n: '\n', r: '\r', t: '\t', b: '\b', a: '\x07' }
 
+// A closing quote must end the word (Redis: "closing quote must be followed by a space");
+// a line that ends inside quotes (p past its end) is unbalanced. Either way: null.
+function closeQuote (line: string, p: number, text: string): { text: string, end: number } | null {
+  if (p >= line.length) return null
+  if (p + 1 < line.length && !isSpace(line[p + 1])) return null
+  return { text, end: p + 1 }
+}
+
 function readWord (line: string, from: number): { text: string, end: number } | null {
   let p = from
   let text = ''
@@ -352,11 +360,8 @@ function readWord (line: string, from: number): { text: string, end: number } | 
         p++
         const e = line[p] as string
         text += ESCAPES[e] ?? e
-      } else if (c === '"') {
-        if (p + 1 < line.length && !isSpace(line[p + 1])) return null
-        return { text, end: p + 1 }
-      } else if (c === undefined) {
-        return null
+      } else if (c === '"' || c === undefined) {
+        return closeQuote(line, p, text)
       } else {
         text += c
       }
@@ -364,11 +369,8 @@ function readWord (line: string, from: number): { text: string, end: number } | 
       if (c === '\\' && line[p + 1] === "'") {
         p++
         text += "'"
-      } else if (c === "'") {
-        if (p + 1 < line.length && !isSpace(line[p + 1])) return null
-        return { text, end: p + 1 }
-      } else if (c === undefined) {
-        return null
+      } else if (c === "'" || c === undefined) {
+        return closeQuote(line, p, text)
       } else {
         text += c
       }

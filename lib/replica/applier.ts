@@ -120,10 +120,6 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       sync: async () => {
         await Promise.all([this.control?.sync(), this.lane?.sync()])
       },
-      unframed: (order, reason) => {
-        const c = [...this.conns.values()].find((x) => x.order === order)
-        if (c) this.emit('unframed', c.id, reason)
-      },
     })
     if (this.control) {
       const turns = this.turns
@@ -305,6 +301,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
           },
           // Replies from the lane are counted there, not by this connection's turns.
           output: (data) => this.emit('output', c.id, data),
+          unframed: (reason) => this.emit('unframed', c.id, reason),
         })
         const local = { host: socket.localAddress ?? '', port: socket.localPort ?? 0 }
         c.order.addr = formatHostPort(local)

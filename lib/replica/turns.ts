@@ -31,6 +31,8 @@ export interface ConnIO {
   write (data: Buffer): void
   /** Server output for it that came another way (the shared lane). */
   output (data: Buffer): void
+  /** Its server output cannot be framed (once): it is ordered raw from here on. */
+  unframed (reason: string): void
 }
 
 const EMPTY: Buffer = Buffer.alloc(0)
@@ -101,8 +103,6 @@ export interface TurnsOptions {
   refused: (reason: string) => void
   /** Resolves once ftproxy's own connections answer again (after a CLIENT KILL). */
   sync: () => Promise<void>
-  /** c's server output cannot be framed (once): it is ordered raw from here on. */
-  unframed: (c: ConnOrder, reason: string) => void
 }
 
 /** Between checks that a blocking request was taken. */
@@ -258,7 +258,7 @@ export class Turns {
       if (mark.request === null || mark.request !== head?.req) continue
       if (--head.left <= 0) c.pending.shift()
     }
-    if (c.reader.error !== null) this.opts.unframed(c, c.reader.error)
+    if (c.reader.error !== null) c.io.unframed(c.reader.error)
     if (c.lost) c.pending.clear()
     this.skipSilent(c)
     if (c.pending.length === 0) this.blocked.delete(c)
