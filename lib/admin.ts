@@ -3,6 +3,7 @@
 //   GET  /status   → front.status() as JSON
 //   GET  /metrics  → Prometheus text (a registry of its own; values read at scrape time)
 //   POST /failover → front.switchover(to), 200 | 409 (no backup in sync)
+//   POST /reseed   → front.reseed(replica), 200 once it joined | 409 (refused or failed)
 //
 // It never touches the data path: every metric is computed from front.status() and
 // front.counters when scraped (the turn-wait histogram too, from the front's own buckets),
@@ -114,6 +115,10 @@ export class Admin {
       ['/failover', {
         methods: ['POST'],
         handle: (req, res, url) => this.postFailover(req, res, url),
+      }],
+      ['/reseed', {
+        methods: ['POST'],
+        handle: (req, res, url) => this.postReseed(req, res, url),
       }],
     ])
     this.failoverSeconds = this.defineMetrics()
@@ -256,7 +261,7 @@ export class Admin {
     res: http.ServerResponse,
     url: URL
   ): Promise<void> {
-    const to = failoverTarget(url, await readBody(req))
+    const to = named(url, await readBody(req), 'to')
     this.log.info('admin_failover', { to: to ?? null, remote: req.socket.remoteAddress })
     let info: FailoverInfo
     try {
@@ -270,6 +275,28 @@ export class Admin {
     }
     // docs/design.md's contract: 200 with the new status; the switchover itself rides along.
     sendJson(res, 200, { ...this.front.status(), switchover: info })
+  }
+
+  private async postReseed (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    url: URL
+  ): Promise<void> {
+    const replica = named(url, await readBody(req), 'replica')
+    if (replica === undefined) {
+      throw new HttpError(400, '"replica" is required, e.g. {"replica": "b"}')
+    }
+    this.log.info('admin_reseed', { replica, remote: req.socket.remoteAddress })
+    try {
+      await this.front.reseed(replica)
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code === 'ERR_FTPROXY_RESEED_REFUSED' || code === 'ERR_FTPROXY_RESEED_FAILED') {
+        throw new HttpError(409, (err as Error).message, {}, code)
+      }
+      throw err
+    }
+    sendJson(res, 200, this.front.status())
   }
 
   // Every value is read from the front when scraped: nothing is counted twice or on the data
@@ -347,6 +374,13 @@ export class Admin {
     this.total('ftproxy_switchovers_total', 'Planned switchovers.', 'switchovers')
     this.total('ftproxy_divergences_total', 'Replica outputs that differed from the primary\'s.',
       'divergences')
+    this.total('ftproxy_reseeds_total', 'Re-seeds that brought a replica back as a backup.',
+      'reseeds')
+    this.total('ftproxy_reseed_failures_total', 'Re-seeds that failed (the replica stayed stale).',
+      'reseed_failures')
+    this.total('ftproxy_reseed_closed_connections_total',
+      'Client connections closed at a re-seed\'s cut (policy close, or a session not carried).',
+      'reseed_closed')
     this.total('ftproxy_turns_total',
       'Turns (one connection\'s complete requests) answered by replicas driven directly.', 'turns')
     this.turnWait()
@@ -443,15 +477,18 @@ function parseUrl (raw: string): URL {
   }
 }
 
-/** The replica named by POST /failover (query `to`, or `{"to": …}` in the body), if any. */
-function failoverTarget (url: URL, body: string): string | undefined {
-  const query = url.searchParams.get('to') ?? undefined
-  const to = body.trim() !== '' ? bodyTarget(body, query) : query
-  if (to === '') throw new HttpError(400, '"to" must be a replica name')
+/**
+ * The replica a POST names, if any: POST /failover `to`, POST /reseed `replica`, in the
+ * query or in a JSON body (`{"to": "b"}`).
+ */
+function named (url: URL, body: string, field: string): string | undefined {
+  const query = url.searchParams.get(field) ?? undefined
+  const to = body.trim() !== '' ? bodyTarget(body, query, field) : query
+  if (to === '') throw new HttpError(400, `"${field}" must be a replica name`)
   return to
 }
 
-function bodyTarget (body: string, query: string | undefined): string | undefined {
+function bodyTarget (body: string, query: string | undefined, field: string): string | undefined {
   let parsed: unknown
   try {
     parsed = JSON.parse(body)
@@ -459,17 +496,20 @@ function bodyTarget (body: string, query: string | undefined): string | undefine
     throw new HttpError(400, `malformed JSON body: ${(err as Error).message}`)
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new HttpError(400, 'the body must be a JSON object, e.g. {"to": "b"}')
+    throw new HttpError(400, `the body must be a JSON object, e.g. {"${field}": "b"}`)
   }
-  const { to, ...rest } = parsed as Record<string, unknown>
+  const { [field]: to, ...rest } = parsed as Record<string, unknown>
   const unknown = Object.keys(rest)
   if (unknown.length > 0) {
     throw new HttpError(400, `unknown field(s) in body: ${unknown.join(', ')}`)
   }
   if (to === undefined || to === null) return query
-  if (typeof to !== 'string' || to === '') throw new HttpError(400, '"to" must be a replica name')
+  if (typeof to !== 'string' || to === '') {
+    throw new HttpError(400, `"${field}" must be a replica name`)
+  }
   if (query !== undefined && query !== to) {
-    const message = `"to" is ${JSON.stringify(to)} in the body but ${JSON.stringify(query)} ` +
+    const message = `"${field}" is ${JSON.stringify(to)} in the body but ` +
+      `${JSON.stringify(query)} ` +
       'in the query'
     throw new HttpError(400, message)
   }

@@ -6,12 +6,14 @@ import { readFileSync } from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { formatHostPort } from './address.js'
 import {
-  agentConfigFromFlags, loadAgentConfig, loadConfig, renderConfig,
+  agentConfigFromFlags, configWarnings, loadAgentConfig, loadConfig, renderConfig,
 } from './config/index.js'
 import { ConfigError, FtproxyError } from './errors.js'
 import { createLogger, type Logger } from './logger.js'
 import { Front, type FailoverInfo, type FrontStatus } from './front/front.js'
+import type { LastReseed } from './front/reseed.js'
 import { runDemoServerCli } from './demo-server.js'
+import { runDemoReseed } from './demo-reseed.js'
 import { Agent } from './agent/agent.js'
 import { Admin } from './admin.js'
 
@@ -56,8 +58,13 @@ function addFrontCommands (cli: Argv, outcome: Outcome): void {
     .command('run', 'run the front proxy', (y) => y
       .option('config', {
         alias: 'c', type: 'string', demandOption: true, describe: 'YAML config file',
+      })
+      .option('accept-state-from', {
+        type: 'string',
+        describe: 'vouch for this replica\'s data as it is now (after ERR_FTPROXY_STATE_LOST): ' +
+          'it serves, every other replica is re-seeded from it',
       }),
-    async (args) => { outcome.code = await run(args.config) })
+    async (args) => { outcome.code = await run(args.config, args['accept-state-from']) })
     .command('check-config [file]', 'validate a config file and print it with defaults filled',
       (y) => y
         .positional('file', { type: 'string', describe: 'YAML config file' })
@@ -83,6 +90,10 @@ function addAdminCommands (cli: Argv, outcome: Outcome): void {
           type: 'string', describe: 'the backup to switch to (default: the first in sync)',
         }),
       async (args) => { outcome.code = await failover(args) })
+    .command('reseed <replica>', 're-seed a stale replica now: it joins as a backup when done',
+      (y) => adminOptions(y)
+        .positional('replica', { type: 'string', demandOption: true, describe: 'its name' }),
+      async (args) => { outcome.code = await reseed(args) })
 }
 
 function addAgentCommand (cli: Argv, outcome: Outcome): void {
@@ -127,25 +138,31 @@ function addDemoServerCommand (cli: Argv, outcome: Outcome): void {
       // Keep a usage error's code: yargs still runs the handler after fail().
       if (code !== 0) outcome.code = code
     })
+  cli.command('demo-reseed',
+    'copy one demo server\'s map into another: the demo\'s reseed.command, run by the front',
+    (y) => y,
+    async () => {
+      const code = await runDemoReseed({
+        env: process.env, stdin: process.stdin, stdout: process.stdout, stderr: process.stderr,
+      })
+      process.stdin.destroy() // an open pipe from the front would keep the process alive
+      if (code !== 0) outcome.code = code
+    })
 }
 
 async function demoServer (
   opts: { host: string, port: number, divergeAfter?: number }
 ): Promise<number> {
-  // Under a front's supervision stdin is a pipe from the front: when the front dies
-  // (even by SIGKILL) the pipe closes, and the demo server goes with it, not orphaned.
-  if (process.env.FTPROXY_SUPERVISED === '1') {
-    process.stdin.once('end', () => process.kill(process.pid, 'SIGTERM'))
-    process.stdin.resume()
-  }
+  // A supervised server outlives its front (the next front adopts it), so its stdout and
+  // stderr may be pipes nobody reads any more: runDemoServerCli drops its output once stdout
+  // fails, and a late write to stderr (a warning of node's) must not throw either.
+  process.stderr.on('error', () => {})
   try {
     await runDemoServerCli(opts)
     return 0
   } catch (err) {
     process.stderr.write(`ftproxy demo-server: ${(err as Error).message}\n`)
     return 1
-  } finally {
-    process.stdin.destroy() // the watched pipe must not keep the process alive
   }
 }
 
@@ -258,10 +275,27 @@ async function failover (args: AdminArgs & { to?: string }): Promise<number> {
   return 0
 }
 
+async function reseed (args: AdminArgs & { replica: string }): Promise<number> {
+  const r = await adminRequest(args, 'POST', '/reseed', { replica: args.replica })
+  if (typeof r === 'string' || r.status !== 200) {
+    const why = typeof r === 'string'
+      ? r
+      : `refused (${r.status}, ${String(r.json.code)}): ${String(r.json.error)}`
+    process.stderr.write(`ftproxy reseed: ${why}\n`)
+    return 1
+  }
+  const last = (r.json.reseed as { last: LastReseed }).last
+  process.stdout.write(`re-seeded ${last.replica} from ${last.source}: ${last.duration_ms} ms, ` +
+    `input held ${last.pause_ms} ms, ${last.reattached} connections reattached, ` +
+    `${last.closed} closed\n`)
+  return 0
+}
+
 async function checkConfig (file: string): Promise<number> {
   try {
     const cfg = await loadConfig(file)
     process.stdout.write(renderConfig(cfg))
+    for (const w of configWarnings(cfg)) process.stderr.write(`warning: ${w}\n`)
     process.stderr.write(`${file}: configuration is valid\n`)
     return 0
   } catch (err) {
@@ -273,11 +307,12 @@ async function checkConfig (file: string): Promise<number> {
   }
 }
 
-async function run (file: string): Promise<number> {
+async function run (file: string, acceptStateFrom?: string): Promise<number> {
   const cfg = await configOrExit(() => loadConfig(file))
   if (!cfg) return 1
   const log = createLogger({ level: cfg.log.level, format: cfg.log.format })
-  const front = new Front(cfg, { log })
+  for (const warning of configWarnings(cfg)) log.warn('config_warning', { warning })
+  const front = new Front(cfg, { log, acceptStateFrom })
   const admin = new Admin(front, { listen: cfg.admin.listen, token: cfg.admin.token, log })
   const summary = (): string => {
     const s = front.status()

@@ -19,6 +19,9 @@ export type ErrorCode =
   | 'ERR_FTPROXY_CONTROL_PROTOCOL' // a server's reply on the control connection was unframeable
   | 'ERR_FTPROXY_UNHEALTHY'       // a server answered a health probe, but not as a serving one
   | 'ERR_FTPROXY_BUSY'            // no answer in time to a probe on the control connection
+  | 'ERR_FTPROXY_STATE_LOST'      // every replica's server restarted: none holds the state
+  | 'ERR_FTPROXY_RESEED_REFUSED'  // a re-seed cannot start (not configured, busy, no target)
+  | 'ERR_FTPROXY_RESEED_FAILED'   // a re-seed started and failed (command, timeout, cut)
 
 export class FtproxyError extends Error {
   readonly code: ErrorCode

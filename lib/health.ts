@@ -104,6 +104,16 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
     this.timer = undefined
   }
 
+  /**
+   * Forget what the checks said: the next one decides (a replica that just failed may read
+   * 'up' from before its failure; a re-seed must wait for a check made after it).
+   */
+  reset (): void {
+    this.state = 'unknown'
+    this.oks = 0
+    this.fails = 0
+  }
+
   /** Timeout of one probe (ms). */
   get timeout (): number {
     return this.opts.timeout

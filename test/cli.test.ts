@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { Client, ROOT, demoServer } from './helpers/cluster.js'
-import { Cli, alive, runCli, waitGone } from './helpers/proc.js'
+import { Cli, runCli, waitGone } from './helpers/proc.js'
 import { freePorts } from './helpers/ports.js'
 import { until } from './helpers/until.js'
 
@@ -395,22 +395,6 @@ t.test('SIGINT exits 0; a second front on the same state_dir exits 1 (locked)', 
   await waitGone(pids, 'supervised demo servers')
   t.notOk(front.find('replica_process_killing'),
     'the demo servers exited on SIGTERM, without SIGKILL')
-})
-
-t.test('the front SIGKILLed: its demo servers exit by themselves', async (t) => {
-  const { file, port } = await runConfig(t)
-  const { front } = await startFront(t, file)
-  const c = await Client.open(port)
-  t.teardown(() => c.close())
-  t.equal(await ask(c, 'PING'), 'PONG')
-
-  const pids = front.pids()
-  t.equal(pids.length, 2)
-  t.ok(pids.every(alive), 'both demo servers run')
-  front.proc.kill('SIGKILL')
-  t.same(await front.waitExit(), { code: null, signal: 'SIGKILL' })
-  await waitGone(pids, 'orphaned demo servers')
-  t.pass('no demo server outlived its front')
 })
 
 t.test('agent: flags, a bad flag named, SIGTERM exits 0', async (t) => {

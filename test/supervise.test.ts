@@ -1,6 +1,7 @@
 import t from 'tap'
 import assert from 'node:assert'
 import type { Test } from 'tap'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -9,7 +10,11 @@ import { createLogger } from '../lib/logger.js'
 import type { Logger } from '../lib/logger.js'
 import { FTPROXY_BIN, MAX_OUTPUT_LINE, Supervisor, resolveCommand } from '../lib/supervise.js'
 import type { SupervisorOptions } from '../lib/supervise.js'
-import { until } from './helpers/until.js'
+import { until, untilValue } from './helpers/until.js'
+import { ROOT } from './helpers/cluster.js'
+import { distUrl } from './helpers/child.js'
+import { EventLog } from './helpers/events.js'
+import { isAlive, startTime } from '../lib/util/proc.js'
 
 interface Rec { level: string, event: string, fields: Record<string, unknown> }
 
@@ -37,12 +42,14 @@ function supervisor (t: Test, opts: Omit<SupervisorOptions, 'log' | 'name'> & { 
   const s = new Supervisor({ name: 'a', log: fakeLogger(records), ...opts })
   const exits: Array<{ code: number | null, signal: string | null }> = []
   const spawns: number[] = []
+  const adopts: number[] = []
   s.on('exit', (code, signal) => { exits.push({ code, signal }) })
   s.on('spawn', (pid) => { spawns.push(pid) })
+  s.on('adopt', (pid) => { adopts.push(pid) })
   t.teardown(() => s.stop())
   const events = (event: string) => records.filter((r) => r.event === event)
   const output = () => events('replica_process_output').map((r) => r.fields)
-  return { s, records, exits, spawns, events, output }
+  return { s, records, exits, spawns, adopts, events, output }
 }
 
 t.test('output lines are logged, exit is reported', async (t) => {
@@ -246,4 +253,277 @@ t.test('events through the real JSON logger', async (t) => {
     { event: 'replica_process_output', ...output })
   t.match(recs.find((r) => r.event === 'replica_process_exited'),
     { replica: 'b', code: 0, signal: null })
+})
+
+// --- the record file and adoption ---
+
+interface Recorded { pid: number, start_time: string, command: string[], boot_id?: string }
+
+function readRecord (file: string): Recorded | null {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as Recorded
+  } catch {
+    return null
+  }
+}
+
+// A server that writes to stdout every 50 ms and survives a broken pipe: it notes its first
+// EPIPE in `<dir>/epipe`, a SIGTERM in `<dir>/term` (and then exits, unless ignoreTerm).
+function server (dir: string, opts: { ignoreTerm?: boolean, tag?: string } = {}): string[] {
+  const epipe = JSON.stringify(path.join(dir, 'epipe'))
+  const term = JSON.stringify(path.join(dir, 'term'))
+  return node(`const fs = require('fs') // ${opts.tag ?? ''}
+    process.stdout.on('error', (e) => { if (e.code === 'EPIPE') fs.writeFileSync(${epipe}, '') })
+    process.on('SIGTERM', () => {
+      fs.writeFileSync(${term}, '')
+      if (!${opts.ignoreTerm === true}) process.exit(0)
+    })
+    setInterval(() => process.stdout.write('tick\\n'), 50)`)
+}
+
+// The child front must run the code under test, not an older build of it.
+function distFresh (t: Test): boolean {
+  for (const m of ['supervise', 'util/proc', 'util/atomic-write']) {
+    const built = fs.statSync(path.join(ROOT, 'dist', `${m}.js`), { throwIfNoEntry: false })
+    if (!built || built.mtimeMs < fs.statSync(path.join(ROOT, 'lib', `${m}.ts`)).mtimeMs) {
+      t.fail(`dist/${m}.js is missing or older than lib/${m}.ts: run npm run build`)
+      return false
+    }
+  }
+  return true
+}
+
+/**
+ * A front that crashed: a node process supervising `command` with `record` is SIGKILLed once
+ * its server printed and the record names it. Resolves with that server (left running,
+ * killed at teardown).
+ */
+async function crashedFront (
+  t: Test, command: string[], record: string
+): Promise<{ pid: number, start: string }> {
+  const script = `
+    import { Supervisor } from '${distUrl('supervise.js')}'
+    import { createLogger } from '${distUrl('logger.js')}'
+    const s = new Supervisor({
+      name: 'a', log: createLogger(), record: process.env.RECORD,
+      command: JSON.parse(process.env.COMMAND),
+    })
+    s.start()
+    setInterval(() => {}, 1000)`
+  const front = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, RECORD: record, COMMAND: JSON.stringify(command) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  const closed = new Promise((resolve) => front.once('close', resolve))
+  t.teardown(() => {
+    if (front.exitCode === null && front.signalCode === null) front.kill('SIGKILL')
+  })
+  const log = new EventLog()
+  front.stdout.on('data', (d: Buffer) => { log.feed(d) })
+  const pid = (await log.next('replica_process_started')).pid as number
+  // Up (its signal handlers installed) once it printed.
+  await log.next('replica_process_output')
+  const rec = await untilValue(() => readRecord(record)?.pid === pid && readRecord(record),
+    'the record of the first server')
+  t.teardown(() => { if (isAlive(pid, rec.start_time)) process.kill(pid, 'SIGKILL') })
+  front.kill('SIGKILL')
+  await closed
+  return { pid, start: rec.start_time }
+}
+
+t.test('startTime and isAlive read /proc', async (t) => {
+  const start = startTime(process.pid)
+  assert.ok(start !== null, 'this process has a start time')
+  t.match(start, /^\d+$/)
+  t.ok(isAlive(process.pid, start))
+  t.notOk(isAlive(process.pid, start + '1'), 'another start time: another process')
+  // A comm with spaces and parentheses: the fields are counted after the last ')'.
+  const odd = spawn(process.execPath, ['-e', `process.title = 'a) b (c'
+    setInterval(() => {}, 1000)`], { stdio: 'ignore' })
+  t.teardown(() => odd.kill('SIGKILL'))
+  const pid = odd.pid as number
+  await until(() => fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes('a) b (c'), 'title')
+  const oddStart = startTime(pid)
+  assert.ok(oddStart !== null)
+  t.ok(isAlive(pid, oddStart))
+  t.ok(BigInt(oddStart) >= BigInt(start), 'started after this process')
+  const dead = spawnSync(process.execPath, ['-e', '']).pid
+  t.equal(startTime(dead), null, 'an exited process')
+  t.equal(startTime(-1), null)
+  t.notOk(isAlive(dead, '1'))
+})
+
+t.test('the record names the running process, is rewritten on restart, removed by stop',
+  async (t) => {
+    const dir = t.testdir({})
+    const record = path.join(dir, 'state', 'servers', 'a.json') // directories created
+    const counter = path.join(dir, 'count')
+    // Exits at once 20 times (records written back to back), then stays up.
+    const script = 'n=$(cat "$0" 2>/dev/null || echo 0); echo $((n+1)) > "$0"; ' +
+      '[ "$n" -ge 20 ] && exec sleep 1000; exit 1'
+    const command = ['sh', '-c', script, counter]
+    const { s, spawns, adopts } = supervisor(t, {
+      command, record, address: '127.0.0.1:7001', restart: { initialDelayMs: 0, maxDelayMs: 0 },
+    })
+    s.start()
+    await until(() => spawns.length === 21 && s.pid !== undefined, 'the twenty-first spawn')
+    const pid = spawns[20] as number
+    t.equal(fs.readlinkSync(`/proc/${pid}/fd/0`), '/dev/null', 'no stdin pipe')
+    const start = startTime(pid)
+    const rec = await untilValue(() => readRecord(record)?.pid === pid && readRecord(record),
+      'the record of the last spawn')
+    t.same(rec, {
+      pid,
+      start_time: start,
+      boot_id: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+      command,
+      address: '127.0.0.1:7001',
+    })
+    t.equal(s.incarnation, `${pid}@${start}`)
+    t.equal(s.adopted, false)
+    t.same(adopts, [])
+    t.same(fs.readdirSync(path.dirname(record)), ['a.json'], 'no temp file left')
+    await s.stop()
+    t.notOk(fs.existsSync(record), 'a deliberate stop leaves nothing to adopt')
+    t.equal(s.incarnation, null)
+    t.equal(s.pid, undefined)
+  })
+
+t.test('a crashed front\'s server survives it and is adopted; its death is a restart',
+  async (t) => {
+    if (!distFresh(t)) return
+    const dir = t.testdir({})
+    const record = path.join(dir, 'a.json')
+    const command = server(dir)
+    const first = await crashedFront(t, command, record)
+    await until(() => fs.existsSync(path.join(dir, 'epipe')), 'a write to the broken stdout')
+    t.ok(isAlive(first.pid, first.start), 'the server outlived its front and its stdout')
+
+    const { s, spawns, adopts, exits, events } = supervisor(t, {
+      command, record, restart: { initialDelayMs: 10 },
+    })
+    s.start()
+    t.equal(s.pid, first.pid)
+    t.equal(s.incarnation, `${first.pid}@${first.start}`)
+    t.equal(s.adopted, true)
+    await until(() => adopts.length === 1, 'adopt')
+    t.same(adopts, [first.pid])
+    t.same(spawns, [], 'nothing spawned')
+    t.match(events('replica_process_adopted'),
+      [{ level: 'info', fields: { replica: 'a', pid: first.pid, start_time: first.start } }])
+    t.same(events('replica_process_record_stale'), [])
+
+    process.kill(first.pid, 'SIGKILL')
+    await until(() => exits.length === 1, 'exit seen by polling')
+    t.same(exits, [{ code: null, signal: null }])
+    await until(() => spawns.length === 1 && s.pid !== undefined, 'a fresh server')
+    const pid = spawns[0] as number
+    t.not(pid, first.pid)
+    t.equal(s.adopted, false)
+    t.equal(s.incarnation, `${pid}@${startTime(pid)}`)
+    await until(() => readRecord(record)?.pid === pid, 'the record names the fresh server')
+    await until(() => events('replica_process_output').length > 0, 'its output is logged')
+    await s.stop()
+    t.notOk(fs.existsSync(record))
+  })
+
+t.test('stop() on an adopted process: SIGTERM, SIGKILL, record removed', async (t) => {
+  if (!distFresh(t)) return
+  const dir = t.testdir({})
+  const record = path.join(dir, 'a.json')
+  const command = server(dir, { ignoreTerm: true })
+  const first = await crashedFront(t, command, record)
+  const { s, adopts, spawns, exits, events } = supervisor(t, {
+    command, record, stopTimeoutMs: 300,
+  })
+  s.start()
+  t.equal(s.adopted, true)
+  await until(() => adopts.length === 1, 'adopt')
+  const started = Date.now()
+  await s.stop()
+  t.ok(Date.now() - started >= 290, 'SIGKILL only after stopTimeoutMs')
+  t.ok(fs.existsSync(path.join(dir, 'term')), 'SIGTERM first')
+  t.notOk(isAlive(first.pid, first.start), 'gone')
+  t.match(events('replica_process_killing'), [{ fields: { pid: first.pid, timeout_ms: 300 } }])
+  t.same(exits, [{ code: null, signal: null }])
+  t.same(spawns, [])
+  t.equal(s.incarnation, null)
+  t.notOk(fs.existsSync(record), 'record removed')
+})
+
+t.test('a stale record: the process is spawned anew, never one that is not ours', async (t) => {
+  const dir = t.testdir({})
+  const command = node('setInterval(() => {}, 1000)')
+  const resolved = resolveCommand(command)
+  const notOurs = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'],
+    { stdio: 'ignore' })
+  t.teardown(() => notOurs.kill('SIGKILL'))
+  const sameTick = startTime(notOurs.pid as number)
+  const cases: Array<[string, string]> = [
+    ['invalid', '{"pid": "x"'],
+    ['gone', JSON.stringify({
+      pid: spawnSync(process.execPath, ['-e', '']).pid, start_time: '1', command: resolved,
+    })],
+    ['start_time', JSON.stringify({
+      pid: process.pid, start_time: startTime(process.pid) + '1', command: resolved,
+    })],
+    ['reboot', JSON.stringify({
+      pid: process.pid, start_time: startTime(process.pid), command: resolved, boot_id: 'x',
+    })],
+    // The same pid and start time, but not the session leader our spawn makes: another
+    // program that got the pid in the same clock tick.
+    ['not_ours', JSON.stringify({ pid: notOurs.pid, start_time: sameTick, command: resolved })],
+  ]
+  for (const [reason, text] of cases) {
+    const record = path.join(dir, `${reason}.json`)
+    fs.writeFileSync(record, text)
+    const { s, spawns, adopts, events } = supervisor(t, { command, record })
+    s.start()
+    await until(() => spawns.length === 1 && s.pid !== undefined, `${reason}: spawn`)
+    t.same(adopts, [], `${reason}: not adopted`)
+    t.equal(s.adopted, false)
+    t.match(events('replica_process_record_stale'), [{ level: 'warn', fields: { reason } }])
+    await until(() => readRecord(record)?.pid === spawns[0], `${reason}: record rewritten`)
+    await s.stop()
+  }
+  t.equal(notOurs.exitCode, null, 'a process that is not ours is left alone')
+  t.ok(isAlive(process.pid, startTime(process.pid) as string))
+})
+
+t.test('a recorded server of another command is stopped, then the new one spawned',
+  async (t) => {
+    if (!distFresh(t)) return
+    const dir = t.testdir({})
+    const record = path.join(dir, 'a.json')
+    const first = await crashedFront(t, server(dir, { tag: 'old' }), record)
+    const command = server(dir, { tag: 'new' })
+    const { s, spawns, adopts, exits, events } = supervisor(t, { command, record })
+    s.start()
+    t.equal(s.pid, undefined, 'not ours to serve from')
+    t.equal(s.incarnation, null)
+    await until(() => spawns.length === 1 && s.pid !== undefined, 'the new server')
+    t.ok(fs.existsSync(path.join(dir, 'term')), 'the old one got SIGTERM')
+    t.notOk(isAlive(first.pid, first.start), 'the old one is gone')
+    t.match(events('replica_process_record_stale'),
+      [{ fields: { pid: first.pid, reason: 'config_changed' } }])
+    t.same(adopts, [], 'never announced')
+    t.same(exits, [], 'nor its exit')
+    await until(() => readRecord(record)?.pid === spawns[0], 'record rewritten')
+    t.same(readRecord(record)?.command, resolveCommand(command))
+  })
+
+t.test('a record that cannot be read or written is logged; the server runs anyway', async (t) => {
+  const dir = t.testdir({ 'a.json': {} }) // a directory where the file should be
+  const record = path.join(dir, 'a.json')
+  const command = node('setInterval(() => {}, 1000)')
+  const { s, spawns, events } = supervisor(t, { command, record })
+  s.start()
+  await until(() => spawns.length === 1, 'spawn')
+  await until(() => events('replica_process_record_error').length === 2, 'read and write errors')
+  t.match(events('replica_process_record_error'), [
+    { level: 'error', fields: { replica: 'a', path: record, code: 'EISDIR' } },
+    { level: 'error', fields: { replica: 'a', path: record, code: 'EISDIR' } },
+  ])
+  t.equal(s.pid, spawns[0])
+  t.same(fs.readdirSync(dir), ['a.json'], 'no temp file left')
 })

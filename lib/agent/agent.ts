@@ -27,6 +27,7 @@ import { protocolFor } from '../protocol/index.js'
 import { isProtocolName, type ProtocolName } from '../protocol/types.js'
 import { Channel } from '../channel/channel.js'
 import { PROTOCOL_VERSION, splitData, type Frame, type HelloFrame } from '../channel/codec.js'
+import { readIncarnation } from '../incarnation.js'
 import { writeFileAtomicSync } from '../util/atomic-write.js'
 import { listen } from '../util/listen.js'
 import { Session, uncredited, type Output } from './session.js'
@@ -57,6 +58,8 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
   private bound?: HostPort
   private readonly epochFile: string
   private readonly handshakes: Handshakes
+  /** Incarnation reads in flight, per protocol: HELLOs that overlap share one. */
+  private readonly reads = new Map<ProtocolName, Promise<string>>()
 
   constructor (private readonly cfg: AgentConfig, opts: { log?: Logger } = {}) {
     super()
@@ -82,6 +85,10 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
         command: this.cfg.command,
         log: this.log,
         stopTimeoutMs: this.cfg.timeouts.linger,
+        // The server outlives a crash of this agent and the next one adopts it, instead of
+        // starting a second copy (that would find the port taken) and losing the data.
+        record: path.join(this.cfg.state_dir, 'server.json'),
+        address: formatHostPort(this.cfg.server),
       })
       this.supervisor.on('exit', (code, signal) => {
         this.onServerDown(`process exited (code ${code}, signal ${signal})`)
@@ -197,6 +204,11 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
 
   private onFrame (ch: Channel, f: Frame, a: Admission): void {
     if (!a.accepted) {
+      // The front sends nothing between its HELLO and the WELCOME.
+      if (a.answering) {
+        this.handshakes.refused('before_welcome', { type: f.type })
+        return ch.fail(protocolError(this.epoch, `${f.type} before WELCOME`))
+      }
       // Nothing before a valid HELLO changes anything: not the epoch, a session or the server.
       if (f.type === 'HELLO') return this.hello(ch, f, a)
       this.handshakes.refused('not_hello', { type: f.type })
@@ -245,6 +257,16 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     if (!isProtocolName(f.protocol)) {
       return ch.fail(protocolError(this.epoch, `unknown application protocol ${f.protocol}`))
     }
+    // The WELCOME names the server's incarnation, which may take a question to the server:
+    // everything else waits for it, so that the answer acts on the agent's state as it is then.
+    a.answering = true
+    void this.incarnation(f.protocol).then((incarnation) => {
+      // Closed meanwhile (by the front, the handshake timeout, or this agent's close()).
+      if (!ch.closed && !ch.socket.destroyed) this.welcome(ch, f, a, incarnation)
+    })
+  }
+
+  private welcome (ch: Channel, f: HelloFrame, a: Admission, incarnation: string): void {
     // A valid HELLO: its epoch is recorded even when the server is down, to fence older fronts.
     if (!this.takeEpoch(ch, f.epoch)) return
     if (this.serverDown !== null) {
@@ -270,6 +292,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       epoch: this.epoch,
       version: PROTOCOL_VERSION,
       applied: s.applied,
+      incarnation,
       acks: [...s.acked].map(([conn, seq]) => ({ conn, seq })),
     })
     // The front names every connection it still has open: one it no longer names got its
@@ -284,6 +307,29 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       s.credit(conn, offset)
       this.resend(ch, conn, o)
     }
+  }
+
+  // The server's incarnation ('' when it cannot be told, or not within health_check.timeout,
+  // which the front's heartbeat timeout must exceed: it hears nothing before the WELCOME).
+  private incarnation (protocol: ProtocolName): Promise<string> {
+    const reading = this.reads.get(protocol)
+    if (reading) return reading
+    const sup = this.supervisor
+    const source = {
+      name: 'server',
+      address: this.cfg.server,
+      supervised: sup ? () => sup.incarnation : null,
+      agent: null,
+    }
+    // Within the handshake's own time limit, whatever the configuration.
+    const timeout = Math.min(this.cfg.health_check.timeout, HANDSHAKE_MS / 2)
+    const read = readIncarnation(source, protocol, timeout).catch(() => null)
+    const p = within(read, timeout).then((id) => {
+      this.reads.delete(protocol)
+      return id ?? ''
+    })
+    this.reads.set(protocol, p)
+    return p
   }
 
   // The front's session: the one held when it is the same front process, else a new one.
@@ -459,6 +505,13 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       throw new FtproxyError('ERR_FTPROXY_STATE', message, { file: this.epochFile })
     }
   }
+}
+
+// p's value, or null if it takes longer than ms.
+function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<null>((resolve) => { timer = setTimeout(resolve, ms, null) })
+  return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
 function protocolError (epoch: number, message: string): Frame {

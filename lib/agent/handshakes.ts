@@ -31,6 +31,8 @@ const LOG_EVERY_MS = 1000
 /** One connection's admission: what it holds of the large budget, and whether it is in. */
 export class Admission {
   reserved = 0
+  /** Its HELLO is valid and being answered: the WELCOME waits for the server's incarnation. */
+  answering = false
   accepted = false
 }
 

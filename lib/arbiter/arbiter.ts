@@ -7,7 +7,15 @@ export interface ArbiterState {
   primary: string | null // replica name
   stale: string[]        // replicas that missed inputs and may never serve until re-seeded
   owner: string          // id of the front that wrote it (hostname:pid:random); '' before any write
+  /**
+   * Per replica, the server process the state vouches for (see front/incarnation.ts):
+   * another process there lost the state. STOPPED: the front stopped it on purpose.
+   */
+  incarnations: Record<string, string>
 }
+
+/** Recorded for a supervised server that the front stopped with itself (a clean close). */
+export const STOPPED = 'stopped'
 
 export interface Arbiter {
   /**
@@ -27,5 +35,5 @@ export interface Arbiter {
 
 /** The state before anything was decided. */
 export function initialState (): ArbiterState {
-  return { epoch: 0, primary: null, stale: [], owner: '' }
+  return { epoch: 0, primary: null, stale: [], owner: '', incarnations: {} }
 }

@@ -175,7 +175,14 @@ function toState (value: unknown, file: string, what: string): ArbiterState {
     bad('stale must be a list of strings')
   }
   if (typeof v.owner !== 'string') bad('owner must be a string')
+  // Absent in state files written before incarnations were recorded: none known.
+  const inc = v.incarnations ?? {}
+  if (typeof inc !== 'object' || inc === null || Array.isArray(inc) ||
+    !Object.values(inc).every((s) => typeof s === 'string')) {
+    bad('incarnations must map replica names to strings')
+  }
   return {
+    incarnations: { ...(inc as Record<string, string>) },
     epoch: v.epoch as number,
     primary: v.primary as string | null,
     stale: [...(v.stale as string[])],

@@ -4,7 +4,7 @@ import type { Arbiter } from './arbiter.js'
 import { FileArbiter } from './file.js'
 
 export type { Arbiter, ArbiterState } from './arbiter.js'
-export { initialState } from './arbiter.js'
+export { initialState, STOPPED } from './arbiter.js'
 export { FileArbiter, lockName } from './file.js'
 
 /** The `arbiter:` config section (grows `tas` and `etcd` variants). */

@@ -14,6 +14,7 @@ import {
   MAX_DATA,
   MAX_STRING,
   type ResumePoint,
+  type WelcomeFrame,
 } from './frames.js'
 
 export {
@@ -138,6 +139,16 @@ function list<T> (items: T[], field: string): T[] {
   return items
 }
 
+function welcome (frame: WelcomeFrame): Buffer {
+  const inc = utf8(frame.incarnation, 'incarnation')
+  const acks = list(frame.acks, 'acks')
+  const w = head('WELCOME', frame.epoch, 2 + 8 + 2 + inc.length + 4 + 12 * acks.length)
+  w.u16(frame.version, 'version').u64(frame.applied, 'applied').str(inc)
+  w.u32(acks.length, 'acks.length')
+  for (const a of acks) w.u32(a.conn, 'acks.conn').u64(a.seq, 'acks.seq')
+  return w.buf
+}
+
 /**
  * The buffers to write for `frame`, in order. DATA and OUT give [header, data] with the
  * caller's data buffer itself (never copied); every other frame is one buffer.
@@ -156,13 +167,8 @@ export function encode (frame: Frame): Buffer[] {
       for (const r of resume) w.u32(r.conn, 'resume.conn').u64(r.offset, 'resume.offset')
       return [w.buf]
     }
-    case 'WELCOME': {
-      const acks = list(frame.acks, 'acks')
-      const w = head('WELCOME', frame.epoch, 2 + 8 + 4 + 12 * acks.length)
-      w.u16(frame.version, 'version').u64(frame.applied, 'applied').u32(acks.length, 'acks.length')
-      for (const a of acks) w.u32(a.conn, 'acks.conn').u64(a.seq, 'acks.seq')
-      return [w.buf]
-    }
+    case 'WELCOME':
+      return [welcome(frame)]
     case 'OPEN':
     case 'EOF':
     case 'CLOSE':
@@ -295,9 +301,10 @@ function decodeFrame (buf: Buffer, start: number, end: number): Frame {
     case FrameType.WELCOME: {
       const version = r.u16()
       const applied = r.u64()
+      const incarnation = r.str()
       const acks: ConnAck[] = []
       for (let n = r.count(12); n > 0; n--) acks.push({ conn: r.u32(), seq: r.u64() })
-      return r.done({ type: 'WELCOME', epoch, version, applied, acks })
+      return r.done({ type: 'WELCOME', epoch, version, applied, incarnation, acks })
     }
     case FrameType.OPEN:
       return r.done({ type: 'OPEN', epoch, seq: r.u64(), conn: r.u32() })

@@ -11,7 +11,7 @@
 //
 //    1 HELLO      'FTPX' | version u16 | frontId str | window u32 | protocol str |
 //                 n u32 | n × (conn u32, offset u64)
-//    2 WELCOME    version u16 | applied u64 | n u32 | n × (conn u32, seq u64)
+//    2 WELCOME    version u16 | applied u64 | incarnation str | n u32 | n × (conn u32, seq u64)
 //    3 OPEN       seq u64 | conn u32
 //    4 DATA       seq u64 | conn u32 | data (rest of the frame, non-empty)
 //    5 EOF        seq u64 | conn u32
@@ -29,7 +29,8 @@
 // (the stream position is lost, so the caller closes the channel).
 
 // 2: HELLO names the application protocol (the agent frames and orders by it).
-export const PROTOCOL_VERSION = 2
+// 3: WELCOME names the server's incarnation (lib/incarnation.ts).
+export const PROTOCOL_VERSION = 3
 export const MAGIC = 'FTPX'
 /** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
 export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
@@ -86,6 +87,11 @@ export interface WelcomeFrame {
   epoch: number
   version: number
   applied: number
+  /**
+   * Which server process the agent applies to (lib/incarnation.ts): it changes whenever the
+   * server restarts. Empty: the agent cannot tell.
+   */
+  incarnation: string
   acks: ConnAck[]
 }
 interface OpenFrame { type: 'OPEN', epoch: number, seq: number, conn: number }

@@ -30,6 +30,13 @@ export const AGENT_DEFAULTS: Readonly<AgentDefaults> = deepFreeze({
   log: { ...DEFAULTS.log },
 })
 
+/** The `reseed` section's defaults, once it is given (it has no default `command`). */
+export const RESEED_DEFAULTS = deepFreeze({
+  timeout: 60_000,
+  open_connections: 'reattach' as const,
+  auto: true,
+})
+
 /** Below this, max_lag would stall every connection on a single socket read. */
 export const MIN_MAX_LAG = 64 * 1024
 

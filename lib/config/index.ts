@@ -19,10 +19,11 @@
 // Addresses (HostPort, parseHostPort, formatHostPort, isLoopback, reaches) are in
 // ../address.ts.
 
-export type { AgentConfig, Config, ReplicaConfig, TlsConfig } from './types.js'
+export type { AgentConfig, Config, ReplicaConfig, ReseedConfig, TlsConfig } from './types.js'
 export { AGENT_DEFAULTS, DEFAULTS } from './defaults.js'
 export { formatDuration, formatSize, parseDuration, parseSize } from './units.js'
 export {
   FLAGS_FILE, agentConfigFromFlags, loadAgentConfig, loadConfig, parseAgentConfig, parseConfig,
 } from './load.js'
 export { renderAgentConfig, renderConfig } from './render.js'
+export { configWarnings } from './warnings.js'

@@ -47,10 +47,20 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
     arbiter: { kind: c.arbiter.kind },
     log: { level: c.log.level, format: c.log.format },
     admin,
+    ...(c.reseed !== undefined
+      ? {
+          reseed: {
+            command: c.reseed.command,
+            timeout: formatDuration(c.reseed.timeout),
+            open_connections: c.reseed.open_connections,
+            auto: c.reseed.auto,
+          },
+        }
+      : {}),
   }
   return toYaml(plain,
     ['health_check', 'timeouts', 'limits', 'arbiter', 'log', 'admin'],
-    c.replicas.map((_, i) => ['replicas', i, 'command']))
+    [...c.replicas.map((_, i) => ['replicas', i, 'command']), ['reseed', 'command']])
 }
 
 /**

@@ -6,7 +6,9 @@ import { z } from 'zod'
 import { formatHostPort, parseHostPort, reaches, type HostPort } from '../address.js'
 import { PROTOCOL_NAMES } from '../protocol/types.js'
 import { describe } from '../util/describe.js'
-import { AGENT_DEFAULTS, DEFAULTS, MAX_DURATION, MIN_MAX_LAG } from './defaults.js'
+import {
+  AGENT_DEFAULTS, DEFAULTS, MAX_DURATION, MIN_MAX_LAG, RESEED_DEFAULTS,
+} from './defaults.js'
 import { unknownKeyMessage, type KnownKeys } from './issues.js'
 import type { Config, ReplicaConfig } from './types.js'
 import { formatDuration, formatSize, parseDuration, parseSize } from './units.js'
@@ -251,6 +253,13 @@ const adminShape = {
     .optional(),
 }
 
+const reseedShape = {
+  command,
+  timeout: duration.default(RESEED_DEFAULTS.timeout),
+  open_connections: z.enum(['reattach', 'close']).default(RESEED_DEFAULTS.open_connections),
+  auto: z.boolean({ error: 'expected true or false' }).default(RESEED_DEFAULTS.auto),
+}
+
 const rootShape = {
   listen: hostPort.default(() => ({ ...d.listen })),
   state_dir: stateDir(d.state_dir),
@@ -264,6 +273,7 @@ const rootShape = {
   arbiter: arbiter.default(() => ({ ...d.arbiter })),
   log,
   admin: z.strictObject(adminShape).default(() => ({ listen: { ...d.admin.listen } })),
+  reseed: z.strictObject(reseedShape).optional(),
 }
 
 interface RootInput {
@@ -315,6 +325,7 @@ export const KNOWN_KEYS: KnownKeys = {
   limits: Object.keys(limitsShape),
   log: Object.keys(logShape),
   admin: Object.keys(adminShape),
+  reseed: Object.keys(reseedShape),
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,6 +57,19 @@ export interface Config {
   arbiter: { kind: 'file' }
   log: { level: 'error' | 'warn' | 'info' | 'debug', format: 'json' | 'text' }
   admin: { listen: HostPort, token?: string }
+  /** Re-protection: how a stale replica is brought back in sync (absent: it stays stale). */
+  reseed?: ReseedConfig
+}
+
+export interface ReseedConfig {
+  /** argv; prints `ready` after its prepare phase, gets `cut` on stdin, exits 0 when done. */
+  command: string[]
+  /** The whole re-seed, prepare included (ms). */
+  timeout: number
+  /** What becomes of client connections open at the cut. */
+  open_connections: 'reattach' | 'close'
+  /** Re-seed without being asked: after a restart, a return, a divergence. */
+  auto: boolean
 }
 
 export interface AgentConfig {

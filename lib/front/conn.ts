@@ -16,7 +16,8 @@ import { OutputStream, type Mismatch } from './output.js'
 import { ReplyAligner, type RawReason } from './replies.js'
 import type { Replica } from './replica.js'
 import { protocolFor } from '../protocol/index.js'
-import type { Session } from '../protocol/types.js'
+import type { Carry, Session } from '../protocol/types.js'
+import { ReplaySkips } from './replay.js'
 
 /** The part of a client socket a connection uses (a net.Socket in production). */
 export interface ClientSocket {
@@ -50,6 +51,10 @@ export interface FrontCounters {
   turn_wait_ms: number
   /** Backup replies counted and dropped, not compared (they legitimately differ). */
   uncompared_replies: number
+  /** Re-seeds that succeeded, that failed, and connections closed at their cuts. */
+  reseeds: number
+  reseed_failures: number
+  reseed_closed: number
 }
 
 /** Upper bounds (ms) of the turn-wait histogram's buckets; the last bucket is +Inf. */
@@ -132,6 +137,10 @@ export class Conn {
   private readonly session: Session | null = null
   /** Protocols with replies that legitimately differ: makes every replica's output comparable. */
   private readonly aligner: ReplyAligner | null = null
+  /** Replicas joined at a re-seed's cut: the replies to their session's replay, to drop. */
+  private replays: ReplaySkips | null = null
+  /** Closed at a re-seed's cut: what the client sends now is not taken. */
+  private cutOff = false
 
   constructor (readonly id: number, readonly socket: ClientSocket, private readonly env: ConnEnv) {
     const serving = env.replicas.map((r) => r.serving)
@@ -155,6 +164,7 @@ export class Conn {
   // ---- client events ----------------------------------------------------------------------
 
   onData (data: Buffer): void {
+    if (this.cutOff) return
     this.env.counters.bytes_in += data.length
     if (this.session && this.session.fallback === null) this.frame(this.session, data)
     this.append('DATA', data)
@@ -195,7 +205,7 @@ export class Conn {
 
   onAck (r: Replica, e: Entry): void {
     const side = this.side(r)
-    side.ackSeq = e.seq
+    side.ackSeq = Math.max(side.ackSeq, e.seq)
     if (e.data) {
       side.acked += e.data.length
       this.resumeIfDrained()
@@ -213,6 +223,12 @@ export class Conn {
 
   onOutput (r: Replica, data: Buffer): void {
     if (!r.serving || !this.stream.isLive(r.index)) return // dropped here (a failed splice)
+    // A replay refused: its session there is not the client's; what it runs may differ.
+    if (this.replays) {
+      data = this.replays.take(r.index, data, () => this.env.diverged(r, this.id,
+        this.stream.producedBy(r.index), NONE, NONE, 'its session could not be replayed'))
+    }
+    if (data.length === 0 || !r.serving) return
     if (this.aligner) this.aligner.output(r.index, data)
     else this.canonical(r, data)
   }
@@ -345,13 +361,61 @@ export class Conn {
     this.socket.destroy()
   }
 
+  // ---- a re-seed's cut (input held, every replica in sync) -----------------------------------
+
+  /** Replica r joins: it owes nothing of this connection's past, and takes no part yet. */
+  joinSide (r: Replica): void {
+    this.sides[r.index] = {
+      acked: this.logged,
+      ackSeq: this.lastSeq,
+      open: false,
+      paused: false,
+      eofAt: null,
+      eofOk: false,
+      reset: false,
+    }
+  }
+
+  /** How this connection can go on on a replica that joins now (see Session.carry). */
+  carry (): Carry {
+    if (this.gone || this.ended || this.cutOff) return { refused: 'ending' }
+    if (this.sides.some((s) => s.eofAt !== null)) return { refused: 'ending' }
+    return this.session?.carry?.() ?? { replay: NONE }
+  }
+
+  /** ...and it does: r gets a fresh server connection for it (its transport opens it). */
+  reattach (r: Replica, replay: Buffer): void {
+    this.side(r).open = true
+    this.stream.join(r.index)
+    this.aligner?.join(r.index)
+    this.replays ??= new ReplaySkips(protocolFor(this.env.config.protocol))
+    this.replays.add(r.index, replay)
+  }
+
+  /**
+   * ...or it cannot: the client gets everything released (it all is, in sync), then an end;
+   * what it sends after is not taken, and its close ends it everywhere.
+   */
+  closeAtCut (): void {
+    this.cutOff = true
+    this.ended = true
+    this.commit()
+    for (const buf of this.stream.take()) {
+      this.env.counters.bytes_out += buf.length
+      this.socket.write(buf)
+    }
+    this.socket.end(() => this.socket.destroy())
+  }
+
   /**
    * Every serving replica produced the same bytes and ended (or not) at the same offset; or
    * all ended, one with a reset, having produced the same bytes as far as each went.
    */
   inSync (): boolean {
     if (!this.stream.inSync || !(this.aligner?.idle ?? true)) return false
-    const ends = this.env.replicas.filter((r) => r.serving).map((r) => this.side(r))
+    if (this.replays?.pending === true) return false
+    const ends = this.env.replicas
+      .filter((r) => r.serving && this.stream.isLive(r.index)).map((r) => this.side(r))
     if (ends.every((e) => e.eofAt !== null) && ends.some((e) => e.reset)) return true
     return ends.every((e) => e.eofAt === ends[0]?.eofAt)
   }

@@ -88,6 +88,34 @@ export class ConnTable {
     for (const c of this.conns.values()) c.swap(from, to, now)
   }
 
+  /**
+   * Replica r joins at a re-seed's cut (input held, every replica in sync). Each open
+   * connection goes on on it (`open` gives r a fresh server connection, with the requests
+   * that recreate its session), unless the policy or its session rule that out: those are
+   * returned, to be closed once r serves (closeAtCut).
+   */
+  join (r: Replica, policy: 'reattach' | 'close',
+    open: (conn: number, replay: Buffer) => void): { closing: Conn[], reattached: number } {
+    const out: Conn[] = []
+    let reattached = 0
+    for (const c of this.conns.values()) {
+      c.joinSide(r)
+      const carry = c.carry()
+      if ('refused' in carry) {
+        if (carry.refused === 'ending') continue // on its way out: nothing to carry
+        this.env.log.info('reseed_conn_closed', { conn: c.id, reason: carry.refused })
+        out.push(c)
+      } else if (policy === 'close') {
+        out.push(c)
+      } else {
+        open(c.id, carry.replay)
+        c.reattach(r, carry.replay)
+        reattached++
+      }
+    }
+    return { closing: out, reattached }
+  }
+
   inSync (): boolean {
     for (const c of this.conns.values()) if (!c.inSync()) return false
     return true

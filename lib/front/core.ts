@@ -25,6 +25,8 @@ export interface CoreOptions {
   counters: FrontCounters
   /** The metrics hook for commit waits, read at each release. */
   onCommitWait?: () => ((seconds: number) => void) | undefined
+  /** A replica's server process now (lib/incarnation.ts). @default none can be told */
+  incarnation?: (r: Replica) => Promise<string | null>
 }
 
 export interface Core {
@@ -53,7 +55,8 @@ export function createCore (o: CoreOptions): Core {
     forget: (c) => conns.forget(c),
   }
   const conns = new ConnTable(env)
-  const roles: Roles = new Roles({ ...o, conns, input, lifecycle })
+  const incarnation = o.incarnation ?? (() => Promise.resolve(null))
+  const roles: Roles = new Roles({ ...o, conns, input, lifecycle, incarnation })
   return { lifecycle, input, conns, roles }
 }
 
@@ -72,5 +75,8 @@ export function newCounters (): FrontCounters {
     turn_wait_buckets: new Array<number>(TURN_WAIT_BOUNDS_MS.length + 1).fill(0),
     turn_wait_ms: 0,
     uncompared_replies: 0,
+    reseeds: 0,
+    reseed_failures: 0,
+    reseed_closed: 0,
   }
 }

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks'
 import { randomBytes } from 'node:crypto'
 import os from 'node:os'
 import { formatHostPort, type HostPort } from '../address.js'
-import { createArbiter, type Arbiter } from '../arbiter/index.js'
+import { createArbiter, type Arbiter, type ArbiterState } from '../arbiter/index.js'
 import type { Config } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import { waitReachable } from '../health.js'
@@ -33,6 +33,8 @@ import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import { Replica, transportFactory, type Role, type TransportFactory } from './replica.js'
 import type { FailoverInfo, FrontEvents, Roles } from './roles.js'
+import { checkAtStart, readIncarnation } from '../incarnation.js'
+import { Reseeder, type LastReseed } from './reseed.js'
 
 export type { FrontCounters } from './conn.js'
 export type { Role } from './replica.js'
@@ -65,6 +67,14 @@ export interface ReplicaStatus {
   /** Serial protocols: entries it holds (acknowledged) that wait for their turn. */
   queued_entries: number
   pid?: number
+  /** Its re-seeds: attempts, failures, divergences, the last error, the next try (ms). */
+  reseed: {
+    attempts: number
+    failures: number
+    divergences: number
+    last_error: string | null
+    retry_in_ms: number
+  }
 }
 
 export interface FrontStatus {
@@ -86,6 +96,8 @@ export interface FrontStatus {
   /** What each buffer of a connection may hold now: max_lag, less when memory is tight. */
   lag_cap_bytes: number
   last_failover: FailoverInfo | null
+  /** Re-protection: the re-seed under way, counts, and the last one. */
+  reseed: { running: string | null, total: number, failed: number, last: LastReseed | null }
 }
 
 export interface FrontOptions {
@@ -94,6 +106,11 @@ export interface FrontOptions {
   arbiter?: Arbiter
   /** Defaults to direct (Applier) and agent (log channel) transports. */
   transport?: TransportFactory
+  /**
+   * `ftproxy run --accept-state-from NAME`: the operator vouches for this replica's state
+   * as it is now (every other replica is stale, to be re-seeded from it).
+   */
+  acceptStateFrom?: string
 }
 
 export class Front extends EventEmitter<FrontEvents> {
@@ -110,6 +127,8 @@ export class Front extends EventEmitter<FrontEvents> {
   private readonly input: InputLog
   private readonly conns: ConnTable
   private readonly roles: Roles
+  private readonly reseeder: Reseeder
+  private readonly acceptStateFrom?: string
   private server?: net.Server
   private bound?: HostPort
   private stallTimer?: NodeJS.Timeout
@@ -139,11 +158,22 @@ export class Front extends EventEmitter<FrontEvents> {
       events: this,
       counters: this.counters,
       onCommitWait: () => this.onCommitWait,
+      incarnation: (r) => this.incarnationOf(r),
     })
     this.lifecycle = core.lifecycle
     this.input = core.input
     this.conns = core.conns
     this.roles = core.roles
+    this.acceptStateFrom = opts.acceptStateFrom
+    this.reseeder = new Reseeder({
+      config: () => this.cfg,
+      replicas: this.replicas,
+      roles: this.roles,
+      lifecycle: this.lifecycle,
+      log: this.logger,
+      counters: this.counters,
+    })
+    this.on('roles', () => this.reseeder.poke())
   }
 
   /** The bound client-facing address (after start). */
@@ -159,7 +189,8 @@ export class Front extends EventEmitter<FrontEvents> {
     } catch (err) {
       this.teardown()
       this.server?.close()
-      await this.stopReplicas()
+      // Servers it adopted hold the data: they run on, for the next front to adopt.
+      for (const r of this.replicas) r.supervisor?.release()
       await this.arbiter.close()
       throw err
     }
@@ -167,10 +198,11 @@ export class Front extends EventEmitter<FrontEvents> {
 
   private async begin (state: Awaited<ReturnType<Arbiter['open']>>): Promise<void> {
     const roles = this.roles
-    roles.load(state)
+    roles.load(this.accepting(state))
     this.maxConnections = this.connectionLimit()
     for (const r of this.replicas) r.supervise(this.cfg, this.logger, (why) => roles.onExit(r, why))
     await this.awaitReplicas()
+    await this.checkIncarnations()
     await roles.takeEpoch()
     for (const r of this.replicas) {
       if (r.serving) roles.attach(r)
@@ -184,6 +216,7 @@ export class Front extends EventEmitter<FrontEvents> {
       // checked like a direct one until it answers (then it may join, see onHealthUp).
       if (!r.viaAgent || !r.serving) r.health.start()
     }
+    await this.agentsReported()
     const stallEvery = Math.max(20, Math.min(1000, Math.floor(this.cfg.timeouts.stall / 5)))
     roles.lastStallCheck = performance.now()
     this.stallTimer = setInterval(() => roles.checkStalls(stallEvery), stallEvery)
@@ -195,7 +228,10 @@ export class Front extends EventEmitter<FrontEvents> {
 
     await this.listen()
     this.lifecycle.set('serving', 'listening') // unless close() came first: closing is final
+    roles.started()
     roles.reportProtection('startup')
+    this.reseeder.start()
+    this.reseeder.poke()
   }
 
   status (): FrontStatus {
@@ -215,6 +251,13 @@ export class Front extends EventEmitter<FrontEvents> {
         lag_bytes: lag.get(r) ?? 0,
         queued_entries: r.transport?.queued ?? 0,
         pid: r.supervisor?.pid,
+        reseed: {
+          attempts: r.reseed.attempts,
+          failures: r.reseed.failures,
+          divergences: r.reseed.divergences,
+          last_error: r.reseed.lastError,
+          retry_in_ms: Math.max(0, Math.round(r.reseed.notBefore - performance.now())),
+        },
       })),
       protected_since: roles.protectedSince.toISOString(),
       connections: this.conns.size,
@@ -224,7 +267,18 @@ export class Front extends EventEmitter<FrontEvents> {
       buffered_bytes: this.conns.usage(),
       lag_cap_bytes: this.conns.lagCap(),
       last_failover: roles.lastFailover,
+      reseed: {
+        running: this.reseeder.running?.name ?? null,
+        total: this.reseeder.total,
+        failed: this.reseeder.failed,
+        last: this.reseeder.last,
+      },
     }
+  }
+
+  /** Re-seed stale replica `name` now (POST /reseed); resolves once it joined as a backup. */
+  reseed (name: string): Promise<LastReseed> {
+    return this.reseeder.request(name)
   }
 
   /**
@@ -279,6 +333,7 @@ export class Front extends EventEmitter<FrontEvents> {
     await closed
     this.teardown()
     await this.stopReplicas()
+    await this.roles.stopped(this.replicas.filter((r) => r.supervisor).map((r) => r.name))
     await this.roles.settled()
     await this.arbiter.close()
     this.logger.info('shutdown', {})
@@ -303,6 +358,95 @@ export class Front extends EventEmitter<FrontEvents> {
       r.health.state = 'down'
       this.roles.setRole(r, 'down', 'unreachable at startup')
     }))
+  }
+
+  // ---- incarnations ----------------------------------------------------------------------
+
+  private incarnationOf (r: Replica): Promise<string | null> {
+    const sup = r.supervisor
+    const source = {
+      name: r.name,
+      address: r.address,
+      supervised: sup ? () => sup.incarnation : null,
+      agent: r.viaAgent ? () => r.transport?.incarnation ?? null : null,
+    }
+    return readIncarnation(source, this.cfg.protocol, this.cfg.health_check.timeout)
+  }
+
+  /**
+   * Agents name their servers' incarnations in their handshakes, once their channels are up:
+   * wait for that (bounded) before any client is served, so that a server that restarted is
+   * never served from. If every one restarted, nothing may serve.
+   */
+  private async agentsReported (): Promise<void> {
+    const agents = this.replicas.filter((r) => r.viaAgent && r.serving)
+    if (agents.length === 0 || this.acceptStateFrom !== undefined) return
+    const deadline = performance.now() + 2 * this.cfg.timeouts.connect
+    await Promise.all(agents.map((r) => new Promise<void>((resolve) => {
+      const t = r.transport
+      const timer = setTimeout(resolve, Math.max(0, deadline - performance.now()))
+      const done = (): void => { clearTimeout(timer); resolve() }
+      t?.once('incarnation', done)
+      t?.once('failed', done)
+      if (!t) done()
+    })))
+    const restarted = [...this.roles.restartedAtStart]
+    if (restarted.length === 0) return
+    if (this.replicas.every((r) => !r.serving || restarted.includes(r.name))) {
+      throw new FtproxyError('ERR_FTPROXY_STATE_LOST',
+        `the servers behind ${restarted.join(', ')} restarted since the state was recorded: ` +
+        'none holds the data any more. If one does, start with --accept-state-from NAME',
+        { replicas: restarted })
+    }
+    this.roles.restarted(restarted)
+    // The primary's server restarted: serve from another, in a new epoch (nothing was served).
+    if (this.roles.primary.role !== 'primary') await this.roles.takeEpoch()
+    else await this.roles.cas({ epoch: this.roles.state.epoch + 1, primary: null })
+  }
+
+  // --accept-state-from NAME: that replica is the primary, in sync; every other is stale.
+  private accepting (state: ArbiterState): ArbiterState {
+    const name = this.acceptStateFrom
+    if (name === undefined) return state
+    if (!this.replicas.some((r) => r.name === name)) {
+      throw new FtproxyError('ERR_FTPROXY_NO_REPLICA', `--accept-state-from: no replica ${name}`)
+    }
+    const stale = this.replicas.filter((r) => r.name !== name).map((r) => r.name)
+    const incarnations = { ...state.incarnations }
+    delete incarnations[name] // whatever runs there now is what the operator vouches for
+    this.logger.warn('state_accepted', { replica: name, stale, previous: state })
+    return { ...state, primary: name, stale, incarnations }
+  }
+
+  /**
+   * A replica whose server is not the process the state vouched for lost its state: it is
+   * stale. If every one did, nothing may serve (ERR_FTPROXY_STATE_LOST) until an operator
+   * vouches for one (--accept-state-from).
+   */
+  private async checkIncarnations (): Promise<void> {
+    const now = await Promise.all(this.replicas.map(async (r) => ({
+      name: r.name,
+      stale: r.role === 'stale',
+      now: r.role === 'down' ? null : await this.incarnationOf(r),
+    })))
+    const recorded = this.roles.incarnations
+    const check = checkAtStart(now, recorded)
+    for (const s of check.stale) {
+      this.logger.error('replica_restarted', { replica: s.name, recorded: s.was, now: s.now })
+    }
+    if (check.lost) {
+      const what = check.stale.map((s) => `${s.name} (was ${s.was}, now ${s.now})`).join(', ')
+      throw new FtproxyError('ERR_FTPROXY_STATE_LOST',
+        `every replica's server restarted since the state was recorded: ${what}; none holds ` +
+        'the data any more. If one does, start with --accept-state-from NAME',
+        { replicas: check.stale })
+    }
+    this.roles.restarted(check.stale.map((s) => s.name))
+    for (const n of now) {
+      if (n.now !== null && !n.stale && !check.stale.some((s) => s.name === n.name)) {
+        recorded[n.name] = n.now
+      }
+    }
   }
 
   // Each client costs about 1 + replicas descriptors (its socket and one per replica): a
@@ -337,6 +481,7 @@ export class Front extends EventEmitter<FrontEvents> {
   }
 
   private teardown (): void {
+    this.reseeder.stop()
     clearInterval(this.stallTimer)
     clearInterval(this.pausedProbeTimer)
     clearInterval(this.budgetTimer)

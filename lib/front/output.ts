@@ -50,6 +50,21 @@ interface Side {
 
 const DUMP = 16
 
+/** A replica's side, from `produced` on: owing nothing, holding nothing. */
+function newSide (live: boolean, produced: number): Side {
+  return {
+    live,
+    produced,
+    ahead: [],
+    aheadBytes: 0,
+    oweTarget: -1,
+    oweSince: 0,
+    suspended: false,
+    finished: false,
+    short: false,
+  }
+}
+
 export class OutputStream {
   private readonly chunks = new Queue<Chunk>()
   end = 0
@@ -60,17 +75,7 @@ export class OutputStream {
 
   constructor (live: boolean[], primary: number) {
     this.primary = primary
-    this.sides = live.map((l) => ({
-      live: l,
-      produced: 0,
-      ahead: [],
-      aheadBytes: 0,
-      oweTarget: -1,
-      oweSince: 0,
-      suspended: false,
-      finished: false,
-      short: false,
-    }))
+    this.sides = live.map((l) => newSide(l, 0))
   }
 
   /** Whether replica r still takes part in this connection. */
@@ -215,6 +220,15 @@ export class OutputStream {
     side.aheadBytes = 0
     this.clearDebts(now)
     this.trim()
+  }
+
+  /**
+   * Replica r joins at the reference's end (a re-seed's cut: every replica has produced
+   * exactly the reference then); its bytes are compared from there on.
+   */
+  join (r: number): void {
+    this.side(r) // it must exist
+    this.sides[r] = newSide(true, this.end)
   }
 
   /**

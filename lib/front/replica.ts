@@ -1,7 +1,8 @@
 // One replica as the front sees it: where it is reached, its role, the transport that feeds
 // it the log, the supervisor of its process (if the front runs it) and its health check.
 
-import type { HostPort } from '../address.js'
+import path from 'node:path'
+import { formatHostPort, type HostPort } from '../address.js'
 import type { Config, ReplicaConfig } from '../config/index.js'
 import { HealthCheck } from '../health.js'
 import type { Logger } from '../logger.js'
@@ -11,11 +12,31 @@ import { protocolFor } from '../protocol/index.js'
 import type { Transport } from '../replica/transport.js'
 import { Supervisor } from '../supervise.js'
 
-export type Role = 'primary' | 'backup' | 'stale' | 'down'
+export type Role = 'primary' | 'backup' | 'seeding' | 'stale' | 'down'
+
+/** Its re-seeds so far (front/reseed.ts), as /status shows them. */
+export interface ReseedState {
+  /** Re-seeds started, and of them those that failed. */
+  attempts: number
+  failures: number
+  /** Failures in a row: the next automatic attempt waits 10 s doubling per failure. */
+  streak: number
+  /** Divergences found on it (each makes it stale; with reseed.auto, re-seeded). */
+  divergences: number
+  /** Not before this (performance.now() ms): a backoff after failures or divergences. */
+  notBefore: number
+  /** When it last joined by a re-seed (performance.now() ms), 0 never. */
+  joinedAt: number
+  lastError: string | null
+}
 
 export class Replica {
   role: Role = 'backup'
   transport: Transport | null = null
+  readonly reseed: ReseedState = {
+    attempts: 0, failures: 0, streak: 0, divergences: 0, notBefore: 0, joinedAt: 0, lastError: null,
+  }
+
   supervisor?: Supervisor
   readonly health: HealthCheck
   readonly log: Logger
@@ -54,7 +75,12 @@ export class Replica {
     const command = this.cfg.command
     if (!command) return
     const stopTimeoutMs = config.timeouts.linger
-    this.supervisor = new Supervisor({ name: this.name, command, log, stopTimeoutMs })
+    // The record lets the next front adopt the server if this one dies (a crash, not close()).
+    const record = path.join(config.state_dir, 'servers', `${this.name}.json`)
+    const address = this.cfg.address ? formatHostPort(this.cfg.address) : undefined
+    this.supervisor = new Supervisor({
+      name: this.name, command, log, stopTimeoutMs, record, address,
+    })
     this.supervisor.on('exit', (code, signal) => {
       onExit(`process exited (code ${code}, signal ${signal})`)
     })
@@ -62,14 +88,18 @@ export class Replica {
   }
 }
 
-/** Builds the transport that feeds a replica the log (a seam: tests pass fakes). */
-export type TransportFactory = (r: Replica) => Transport
+/**
+ * Builds the transport that feeds a replica the log (a seam: tests pass fakes). `joined`: it
+ * starts in the middle of the log (a re-seed's cut), as a session of its own.
+ */
+export type TransportFactory = (r: Replica, joined?: boolean) => Transport
 
 /** Direct replicas get an Applier, agent replicas the log channel. */
 export function transportFactory (
   config: () => Config, frontId: string, epoch: () => number
 ): TransportFactory {
-  return (r) => {
+  let joins = 0
+  return (r, joined = false) => {
     const { timeouts, health_check: hc, limits, protocol: name } = config()
     const protocol = protocolFor(name)
     if (!r.cfg.agent) {
@@ -80,7 +110,8 @@ export function transportFactory (
     return new AgentTransport({
       address: r.cfg.agent,
       tls: r.cfg.tls,
-      frontId,
+      // An agent resumes the session of the same front id: a joined replica starts anew.
+      frontId: joined ? `${frontId}/join-${++joins}` : frontId,
       epoch,
       window: limits.max_lag,
       protocol: name,

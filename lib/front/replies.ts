@@ -132,7 +132,7 @@ export class ReplyAligner {
   private mirror: Mirror | null = null
   private readonly emitter: Emitter
 
-  constructor (session: Session, live: readonly boolean[], primary: number,
+  constructor (private readonly session: Session, live: readonly boolean[], primary: number,
     private readonly hooks: AlignerHooks) {
     this.ref = primary
     this.sides = live.map((l, r) =>
@@ -216,11 +216,25 @@ export class ReplyAligner {
   drop (r: number): void {
     const s = this.sides[r]
     if (!s) return
+    if (s.reader) this.session.release?.(s.reader)
     s.live = false
     s.mode = 'raw'
     s.clearOpen()
     s.takeQueue()
     this.trim()
+  }
+
+  /**
+   * Replica r joins at a re-seed's cut, at a reply boundary (idle: every replica has passed
+   * every reply): its next reply is the reference's next.
+   */
+  join (r: number): void {
+    const old = this.sides[r]?.reader
+    if (old) this.session.release?.(old)
+    const s = new Side(this.session.reader(), true, 'start')
+    s.replies = this.refReplies
+    s.uncompared = this.sides[this.ref]?.uncompared ?? this.recBase + this.records.length
+    this.sides[r] = s
   }
 
   /**

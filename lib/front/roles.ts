@@ -12,7 +12,7 @@
 
 import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
-import type { Arbiter, ArbiterState } from '../arbiter/index.js'
+import { STOPPED, type Arbiter, type ArbiterState } from '../arbiter/index.js'
 import type { Config } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
@@ -21,6 +21,11 @@ import { TURN_WAIT_BOUNDS_MS, type FrontCounters } from './conn.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import type { Replica, Role, TransportFactory } from './replica.js'
+import { JoinedTransport } from '../replica/joined.js'
+import { compare } from '../incarnation.js'
+import { cut, type CutInfo, type CutOptions } from './cut.js'
+import { noteDivergence } from './reseed.js'
+import type { Transport } from '../replica/transport.js'
 import { PAUSE_MS } from '../util/timer.js'
 
 export interface FailoverInfo {
@@ -62,6 +67,8 @@ export interface RolesOptions {
   config: () => Config
   transport: TransportFactory
   hooks: RoleHooks
+  /** The server process a replica is now (lib/incarnation.ts); null: cannot be told. */
+  incarnation: (r: Replica) => Promise<string | null>
 }
 
 const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
@@ -81,11 +88,21 @@ export class Roles {
    * failover that came in meanwhile runs (the lifecycle is `failing_over` then).
    */
   private switchingTo: Replica | null = null
+  /** A re-seed's cut holds input too. */
+  cutting = false
+  /** The replica whose cut is being recorded: no longer stale in that record. */
+  joining: Replica | null = null
   /** The primary the arbiter is (being) told about: moves before a failover's test-and-set. */
   private arbiterPrimary = ''
   private arbiterQueue: Promise<unknown> = Promise.resolve()
   /** When the last stall check ran (null: none yet; set when the checks start). */
   lastStallCheck: number | null = null
+  /** Per replica, the server process the state vouches for (ArbiterState.incarnations). */
+  incarnations: Record<string, string> = {}
+  /** Agent replicas whose handshake named another server process before serving began. */
+  readonly restartedAtStart = new Set<string>()
+  /** Replicas that failed before serving began: failed once it has. */
+  private readonly failedAtStart = new Map<Replica, string>()
   /** The last test-and-set failed with an error, not a lost race: its cause. */
   private arbiterFault: string | null = null
   private readonly o: RolesOptions
@@ -100,7 +117,7 @@ export class Roles {
 
   /** A switchover holds every client's input: none is read, new clients wait. */
   get holding (): boolean {
-    return this.switchingTo !== null
+    return this.switchingTo !== null || this.cutting
   }
 
   // ---- startup ----------------------------------------------------------------------------
@@ -108,6 +125,7 @@ export class Roles {
   /** Roles from the arbiter's record: stale stays stale, the recorded primary is primary. */
   load (state: ArbiterState): void {
     this.state = state
+    this.incarnations = { ...state.incarnations }
     const byName = new Map(this.replicas.map((r) => [r.name, r]))
     for (const name of [state.primary, ...state.stale]) {
       if (name !== null && !byName.has(name)) {
@@ -130,6 +148,58 @@ export class Roles {
     this.o.log.info('state_loaded', { epoch, primary: primary.name, stale })
   }
 
+  /**
+   * An agent named its server's incarnation (each time its channel connects): another
+   * process than the state vouched for lost the state; an unknown one is recorded.
+   */
+  reported (r: Replica, id: string | null): void {
+    const verdict = compare(this.incarnations[r.name], id)
+    if (verdict === 'same' || id === null) return
+    if (verdict !== 'changed') {
+      this.incarnations[r.name] = id
+      return
+    }
+    r.log.error('replica_restarted', { recorded: this.incarnations[r.name], now: id })
+    // Before the front serves, the start decides (Front.agentsReported); after, a failure.
+    if (this.o.lifecycle.is('starting')) this.restartedAtStart.add(r.name)
+    else this.fail(r, 'its server restarted: its state is gone')
+  }
+
+  /** Serving began: what failed before now fails for real. */
+  started (): void {
+    const failed = [...this.failedAtStart]
+    this.failedAtStart.clear()
+    for (const [r, why] of failed) this.fail(r, why)
+  }
+
+  /** At start: these replicas' servers are not the processes the state vouched for. */
+  restarted (names: Iterable<string>): void {
+    const set = new Set(names)
+    for (const r of this.replicas) {
+      if (!set.has(r.name)) continue
+      r.detach()
+      this.setRole(r, 'stale', 'its server restarted: its state is gone')
+    }
+  }
+
+  /**
+   * close(): the front stopped these supervised servers; they come back empty. If that is
+   * every replica, they are all alike (empty): none is stale. Else they are stale.
+   */
+  async stopped (names: readonly string[]): Promise<void> {
+    if (names.length === 0 || this.state === undefined) return
+    const all = names.length === this.replicas.length
+    for (const r of this.replicas) {
+      if (names.includes(r.name)) this.incarnations[r.name] = STOPPED
+      if (all) {
+        if (r.role !== 'primary') r.role = 'backup'
+      } else if (names.includes(r.name)) {
+        r.role = 'stale'
+      }
+    }
+    await this.cas({ epoch: this.state.epoch + 1, primary: null })
+  }
+
   /** After the startup probes: serve from a reachable replica, in an epoch of our own. */
   async takeEpoch (): Promise<void> {
     if (this.primary.role !== 'primary') {
@@ -141,9 +211,8 @@ export class Roles {
     // Every front process serves in an epoch of its own: its log starts at seq 1, and agents
     // let a new front take over only with an epoch newer than the last one's.
     this.arbiterPrimary = this.primary.name
-    const { epoch, stale } = this.state
-    const next = { epoch: epoch + 1, primary: this.primary.name, stale, owner: '' }
-    if (!await this.cas(next)) {
+    const { epoch } = this.state
+    if (!await this.cas({ epoch: epoch + 1, primary: this.primary.name })) {
       const msg = 'lost the test-and-set for the first epoch'
       throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', msg)
     }
@@ -159,15 +228,21 @@ export class Roles {
     this.o.events.emit('roles')
   }
 
-  /** Give a serving replica its transport, its events routed to the connections. */
-  attach (r: Replica): void {
-    const t = this.o.transport(r)
+  /**
+   * Give a serving replica its transport, its events routed to the connections. `joined`:
+   * it joins in the middle of the log (a re-seed's cut), and sees only what it is given.
+   */
+  attach<J extends boolean = false> (r: Replica, joined?: J):
+  J extends true ? JoinedTransport : Transport
+  attach (r: Replica, joined = false): Transport {
+    const t = joined ? new JoinedTransport(this.o.transport(r, true)) : this.o.transport(r)
     const conns = this.o.conns
     r.transport = t
     r.health.prober = t.prober
     t.on('turn', (ms) => this.turnEnded(ms))
     t.on('control_refused', (reason) => r.log.warn('control_refused', { reason }))
     t.on('lane_off', (reason) => r.log.warn('lane_disabled', { reason }))
+    t.on('incarnation', (id) => this.reported(r, id))
     t.on('unframed', (conn, error) => {
       r.log.warn('replies_unaligned', { conn, reason: 'reader_error', error })
     })
@@ -184,6 +259,7 @@ export class Roles {
       if (r.viaAgent) r.health.state = 'down'
       this.fail(r, r.viaAgent ? `agent: ${err.message}` : `connect: ${code ?? err.message}`)
     })
+    return t
   }
 
   private turnEnded (ms: number): void {
@@ -198,13 +274,31 @@ export class Roles {
   /** Health says r answers again. */
   onHealthUp (r: Replica): void {
     this.o.log.info('replica_up', { replica: r.name })
-    // A replica that was down before any input was logged missed nothing: it may back up.
-    if (r.role === 'down' && this.o.input.lastSeq === 0 && this.o.lifecycle.active) {
-      this.setRole(r, 'backup', 'reachable before any input')
-      if (r.viaAgent) r.health.stop() // from now on its channel tells
-      this.attach(r)
-      this.reportProtection('backup joined')
+    if (this.mayJoinEmpty(r)) void this.joinEmpty(r)
+  }
+
+  // A replica that was down before any input was logged missed nothing: it may back up.
+  private mayJoinEmpty (r: Replica): boolean {
+    return r.role === 'down' && this.o.input.lastSeq === 0 && this.o.lifecycle.active
+  }
+
+  // ... unless its server is not the process the state vouched for: its state is gone.
+  private async joinEmpty (r: Replica): Promise<void> {
+    const now = await this.o.incarnation(r)
+    if (!this.mayJoinEmpty(r)) return
+    if (compare(this.incarnations[r.name], now) === 'changed') {
+      this.o.log.error('replica_restarted', {
+        replica: r.name, recorded: this.incarnations[r.name], now,
+      })
+      this.setRole(r, 'stale', 'its server restarted: its state is gone')
+      void this.persistStale()
+      return
     }
+    if (now !== null) this.incarnations[r.name] = now
+    this.setRole(r, 'backup', 'reachable before any input')
+    if (r.viaAgent) r.health.stop() // from now on its channel tells
+    this.attach(r)
+    this.reportProtection('backup joined')
   }
 
   /** r's supervised process exited. */
@@ -219,6 +313,8 @@ export class Roles {
 
   /** A replica failed: the primary is replaced, a backup is retired. */
   fail (r: Replica, reason: string): void {
+    // Before the front serves (it waits for its agents' handshakes), failures wait for it.
+    if (r.serving && this.o.lifecycle.is('starting')) this.failedAtStart.set(r, reason)
     if (!r.serving || !this.o.lifecycle.active) return
     this.o.log.warn('replica_down', { replica: r.name, reason, role: r.role })
     if (r === this.primary) void this.failover(reason, performance.now())
@@ -230,6 +326,7 @@ export class Roles {
     what: string): void {
     if (!r.serving) return
     this.o.counters.divergences++
+    noteDivergence(r.reseed)
     this.o.log.error('divergence', {
       replica: r.name,
       conn,
@@ -265,12 +362,20 @@ export class Roles {
   /** Take a backup out of service: it missed (or will miss) inputs, so it is stale. */
   private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
     r.detach()
+    this.checkAgain(r)
     // Before any input was logged nothing was missed: the replica is only down.
     this.setRole(r, role === 'stale' && this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
     this.o.conns.dropReplica(r)
     if (r.role === 'stale') void this.persistStale()
     this.reportProtection(`${r.name}: ${reason}`)
     this.o.conns.afterProgress()
+  }
+
+  // A replica out of service: checks made from now on tell when it answers again (and may be
+  // re-seeded); an agent replica's channel told its liveness while it served.
+  private checkAgain (r: Replica): void {
+    r.health.reset()
+    if (r.viaAgent) r.health.start()
   }
 
   // ---- failover ---------------------------------------------------------------------------
@@ -295,7 +400,7 @@ export class Roles {
       }
       epoch = this.state.epoch + 1
       this.arbiterPrimary = to.name
-      if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
+      if (!await this.cas({ epoch, primary: to.name })) {
         return this.stopServing(this.lost(`epoch ${epoch}`))
       }
       this.primary = to
@@ -324,6 +429,7 @@ export class Roles {
   // The failed primary leaves service: it missed input (stale) unless none was logged yet.
   private leave (old: Replica, reason: string): void {
     old.detach()
+    this.checkAgain(old)
     this.setRole(old, this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
   }
 
@@ -390,15 +496,12 @@ export class Roles {
     const stall = this.o.config().timeouts.stall
     const intervened = (): boolean =>
       !this.o.lifecycle.is('switching') || to.role !== 'backup' || this.primary !== from
-    while (!this.inSync()) {
-      if (performance.now() > t0 + stall || intervened()) {
-        throw notInSync(`${to.name} did not get in sync within ${stall}ms`)
-      }
-      await new Promise((resolve) => setTimeout(resolve, 2))
+    if (!await this.untilInSync(t0 + stall, intervened)) {
+      throw notInSync(`${to.name} did not get in sync within ${stall}ms`)
     }
     const epoch = this.state.epoch + 1
     this.arbiterPrimary = to.name
-    if (!await this.cas({ epoch, primary: to.name, stale: this.staleNames(), owner: '' })) {
+    if (!await this.cas({ epoch, primary: to.name })) {
       this.arbiterPrimary = from.name
       this.stopServing(this.lost(`epoch ${epoch} (switchover)`))
       throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', `lost the test-and-set for epoch ${epoch}`)
@@ -408,7 +511,7 @@ export class Roles {
       // one) decides. Put back the primary the arbiter should name if nothing else will.
       if (!this.o.lifecycle.is('failing_over') && this.primary === from) {
         this.arbiterPrimary = from.name
-        void this.cas({ epoch: this.state.epoch + 1, primary: null, stale: [], owner: '' })
+        void this.cas({ epoch: this.state.epoch + 1, primary: null })
       }
       throw notInSync(`a failure during the switchover to ${to.name}; the failover rules apply`)
     }
@@ -426,6 +529,21 @@ export class Roles {
     return info
   }
 
+  /** A re-seed's cut (front/cut.ts). */
+  cut (target: Replica, source: Replica, finish: () => Promise<void>,
+    opts: CutOptions): Promise<CutInfo> {
+    return cut(this, this.o, target, source, finish, opts)
+  }
+
+  /** Polls inSync() until it holds (true), the deadline passes or `intervened` says (false). */
+  async untilInSync (deadline: number, intervened: () => boolean): Promise<boolean> {
+    while (!this.inSync()) {
+      if (performance.now() > deadline || intervened()) return false
+      await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+    return true
+  }
+
   // Every entry acknowledged by every serving replica, every output produced by all alike.
   // Serial protocols acknowledge entries a replica holds before it runs them: in sync also
   // means none is still waiting for its turn.
@@ -436,8 +554,11 @@ export class Roles {
 
   // ---- arbiter ----------------------------------------------------------------------------
 
+  // Being re-seeded is being stale, until the cut is recorded.
   private staleNames (): string[] {
-    return this.replicas.filter((r) => r.role === 'stale').map((r) => r.name)
+    return this.replicas
+      .filter((r) => (r.role === 'stale' || r.role === 'seeding') && r !== this.joining)
+      .map((r) => r.name)
   }
 
   private persistStale (): Promise<void> {
@@ -446,21 +567,21 @@ export class Roles {
     if (stale.length === known.length && stale.every((n) => known.includes(n))) {
       return Promise.resolve()
     }
-    const next = { epoch: this.state.epoch + 1, primary: null, stale, owner: '' }
-    return this.cas(next).then((won) => {
+    return this.cas({ epoch: this.state.epoch + 1, primary: null }).then((won) => {
       if (!won) this.stopServing(this.lost('the stale replicas'))
     })
   }
 
-  // Test-and-set through the arbiter, one at a time. Epoch and stale set are computed when it
-  // runs; so is the primary when `next.primary` is null (a queued record of stale replicas
-  // must not name a primary that a failover moved meanwhile).
-  private cas (next: ArbiterState): Promise<boolean> {
+  // Test-and-set through the arbiter, one at a time. Epoch, stale set and incarnations
+  // are computed when it runs; so is the primary when `next.primary` is null (a queued record
+  // of stale replicas must not name a primary that a failover moved meanwhile).
+  cas (next: { epoch: number, primary: string | null }): Promise<boolean> {
     const run = async (): Promise<boolean> => {
       const expect = this.state.epoch
       const primary = next.primary ?? this.arbiterPrimary
       const epoch = Math.max(next.epoch, expect + 1)
-      const want = { ...next, primary, epoch, stale: this.staleNames() }
+      const incarnations = { ...this.incarnations }
+      const want = { primary, epoch, stale: this.staleNames(), owner: '', incarnations }
       try {
         const won = await this.o.arbiter.compareAndSet(expect, want)
         if (won) this.state = want
@@ -482,7 +603,7 @@ export class Roles {
   // Why serving stops after a test-and-set that did not win: lost to another front, or the
   // arbiter could not record it (a full state disk…). Either way a role change that is not
   // recorded must not be acted on: another front could act on the old record.
-  private lost (what: string): string {
+  lost (what: string): string {
     const fault = this.arbiterFault
     this.arbiterFault = null
     if (fault === null) return `lost the arbiter's test-and-set for ${what}`

@@ -24,9 +24,12 @@ export function captureCount (base: string): number {
       return Infinity // channel names: the session tracks the subscriptions
     case 'xread': case 'xreadgroup':
       return 16 // the options before STREAMS (at most 9 words)
-    case 'client': return 2 // CLIENT REPLY OFF
+    case 'client': return 2 // CLIENT REPLY OFF, CLIENT SETNAME name
     case 'xinfo': return 3 // XINFO STREAM key FULL
-    case 'hello': return 1 // the protocol version
+    // The session a connection carries to a fresh server connection (resp-carry.ts).
+    case 'hello': return 8 // protover AUTH user pass SETNAME name, and a repeat
+    case 'auth': return 2 // [user] password
+    case 'select': return 1
     default: return CONTAINERS.has(base) ? 1 : 0
   }
 }

@@ -85,11 +85,29 @@ export interface Session {
    */
   readonly fallback: string | null
   /**
+   * What this connection's session needs on a fresh server connection to go on there, for a
+   * replica joined at a re-seed's cut (every earlier request has been answered then).
+   * Optional: absent means the session carries nothing (every connection is alike).
+   */
+  carry? (): Carry
+  /**
+   * A reader of this session's is not used any more (its replica left): it is forgotten,
+   * and expects nothing more. Optional: sessions that keep nothing per reader.
+   */
+  release? (reader: ReplyReader): void
+  /**
    * A new reader of the server's output for this connection. It expects replies to every
    * request framed after its creation (create readers before the first request).
    */
   reader (): ReplyReader
 }
+
+/**
+ * How a connection goes on on a replica that joins at a re-seed's cut: the requests that put
+ * a fresh server connection in the same session (their replies are dropped), or why it
+ * cannot go on there (it is then closed cleanly at the cut).
+ */
+export type Carry = { replay: Buffer } | { refused: string }
 
 /**
  * Commands on a control connection (one per replica, opened before any client's): health

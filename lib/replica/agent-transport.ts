@@ -11,6 +11,8 @@
 // `heartbeat` and the replica has failed. The agent refuses an epoch older than it has seen.
 // A TLS refusal (either side's certificate) fails the replica at once, naming the side: it is
 // a configuration error that no retry cures, and the heartbeat would hide it as silence.
+// Every WELCOME names the agent's server's incarnation: 'incarnation' reports it before
+// anything else happens on that channel, so that a restarted server is known before it is used.
 
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
@@ -93,6 +95,11 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
   readonly prober = null
   /** What waits in the agent is not known here (it is in lag_entries until acknowledged). */
   readonly queued = 0
+  /**
+   * The server's incarnation as the agent's last WELCOME named it (lib/incarnation.ts); null
+   * before the first WELCOME, or when the agent cannot tell.
+   */
+  incarnation: string | null = null
   private readonly held = new Map<number, Entry>()
   /** Output received per connection (the offset the agent resumes from). */
   private readonly received = new Map<number, number>()
@@ -260,6 +267,13 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
 
   private onWelcome (ch: Channel, f: WelcomeFrame): void {
     if (this.live) return this.protocolError(ch, 'second WELCOME')
+    if (f.version !== PROTOCOL_VERSION) {
+      return this.protocolError(ch, `WELCOME of version ${f.version}`)
+    }
+    this.incarnation = f.incarnation === '' ? null : f.incarnation
+    this.emit('incarnation', this.incarnation)
+    // A listener may have closed this transport (or the channel dropped meanwhile).
+    if (this.stopped || this.channel !== ch || ch.closed) return
     // Entries the agent wrote before the channel dropped, whose ACKs were lost with it.
     const acked = new Map(f.acks.map((a) => [a.conn, a.seq]))
     for (const e of [...this.held.values()]) {
@@ -268,7 +282,7 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
     }
     this.live = true
     const resend = [...this.held.keys()].filter((s) => s > f.applied).length
-    this.opts.log.info('channel_up', { applied: f.applied, resend })
+    this.opts.log.info('channel_up', { applied: f.applied, resend, incarnation: this.incarnation })
     for (const e of this.held.values()) if (e.seq > f.applied) this.sendEntry(e)
   }
 

@@ -39,6 +39,11 @@ export interface TransportEvents {
   lane_off: [reason: string]
   /** Serial mode: the server's output on `conn` cannot be framed; it is ordered raw from now. */
   unframed: [conn: number, reason: string]
+  /**
+   * Agent replicas: the agent's handshake named its server's incarnation (lib/incarnation.ts),
+   * on every (re)connect; null: it cannot tell. The front compares it with the one recorded.
+   */
+  incarnation: [id: string | null]
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {
@@ -58,6 +63,8 @@ export interface Transport extends EventEmitter<TransportEvents> {
    * checks open no connections to the server; null: the health check connects itself.
    */
   readonly prober: Prober | null
+  /** Agent replicas: the server's incarnation as the agent last named it (else absent). */
+  readonly incarnation?: string | null
   /** Hand over the next entry; entries come in seq order. */
   apply (entry: Entry): void
   /** Stop / restart reading the server's output for `conn` (backpressure). */

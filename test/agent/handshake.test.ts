@@ -65,7 +65,9 @@ const closedCount = (rs: RawChannel[]): number => rs.filter((r) => r.closed).len
 
 /** One frame of every type but HELLO, each at the largest epoch. */
 const notHello: Frame[] = [
-  { type: 'WELCOME', epoch: U32, version: PROTOCOL_VERSION, applied: 0, acks: [] },
+  {
+    type: 'WELCOME', epoch: U32, version: PROTOCOL_VERSION, applied: 0, incarnation: '', acks: [],
+  },
   { type: 'OPEN', epoch: U32, seq: 1, conn: 1 },
   { type: 'DATA', epoch: U32, seq: 1, conn: 1, data: Buffer.from('x') },
   { type: 'EOF', epoch: U32, seq: 1, conn: 1 },

@@ -21,7 +21,7 @@ function arbiter (
 }
 
 function next (epoch: number, primary: string | null, stale: string[] = []): ArbiterState {
-  return { epoch, primary, stale, owner: 'ignored' }
+  return { epoch, primary, stale, owner: 'ignored', incarnations: {} }
 }
 
 // Start the lock-holding fixture on dir and resolve with its first stdout line.
@@ -108,11 +108,30 @@ t.test('state survives a new instance', async (t) => {
   const dir = t.testdir()
   const a = new FileArbiter({ dir, owner: 'front-1' })
   await a.open()
-  t.equal(await a.compareAndSet(0, next(1, 'b', ['a'])), true)
+  const incarnations = { a: 'proc:12@345', b: 'redis:abc' }
+  t.equal(await a.compareAndSet(0, { ...next(1, 'b', ['a']), incarnations }), true)
   await a.close()
   await a.close() // idempotent
   const b = arbiter(t, dir, { owner: 'front-2' })
-  t.same(await b.open(), { epoch: 1, primary: 'b', stale: ['a'], owner: 'front-1' })
+  t.same(await b.open(),
+    { epoch: 1, primary: 'b', stale: ['a'], owner: 'front-1', incarnations })
+})
+
+t.test('a state file from before incarnations reads as none known', async (t) => {
+  const dir = t.testdir({
+    'state.json': JSON.stringify({ epoch: 4, primary: 'a', stale: [], owner: 'x' }),
+  })
+  t.same(await arbiter(t, dir).open(),
+    { epoch: 4, primary: 'a', stale: [], owner: 'x', incarnations: {} })
+})
+
+t.test('malformed incarnations are an error, never a reset', async (t) => {
+  const dir = t.testdir({
+    'state.json': JSON.stringify({
+      epoch: 4, primary: 'a', stale: [], owner: 'x', incarnations: { a: 7 },
+    }),
+  })
+  await t.rejects(arbiter(t, dir).open(), { code: 'ERR_FTPROXY_STATE' })
 })
 
 t.test('atomic writes leave no temp files, and a crash leftover is removed on open', async (t) => {

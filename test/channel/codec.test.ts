@@ -6,7 +6,7 @@ import assert from 'node:assert'
 import type { Test } from 'tap'
 import {
   DEFAULT_MAX_FRAME, FrameDecoder, FrameType, MAGIC, MAX_DATA, MAX_STRING, PROTOCOL_VERSION,
-  encode, helloLen, splitData, type Frame, type FrameDecoderOptions
+  encode, helloLen, splitData, type Frame, type FrameDecoderOptions, type WelcomeFrame,
 } from '../../lib/channel/codec.js'
 import { FtproxyError } from '../../lib/errors.js'
 
@@ -19,7 +19,9 @@ const bytes = (frame: Frame): Buffer => Buffer.concat(encode(frame))
 const HELLO = {
   type: 'HELLO', epoch: 1, version: 1, frontId: 'f', window: 1, protocol: 'raw', resume: [],
 } as const
-const WELCOME = { type: 'WELCOME', epoch: 1, version: 1, applied: 0, acks: [] } as const
+const WELCOME: WelcomeFrame = {
+  type: 'WELCOME', epoch: 1, version: 1, applied: 0, incarnation: '', acks: [],
+}
 
 function decodeAll (buf: Buffer, opts?: { maxFrame?: number }): Frame[] {
   const d = new FrameDecoder(opts)
@@ -57,12 +59,21 @@ const samples: Frame[] = [
     protocol: 'line',
     resume: [{ conn: 7, offset: 2 ** 32 }],
   },
-  { type: 'WELCOME', epoch: 0, version: 1, applied: 0, acks: [] },
+  {
+    type: 'WELCOME',
+    epoch: U32,
+    version: PROTOCOL_VERSION,
+    applied: 1,
+    incarnation: 'r'.repeat(MAX_STRING),
+    acks: [{ conn: 2, seq: 1 }],
+  },
+  { type: 'WELCOME', epoch: 0, version: 1, applied: 0, incarnation: '', acks: [] },
   {
     type: 'WELCOME',
     epoch: 9,
     version: 1,
     applied: MAX,
+    incarnation: 'proc:4242@123456789',
     acks: [{ conn: 1, seq: 0 }, { conn: U32, seq: MAX }, { conn: 3, seq: 2 ** 32 - 1 }],
   },
   { type: 'OPEN', epoch: 1, seq: 0, conn: 0 },
@@ -129,7 +140,7 @@ function decodeFails (
 }
 
 t.test('constants', async (t) => {
-  t.equal(PROTOCOL_VERSION, 2)
+  t.equal(PROTOCOL_VERSION, 3)
   t.equal(MAGIC, 'FTPX')
   t.equal(DEFAULT_MAX_FRAME, 1024 * 1024 + 64)
   t.equal(MAX_DATA, 1024 * 1024)
@@ -196,8 +207,9 @@ t.test('golden bytes', async (t) => {
     [{ ...HELLO, frontId: 'f1', window: 65536, resume: [{ conn: 3, offset: 10 }] },
       '00000028 01 00000001 46545058 0001 0002 6631 00010000 0003 726177 00000001 00000003 ' +
       '000000000000000a'],
-    [{ type: 'WELCOME', epoch: 1, version: 1, applied: 9, acks: [{ conn: 1, seq: 2 }] },
-      '0000001f 02 00000001 0001 0000000000000009 00000001 00000001 0000000000000002'],
+    [{ ...WELCOME, applied: 9, incarnation: 'p1', acks: [{ conn: 1, seq: 2 }] },
+      '00000023 02 00000001 0001 0000000000000009 0002 7031 00000001 00000001 0000000000000002'],
+    [WELCOME, '00000015 02 00000001 0001 0000000000000000 0000 00000000'],
     [{ type: 'ERROR', epoch: 3, code: 'E', message: 'é' }, '0000000c 0d 00000003 0001 45 0002 c3a9']
   ]
   for (const [frame, h] of golden) {
@@ -401,9 +413,13 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
     const h = bytes({ ...HELLO, resume: [{ conn: 1, offset: 1 }] })
     h.writeUInt32BE(2, h.length - 16)
     decodeFails(t, [h], 'truncated')
-    const w = bytes({ type: 'WELCOME', epoch: 1, version: 1, applied: 0, acks: [] })
+    const w = bytes(WELCOME)
     w.writeUInt32BE(U32, w.length - 4)
     decodeFails(t, [w], 'truncated')
+    // WELCOME whose incarnation claims more bytes than the frame holds.
+    const i = bytes({ ...WELCOME, incarnation: 'ab' })
+    i.writeUInt16BE(7, 4 + 1 + 4 + 2 + 8)
+    decodeFails(t, [i], 'truncated')
   })
 
   t.test('u64 above Number.MAX_SAFE_INTEGER', async (t) => {
@@ -426,6 +442,8 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
     decodeFails(t, [hex('0000000a 0d 00000001 0001 ff 0000')], 'string') // not UTF-8
     decodeFails(t, [hex('0000000c 0d 00000001 0003 eda080 0000')], 'string') // an encoded surrogate
     decodeFails(t, [hex('0000000b 0d 00000001 0002 c0af 0000')], 'string') // overlong
+    // WELCOME's incarnation, not UTF-8
+    decodeFails(t, [hex('00000016 02 00000001 0003 0000000000000000 0001 ff 00000000')], 'string')
   })
 
   t.test('OUT_EOF reset other than 0 or 1', async (t) => {
@@ -468,6 +486,8 @@ t.test('encode rejects invalid frames', async (t) => {
     ['offset Infinity', { type: 'OUT_ACK', epoch: 1, conn: 1, offset: Infinity }, 'number'],
     ['version 65536', { ...WELCOME, version: 65536 }, 'number'],
     ['bad ack entry', { ...WELCOME, acks: [{ conn: 1, seq: -1 }] }, 'number'],
+    ['incarnation too long', { ...WELCOME, incarnation: 'x'.repeat(MAX_STRING + 1) }, 'string'],
+    ['incarnation not a string', { ...WELCOME, incarnation: null }, 'string'],
     ['bad resume entry', { ...HELLO, resume: [{ conn: 1.5, offset: 0 }] }, 'number'],
     ['string seq', { type: 'CLOSE', epoch: 1, seq: '1', conn: 1 }, 'number'],
     ['unknown type', { type: 'NOPE', epoch: 1 }, 'type'],

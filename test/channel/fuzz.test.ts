@@ -94,7 +94,10 @@ class Gen {
       case 'WELCOME': {
         const length = this.rand() < 0.7 ? this.int(4) : this.int(300)
         const acks = Array.from({ length }, () => ({ conn: this.u32(), seq: this.u64() }))
-        return { type, epoch, version: this.u16(), applied: this.u64(), acks }
+        const version = this.u16()
+        const applied = this.u64()
+        // Short, as real ones are: with 300 acks, a long one would not fit MAX_FRAME.
+        return { type, epoch, version, applied, incarnation: this.str(64), acks }
       }
       case 'OPEN':
       case 'EOF':

@@ -18,7 +18,7 @@ import { EventLog } from './events.js'
 type CasOutcome = 'win' | 'lose' | 'throw' | 'enospc'
 
 class FakeArbiter implements Arbiter {
-  stored: ArbiterState = { epoch: 0, primary: null, stale: [], owner: '' }
+  stored: ArbiterState = { epoch: 0, primary: null, stale: [], owner: '', incarnations: {} }
   /** Outcomes of the next test-and-sets, in order ('win' when empty: if the epoch matches). */
   readonly outcomes: CasOutcome[] = []
   /** While set, every test-and-set waits for it. */

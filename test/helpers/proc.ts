@@ -53,7 +53,7 @@ export class Cli {
     })
     t.teardown(() => {
       if (this.exit === null) this.proc.kill('SIGKILL')
-      // The front's own children die with it (their stdin pipe closes); make sure anyway.
+      // The front's servers outlive it (the next front would adopt them): stop them here.
       for (const pid of this.pids()) killIfDemoServer(pid)
     })
   }

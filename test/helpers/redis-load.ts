@@ -160,6 +160,8 @@ export interface MixOptions {
   onProgress?: (acked: number) => void
   /** About every 10 ms while the load runs. */
   onTick?: () => void
+  /** Once it says true, no more requests are sent (the run ends when all are answered). */
+  stop?: () => boolean
   ms?: number
 }
 
@@ -190,6 +192,7 @@ export async function runMix (port: number, opts: MixOptions): Promise<MixRun> {
   const drives: Drive[] = conns.map((c, i) =>
     ({ c, i, rand: mulberry32(seed * 1000 + i), queue: new Queue<Expect>() }))
   const pump = (d: Drive): void => {
+    if (opts.stop?.() === true) return
     while (d.c.sent < requests && d.c.sent - d.c.received < window) {
       const ops: Op[] = []
       while (ops.length < burst && d.c.sent + ops.length < requests) {
@@ -216,8 +219,8 @@ export async function runMix (port: number, opts: MixOptions): Promise<MixRun> {
     d.c.onData = () => take(d)
     pump(d)
   }
-  const finished = (d: Drive): boolean =>
-    broken(d.c) || (d.c.sent >= requests && d.c.received === d.c.sent)
+  const finished = (d: Drive): boolean => broken(d.c) ||
+    ((d.c.sent >= requests || opts.stop?.() === true) && d.c.received === d.c.sent)
   let timedOut: string | null = null
   await until(() => { opts.onTick?.(); return drives.every(finished) }, 'every reply', ms)
     .catch((err: Error) => { timedOut = err.message })

@@ -1,0 +1,100 @@
+// Which server process a replica is: its incarnation. The arbiter's state records, per
+// replica, the incarnation it vouches for; a server that is not that process any more (it
+// restarted, and with it lost its state) is never served from nor counted as in sync until
+// it is re-seeded.
+//
+//   supervised by the front   proc:<pid>@<start time>    (the process itself)
+//   protocol resp             redis:<run_id>             (INFO server: drawn at its start)
+//   agent replica             the agent's report          (its own supervision or run_id)
+//   otherwise                 null: cannot be told (check-config warns)
+
+import type { HostPort } from './address.js'
+import { STOPPED } from './arbiter/index.js'
+import type { ProtocolName } from './protocol/types.js'
+import { dial } from './replica/dial.js'
+import { runningTimeout } from './util/timer.js'
+
+/** What a replica's incarnation can be read from. */
+export interface IncarnationSource {
+  name: string
+  address: HostPort
+  /** The supervisor's pid@start time, if the front runs the server (null: none running). */
+  supervised: (() => string | null) | null
+  /** The agent's report (agent replicas; null until its channel said). */
+  agent: (() => string | null) | null
+}
+
+const INFO_SERVER = Buffer.from('*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n')
+const RUN_ID = /\brun_id:([0-9a-f]+)/
+
+/** Its incarnation now; null when it cannot be told (or the server did not say in time). */
+export async function readIncarnation (
+  r: IncarnationSource, protocol: ProtocolName, timeout: number
+): Promise<string | null> {
+  if (r.agent) return r.agent()
+  if (r.supervised) {
+    const proc = r.supervised()
+    return proc === null ? null : `proc:${proc}`
+  }
+  if (protocol !== 'resp') return null
+  const id = await redisRunId(r.address, timeout).catch(() => null)
+  return id === null ? null : `redis:${id}`
+}
+
+// INFO server's run_id, on a connection of its own (closed at once).
+async function redisRunId (address: HostPort, timeout: number): Promise<string | null> {
+  const socket = await dial(address, timeout, 'incarnation check')
+  return await new Promise((resolve) => {
+    let text = ''
+    const done = (id: string | null): void => {
+      timer.clear()
+      socket.destroy()
+      resolve(id)
+    }
+    const timer = runningTimeout(timeout, () => done(null))
+    socket.on('data', (d: Buffer) => {
+      text += d.toString('latin1')
+      const m = RUN_ID.exec(text)
+      if (m?.[1] !== undefined) done(m[1])
+      else if (text.startsWith('-') || text.length > 64 * 1024) done(null)
+    })
+    socket.on('close', () => done(null))
+    socket.write(INFO_SERVER)
+  })
+}
+
+/** How a replica's incarnation compares with the one recorded. */
+export type Verdict =
+  | 'same'      // the process the state vouches for
+  | 'unknown'   // nothing recorded, or it cannot be told: taken as it is (and recorded)
+  | 'stopped'   // the front stopped it on purpose, with every other: all came back empty
+  | 'changed'   // another process: whatever it held is gone
+
+export function compare (recorded: string | undefined, now: string | null): Verdict {
+  if (recorded === undefined || now === null) return 'unknown'
+  if (recorded === now) return 'same'
+  return recorded === STOPPED ? 'stopped' : 'changed'
+}
+
+export interface StartupCheck {
+  /** Replicas to mark stale, with what changed. */
+  stale: Array<{ name: string, was: string, now: string }>
+  /** Every replica the state vouched for lost its state: nothing may serve. */
+  lost: boolean
+}
+
+/**
+ * At a front's start: which replicas not stale in the state are not the process it vouched
+ * for (STOPPED ones came back empty, but so did every other: close() marks them stale
+ * otherwise).
+ */
+export function checkAtStart (
+  replicas: ReadonlyArray<{ name: string, stale: boolean, now: string | null }>,
+  recorded: Readonly<Record<string, string>>
+): StartupCheck {
+  const live = replicas.filter((r) => !r.stale)
+  const stale = live
+    .filter((r) => compare(recorded[r.name], r.now) === 'changed')
+    .map((r) => ({ name: r.name, was: recorded[r.name] ?? '', now: r.now ?? '' }))
+  return { stale, lost: stale.length > 0 && stale.length === live.length }
+}
