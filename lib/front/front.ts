@@ -206,7 +206,10 @@ export class Front extends EventEmitter<FrontEvents> {
     await roles.takeEpoch()
     for (const r of this.replicas) {
       if (r.serving) roles.attach(r)
-      r.health.on('up', () => roles.onHealthUp(r))
+      r.health.on('up', () => {
+        roles.onHealthUp(r)
+        this.reseeder.poke()
+      })
       r.health.on('down', (reason) => roles.fail(r, reason))
       r.health.on('local_error', (err) => {
         const code = (err as NodeJS.ErrnoException).code ?? err.message
@@ -269,8 +272,8 @@ export class Front extends EventEmitter<FrontEvents> {
       last_failover: roles.lastFailover,
       reseed: {
         running: this.reseeder.running?.name ?? null,
-        total: this.reseeder.total,
-        failed: this.reseeder.failed,
+        total: this.counters.reseeds,
+        failed: this.counters.reseed_failures,
         last: this.reseeder.last,
       },
     }

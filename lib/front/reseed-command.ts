@@ -46,6 +46,8 @@ export class ReseedCommand {
   private readonly child: ChildProcess
   private killedFor: string | null = null
   private exited = false
+  private onReady: (yes: boolean) => void = () => {}
+  private onFailed: (err: FtproxyError) => void = () => {}
 
   constructor (command: string[], env: NodeJS.ProcessEnv, log: Logger) {
     const [file, ...args] = resolveCommand(command)
@@ -55,25 +57,27 @@ export class ReseedCommand {
     const child = this.child
     // A command that exits before reading `cut` closes the pipe: not our error to raise.
     child.stdin?.on('error', () => {})
-    let onReady: (yes: boolean) => void = () => {}
-    this.ready = new Promise((resolve) => { onReady = resolve })
+    this.ready = new Promise((resolve) => { this.onReady = resolve })
     readLines(child.stdout as Readable, (line) => {
-      if (line.trim() === 'ready') return onReady(true)
+      if (line.trim() === 'ready') return this.onReady(true)
       log.info('reseed_output', { stream: 'stdout', line })
     })
     readLines(child.stderr as Readable, (line) => {
       log.warn('reseed_output', { stream: 'stderr', line })
     })
     this.done = new Promise<void>((resolve, reject) => {
+      this.onFailed = reject
       child.on('error', (err) => {
         this.exited = true
-        onReady(false)
+        this.onReady(false)
         reject(failed(`reseed.command could not start: ${err.message}`, 'spawn'))
       })
       child.on('exit', (code, signal) => {
         this.exited = true
-        onReady(false)
+        this.onReady(false)
         if (code === 0 && this.killedFor === null) return resolve()
+        // What it started and left running goes with it (its group outlives it).
+        this.signal('SIGKILL')
         const why = this.killedFor ?? (signal !== null ? `killed by ${signal}` : `exit ${code}`)
         reject(failed(`reseed.command failed: ${why}`, this.killedFor ?? 'exit'))
       })
@@ -94,6 +98,10 @@ export class ReseedCommand {
   kill (why: string): void {
     if (this.exited) return
     this.killedFor ??= why
+    // The front stops waiting now (a cut releases its hold); the process has KILL_AFTER_MS
+    // to undo what it can.
+    this.onReady(false)
+    this.onFailed(failed(`reseed.command failed: ${why}`, why))
     this.child.stdin?.end()
     this.signal('SIGTERM')
     setTimeout(() => { if (!this.exited) this.signal('SIGKILL') }, KILL_AFTER_MS).unref()

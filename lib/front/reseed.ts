@@ -73,10 +73,10 @@ export class Reseeder {
   /** The re-seed under way. */
   running: Replica | null = null
   last: LastReseed | null = null
-  total = 0
-  failed = 0
   private timer?: NodeJS.Timeout
   private queued = false
+  /** The command of the re-seed under way. */
+  private command: ReseedCommand | null = null
 
   constructor (private readonly o: ReseederOptions) {}
 
@@ -85,8 +85,10 @@ export class Reseeder {
     this.timer.unref()
   }
 
+  /** The front closes: no more re-seeds, and the one under way is abandoned. */
   stop (): void {
     clearInterval(this.timer)
+    this.command?.kill('the front is closing')
   }
 
   /** Roles changed: look again soon (one look per turn of the event loop). */
@@ -135,7 +137,8 @@ export class Reseeder {
     roles.setRole(target, 'seeding', `re-seed (${reason}) from ${source.name}`)
     this.o.log.info('reseed_started', { replica: target.name, source: source.name, reason })
     const env = reseedEnv(peer(source), peer(target), cfg.timeout)
-    const spawn = (): ReseedCommand => new ReseedCommand(cfg.command, env, target.log)
+    const spawn = (): ReseedCommand =>
+      (this.command = new ReseedCommand(cfg.command, env, target.log))
     let cmd = spawn()
     const timer = setTimeout(() => cmd.kill('timeout'), cfg.timeout)
     try {
@@ -163,6 +166,7 @@ export class Reseeder {
     } finally {
       clearTimeout(timer)
       this.running = null
+      this.command = null
       this.poke()
     }
   }
@@ -172,7 +176,6 @@ export class Reseeder {
     const rs = target.reseed
     rs.lastError = null
     rs.joinedAt = performance.now()
-    this.total++
     this.o.counters.reseeds++
     this.o.counters.reseed_closed += cut.closed
     const duration = Math.round(performance.now() - t0)
@@ -197,7 +200,6 @@ export class Reseeder {
     rs.lastError = err.message
     const retry = retryDelay(rs.streak)
     rs.notBefore = performance.now() + retry
-    this.failed++
     this.o.counters.reseed_failures++
     const code = (err as FtproxyError).code
     const why = (err as FtproxyError).details?.reason
