@@ -19,6 +19,7 @@ import {
   parseConfig,
   parseDuration,
   parseSize,
+  configWarnings,
   renderAgentConfig,
   renderConfig
 } from '../lib/config/index.js'
@@ -199,6 +200,36 @@ t.test('protocol: each name is taken as given', async (t) => {
     t.equal(c.protocol, name)
   }
   t.equal(DEFAULTS.protocol, 'raw', 'raw by default: today\'s behaviour')
+})
+
+t.test('reseed: defaults, values, errors with their lines, rendered back', async (t) => {
+  const c = parseConfig(yaml(...TWO_REPLICAS, 'reseed:', '  command: [./r.sh, x]'), 'r.yaml', CWD)
+  t.same(c.reseed, {
+    command: ['./r.sh', 'x'],
+    timeout: 60000,
+    open_connections: 'reattach',
+    auto: true
+  })
+  t.same(parseConfig(renderConfig(c), 'again.yaml', CWD).reseed, c.reseed, 'round trip')
+  t.equal(parseConfig(yaml(...TWO_REPLICAS), 'n.yaml', CWD).reseed, undefined, 'off by default')
+  const issues = issuesOf(t, yaml(...TWO_REPLICAS, 'reseed:', '  timeout: 0s',
+    '  open_connections: keep', '  auto: yes please', '  comand: [x]'))
+  hasIssue(t, issues, 'reseed.command', 6)
+  hasIssue(t, issues, 'reseed.timeout', 7)
+  hasIssue(t, issues, 'reseed.open_connections', 8)
+  hasIssue(t, issues, 'reseed.auto', 9)
+  hasIssue(t, issues, 'reseed.comand', 10)
+})
+
+t.test('a replica whose restarts cannot be told is warned about', async (t) => {
+  const raw = parseConfig(yaml(...TWO_REPLICAS), 'w.yaml', CWD)
+  t.equal(configWarnings(raw).length, 2, 'both direct, unsupervised, raw')
+  t.match(configWarnings(raw)[0], /^replicas\.a: /)
+  const resp = parseConfig(yaml('protocol: resp', ...TWO_REPLICAS), 'w.yaml', CWD)
+  t.same(configWarnings(resp), [], 'resp: its run_id tells')
+  const sup = parseConfig(yaml('replicas:', '  - name: a', '    address: 127.0.0.1:7101',
+    '    command: [x]', '  - name: b', '    agent: 127.0.0.1:7201'), 'w.yaml', CWD)
+  t.same(configWarnings(sup), [], 'supervised, or behind an agent')
 })
 
 t.test('numbers in a command become strings', async (t) => {
