@@ -19,6 +19,9 @@ set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME with a '.', byte-wise regexes
 
 readonly PREPARE_POLL_S=0.05
+# `ready` once the target is at most this far behind the source (bytes of replication
+# stream): what is left then is all the cut waits for, under the front's hold.
+readonly READY_LAG=262144
 
 fail_line () { # one line, whatever redis-cli printed
   local m=${*//$'\r'/}
@@ -132,9 +135,11 @@ target_synced () {
 # INFO (in INFO). The target says it is synced as soon as it loaded the snapshot, but after a
 # diskless sync the source holds further writes back until the target's next REPLCONF ACK,
 # sent once a second: a cut at that moment would wait for it. So: the source lists the
-# target as online, and either the target's offset moved since (writes flow) or 1.2 s passed.
+# target as online, and either the target's offset moved since (writes flow) or 1.2 s passed;
+# and the target has applied what the source buffered for it during the sync, but READY_LAG.
 # Uses and sets base (the target's first synced offset) and online_at of prepare.
 source_streams () {
+  field master_repl_offset; local s_off=$F
   # The target's line is the one with its port (or the only one: replica-announce-port).
   local s=$INFO re='slave[0-9]+:ip=[^,]*,port=([0-9]+),state=([a-z_]+)' n=0 only='' state=''
   while [[ $s =~ $re ]]; do
@@ -149,6 +154,7 @@ source_streams () {
   field slave_repl_offset
   if [[ -z $base ]]; then base=$F; fi
   [[ $state == online ]] || return 1
+  ((s_off - F <= READY_LAG)) || return 1
   now_ms
   if ((online_at == 0)); then online_at=$NOW; fi
   ((F > base || NOW - online_at >= 1200))

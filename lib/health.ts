@@ -83,6 +83,8 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
   prober: Prober | null = null
   private fails = 0
   private oks = 0
+  /** Bumped by reset(): probes started before it do not count. */
+  private generation = 0
   /** In a burst of probes that failed for want of local resources (reported at its start). */
   private starved = false
   private timer?: NodeJS.Timeout
@@ -112,6 +114,7 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
     this.state = 'unknown'
     this.oks = 0
     this.fails = 0
+    this.generation++ // a probe in flight answers for before
   }
 
   /** Timeout of one probe (ms). */
@@ -135,8 +138,9 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
   probeNow (): Promise<boolean | null> {
     this.batch ??= new Promise((resolve) => setImmediate(() => {
       this.batch = undefined
+      const gen = this.generation
       void this.probeOnce().then((err) => {
-        if (this.inconclusive(err)) return resolve(null)
+        if (this.inconclusive(err) || gen !== this.generation) return resolve(null)
         // Refused or reset: nothing listens, final. A timeout may be a busy server: it counts
         // towards `fall` like any failed check.
         const code = (err as NodeJS.ErrnoException | null)?.code
@@ -155,9 +159,10 @@ export class HealthCheck extends EventEmitter<HealthEvents> {
   private async check (): Promise<void> {
     if (this.running) return
     this.running = true
+    const gen = this.generation
     const err = await this.probeOnce()
     this.running = false
-    if (this.timer === undefined || this.inconclusive(err)) return
+    if (this.timer === undefined || this.inconclusive(err) || gen !== this.generation) return
     const reason = err ? `health check: ${(err as NodeJS.ErrnoException).code ?? err.message}` : ''
     this.mark(err === null, reason, false)
   }

@@ -200,7 +200,10 @@ export class Front extends EventEmitter<FrontEvents> {
     const roles = this.roles
     roles.load(this.accepting(state))
     this.maxConnections = this.connectionLimit()
-    for (const r of this.replicas) r.supervise(this.cfg, this.logger, (why) => roles.onExit(r, why))
+    for (const r of this.replicas) {
+      r.supervise(this.cfg, this.logger, (why) => roles.onExit(r, why))
+      r.supervisor?.on('spawn', () => this.watchReturn(r))
+    }
     await this.awaitReplicas()
     await this.checkIncarnations()
     await roles.takeEpoch()
@@ -361,6 +364,19 @@ export class Front extends EventEmitter<FrontEvents> {
       r.health.state = 'down'
       this.roles.setRole(r, 'down', 'unreachable at startup')
     }))
+  }
+
+  // A stale replica's server was started again: checked at once until it answers, not at
+  // the health checks' pace, so that its re-seed starts as soon as it can.
+  private watchReturn (r: Replica): void {
+    if (r.serving) return
+    const deadline = performance.now() + 3 * this.cfg.timeouts.connect
+    const probeTimeout = this.cfg.health_check.timeout
+    void waitReachable(r.address, { probeTimeout, deadline }).then((err) => {
+      if (err !== null || r.serving || !this.lifecycle.active) return
+      r.health.reset()
+      void r.health.probeNow()
+    })
   }
 
   // ---- incarnations ----------------------------------------------------------------------

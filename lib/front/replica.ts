@@ -21,6 +21,8 @@ export interface ReseedState {
   failures: number
   /** Failures in a row: the next automatic attempt waits 10 s doubling per failure. */
   streak: number
+  /** Divergences in a row, each soon after a re-seed: they back off the same way. */
+  diverging: number
   /** Divergences found on it (each makes it stale; with reseed.auto, re-seeded). */
   divergences: number
   /** Not before this (performance.now() ms): a backoff after failures or divergences. */
@@ -34,7 +36,14 @@ export class Replica {
   role: Role = 'backup'
   transport: Transport | null = null
   readonly reseed: ReseedState = {
-    attempts: 0, failures: 0, streak: 0, divergences: 0, notBefore: 0, joinedAt: 0, lastError: null,
+    attempts: 0,
+    failures: 0,
+    streak: 0,
+    diverging: 0,
+    divergences: 0,
+    notBefore: 0,
+    joinedAt: 0,
+    lastError: null,
   }
 
   supervisor?: Supervisor

@@ -65,8 +65,8 @@ export function retryDelay (streak: number): number {
 export function noteDivergence (rs: ReseedState, now = performance.now()): void {
   rs.divergences++
   const soon = rs.joinedAt > 0 && now - rs.joinedAt < DIVERGED_SOON_MS
-  rs.streak = soon ? rs.streak + 1 : 0
-  rs.notBefore = soon ? now + retryDelay(rs.streak) : 0
+  rs.diverging = soon ? rs.diverging + 1 : 0
+  rs.notBefore = soon ? now + retryDelay(rs.diverging) : 0
 }
 
 export class Reseeder {
@@ -106,8 +106,9 @@ export class Reseeder {
     const cfg = this.o.config().reseed
     if (!cfg?.auto || this.running || !this.o.lifecycle.is('serving')) return
     const now = performance.now()
-    const r = this.o.replicas.find((x) =>
-      x.role === 'stale' && x.health.state === 'up' && now >= x.reseed.notBefore)
+    // Up since it went stale (health is reset then), and a supervised one running again.
+    const r = this.o.replicas.find((x) => x.role === 'stale' && x.health.state === 'up' &&
+      now >= x.reseed.notBefore && (x.supervisor === undefined || x.supervisor.pid !== undefined))
     if (r) void this.run(r, cfg, 'automatic').catch(() => {})
   }
 
@@ -175,6 +176,7 @@ export class Reseeder {
     t0: number): LastReseed {
     const rs = target.reseed
     rs.lastError = null
+    rs.streak = 0
     rs.joinedAt = performance.now()
     this.o.counters.reseeds++
     this.o.counters.reseed_closed += cut.closed

@@ -80,28 +80,36 @@ t.test('retryDelay: 10 s doubling per failure in a row, capped at 10 min', async
 })
 
 const fresh = (): ReseedState => ({
-  attempts: 0, failures: 0, streak: 0, divergences: 0, notBefore: 0, joinedAt: 0, lastError: null,
+  attempts: 0,
+  failures: 0,
+  streak: 0,
+  diverging: 0,
+  divergences: 0,
+  notBefore: 0,
+  joinedAt: 0,
+  lastError: null,
 })
 
 t.test('noteDivergence: soon after a join it backs off; a rare one re-seeds at once', async (t) => {
   const rs = fresh()
   noteDivergence(rs, 5_000)
-  t.match(rs, { divergences: 1, streak: 0, notBefore: 0 }, 'never joined by a re-seed: at once')
+  t.match(rs, { divergences: 1, diverging: 0, notBefore: 0 }, 'never joined by a re-seed: at once')
 
   rs.joinedAt = 1_000_000
   noteDivergence(rs, 1_001_000)
-  t.match(rs, { divergences: 2, streak: 1, notBefore: 1_011_000 }, '1 s after a join: 10 s')
+  t.match(rs, { divergences: 2, diverging: 1, notBefore: 1_011_000 }, '1 s after a join: 10 s')
   rs.joinedAt = 1_020_000
   noteDivergence(rs, 1_030_000)
-  t.match(rs, { divergences: 3, streak: 2, notBefore: 1_050_000 }, 'again: 20 s')
+  t.match(rs, { divergences: 3, diverging: 2, notBefore: 1_050_000 }, 'again: 20 s')
   rs.joinedAt = 1_060_000
   noteDivergence(rs, 1_060_000 + 599_999)
-  t.match(rs, { divergences: 4, streak: 3 }, 'just under 10 min after the join: soon')
+  t.match(rs, { divergences: 4, diverging: 3 }, 'just under 10 min after the join: soon')
   t.equal(rs.notBefore, 1_060_000 + 599_999 + 40_000, '40 s')
 
   rs.joinedAt = 2_000_000
   noteDivergence(rs, 2_000_000 + 600_000)
-  t.match(rs, { divergences: 5, streak: 0, notBefore: 0 }, '10 min after the join: rare, at once')
+  t.match(rs, { divergences: 5, diverging: 0, notBefore: 0 },
+    '10 min after the join: rare, at once')
 })
 
 // ---- JoinedTransport ----------------------------------------------------------------------
