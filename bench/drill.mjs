@@ -39,7 +39,10 @@ import { RespClient, RespError } from './resp.mjs'
 /** @typedef {import('./lib.mjs').Child} Child */
 /** @typedef {Record<string, unknown> & { event?: string }} LogEvent */
 
+// `--reprotect`: the re-protection drill, bench/reprotect.mjs, with options of its own.
+const REPROTECT = process.argv.includes('--reprotect')
 const { values: opts } = parseArgs({
+  args: REPROTECT ? [] : undefined,
   options: {
     rounds: { type: 'string' },
     quick: { type: 'boolean', default: false },
@@ -1048,7 +1051,11 @@ async function main () {
   return bad ? 1 : 0
 }
 
-main().then((code) => { process.exitCode = code }, (err) => {
-  console.error(err instanceof Error ? err.stack : String(err))
-  process.exitCode = 2
-})
+if (REPROTECT) {
+  await import('./reprotect.mjs') // it runs itself
+} else {
+  main().then((code) => { process.exitCode = code }, (err) => {
+    console.error(err instanceof Error ? err.stack : String(err))
+    process.exitCode = 2
+  })
+}

@@ -61,6 +61,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  *   "127.0.0.1:PORT": the server, straight (one of address / agent)
  * @property {string} [agent]
  *   "127.0.0.1:PORT": an agent beside the server, instead of address
+ * @property {string[]} [command]
+ *   with address: the server's argv, started and supervised by the front
  *
  * @typedef {object} FrontOptions
  * @property {FrontReplica[]} replicas
@@ -75,6 +77,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
  *   `ulimit -n` for the front (default: the hard limit, at most 65536)
  * @property {string[]} [nodeArgs]        e.g. ['--cpu-prof', '--cpu-prof-dir=DIR']
  * @property {number} [timeoutMs]         deadline for `listening` (default 15000)
+ * @property {(ev: Record<string, unknown>) => void} [onEvent]
+ *   every JSON log line of the front, as it comes (events keeps only the first 2000)
  *
  * @typedef {Server & { events: Record<string, unknown>[], config: string, dir: string }} Front
  *   events: every JSON log line of the front, in order (at most 2000 kept)
@@ -575,6 +579,8 @@ export function frontConfigYaml (o) {
     ...o.replicas.flatMap((r) => [
       `  - name: ${r.name}`,
       r.agent !== undefined ? `    agent: ${r.agent}` : `    address: ${r.address}`,
+      // JSON is YAML flow: every argument quoted as it is.
+      ...(r.command !== undefined ? [`    command: ${JSON.stringify(r.command)}`] : []),
     ]),
     `limits: { max_connections: ${o.maxConnections} }`,
     `log: { level: ${o.logLevel}, format: json }`,
@@ -623,6 +629,7 @@ export async function startFront (opts) {
   const child = spawnChild('bash', ['-c', cmd], {
     name: `ftproxy:${opts.outputCommit ?? 'ack'}${opts.protocol ? `/${opts.protocol}` : ''}`,
     onLine: eventLines(events, onListening, (ev) => {
+      opts.onEvent?.(ev)
       if (ev.event !== 'startup_failed') return
       onFailed(new Error(`ftproxy startup_failed: ${String(ev.code)} ${String(ev.error)}`))
     }),
