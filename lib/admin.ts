@@ -20,7 +20,7 @@ import type { Logger } from './logger.js'
 import type {
   FailoverInfo, Front, FrontCounters, FrontStatus, ReplicaStatus, Role,
 } from './front/front.js'
-import { TURN_WAIT_BOUNDS_MS } from './front/conn.js'
+import { TURN_WAIT_BOUNDS_MS } from './front/counters.js'
 import { listen } from './util/listen.js'
 
 export interface AdminOptions {

@@ -330,7 +330,7 @@ async function run (file: string, acceptStateFrom?: string): Promise<number> {
       try {
         await admin.start()
       } catch (err) {
-        await front.close()
+        await front.abandon()
         throw err
       }
     },

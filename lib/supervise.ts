@@ -86,7 +86,7 @@ type StaleReason = 'invalid' | 'reboot' | 'gone' | 'start_time' | 'not_ours' | '
 interface Proc { pid: number, startTime: string | null }
 
 /** A process found through the record: polled, since it is not our child. */
-interface Adoptee { pid: number, startTime: string, retiring: boolean }
+interface Adoptee { pid: number, startTime: string }
 
 const defaults = {
   initialDelayMs: 500,
@@ -335,16 +335,21 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const rec = this.readRecord()
     if (rec === null) return false
     const reason = this.staleReason(rec)
-    if (reason !== null) {
+    // Ours, but started with another command: it may hold the only copy of the data, so it
+    // is never stopped for that. At the same address it is adopted as it runs (the new
+    // command applies when it next restarts); at another, it is left running (an operator
+    // stops it) and the new one is spawned.
+    const sameAddress = rec.address === this.address
+    if (reason === 'config_changed') {
+      const note = sameAddress
+        ? 'adopted as it runs; the new command applies when it restarts'
+        : 'left running (it may hold data: stop it by hand); a new one is started'
+      this.log.warn('replica_process_config_changed', { pid: rec.pid, note })
+    } else if (reason !== null) {
       this.log.warn('replica_process_record_stale', { pid: rec.pid, reason })
-      if (reason !== 'config_changed') return false
-      // Ours, but started with another command or address: it would hold the port the new
-      // one needs, and serve as if configured anew. It is stopped first, then spawned anew.
-      this.watch({ pid: rec.pid, startTime: rec.start_time, retiring: true })
-      void this.terminate()
-      return true
     }
-    this.watch({ pid: rec.pid, startTime: rec.start_time, retiring: false })
+    if (reason !== null && (reason !== 'config_changed' || !sameAddress)) return false
+    this.watch({ pid: rec.pid, startTime: rec.start_time })
     this.current = { pid: rec.pid, startTime: rec.start_time }
     this.log.info('replica_process_adopted', { pid: rec.pid, start_time: rec.start_time })
     // Its stdout and stderr were pipes to the supervisor that died: nobody can read them any
@@ -385,12 +390,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     this.adoptee = undefined
     this.current = undefined
     this.log.info('replica_process_exited', { pid: a.pid, code: null, signal: null, adopted: true })
-    if (!a.retiring) this.emit('exit', null, null)
+    this.emit('exit', null, null)
     this.exited()
     if (this.stopping) return
-    // A retired process was never announced: its successor starts at once.
-    if (a.retiring) this.spawnChild()
-    else this.scheduleRestart(Date.now() - this.spawnedAt)
+    this.scheduleRestart(Date.now() - this.spawnedAt)
   }
 
   // --- the record file ---

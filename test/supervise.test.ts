@@ -490,26 +490,40 @@ t.test('a stale record: the process is spawned anew, never one that is not ours'
   t.ok(isAlive(process.pid, startTime(process.pid) as string))
 })
 
-t.test('a recorded server of another command is stopped, then the new one spawned',
+t.test('a recorded server of another command is adopted as it runs, never stopped',
   async (t) => {
     if (!distFresh(t)) return
     const dir = t.testdir({})
     const record = path.join(dir, 'a.json')
     const first = await crashedFront(t, server(dir, { tag: 'old' }), record)
     const command = server(dir, { tag: 'new' })
-    const { s, spawns, adopts, exits, events } = supervisor(t, { command, record })
+    const { s, spawns, adopts, events } = supervisor(t, { command, record })
     s.start()
-    t.equal(s.pid, undefined, 'not ours to serve from')
-    t.equal(s.incarnation, null)
+    t.equal(s.pid, first.pid, 'the old server serves on: it may hold the only copy')
+    await until(() => adopts.length === 1, 'adopted')
+    t.same(spawns, [], 'nothing spawned')
+    t.notOk(fs.existsSync(path.join(dir, 'term')), 'the old one got no SIGTERM')
+    t.ok(isAlive(first.pid, first.start), 'the old one runs')
+    t.match(events('replica_process_config_changed'), [{ fields: { pid: first.pid } }])
+    await s.stop()
+  })
+
+t.test('a recorded server at another address is left running; a new one is spawned',
+  async (t) => {
+    if (!distFresh(t)) return
+    const dir = t.testdir({})
+    const record = path.join(dir, 'a.json')
+    const first = await crashedFront(t, server(dir, { tag: 'old' }), record)
+    t.teardown(() => { try { process.kill(first.pid, 'SIGKILL') } catch {} })
+    const command = server(dir, { tag: 'old' })
+    const { s, spawns, adopts, events } = supervisor(t, { command, record, address: 'x:1' })
+    s.start()
     await until(() => spawns.length === 1 && s.pid !== undefined, 'the new server')
-    t.ok(fs.existsSync(path.join(dir, 'term')), 'the old one got SIGTERM')
-    t.notOk(isAlive(first.pid, first.start), 'the old one is gone')
-    t.match(events('replica_process_record_stale'),
-      [{ fields: { pid: first.pid, reason: 'config_changed' } }])
-    t.same(adopts, [], 'never announced')
-    t.same(exits, [], 'nor its exit')
+    t.same(adopts, [], 'not adopted')
+    t.ok(isAlive(first.pid, first.start), 'the old one is left running')
+    t.match(events('replica_process_config_changed'), [{ fields: { pid: first.pid } }])
     await until(() => readRecord(record)?.pid === spawns[0], 'record rewritten')
-    t.same(readRecord(record)?.command, resolveCommand(command))
+    await s.stop()
   })
 
 t.test('a record that cannot be read or written is logged; the server runs anyway', async (t) => {

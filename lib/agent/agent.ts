@@ -4,6 +4,7 @@
 //   front ══ log channel ══▶ Agent ── Applier ──▶ server (127.0.0.1)
 //     ◀── ACK(seq) once the entry is written to the server's socket
 //     ◀── OUT(conn, offset) the server's output, kept until the front credits it (OUT_ACK)
+//     ──▶ SYNC(seq) ◀── SYNCED(applied) once the server has run every entry it was given
 //
 // A session belongs to one front process (its frontId). When the channel drops the session
 // stays: the front reconnects, says which output it has, gets back what it missed, and
@@ -120,7 +121,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     })
     this.channel?.destroy()
     this.handshakes.destroyAll()
-    this.session?.applier.close()
+    this.session?.close()
     await closed
     await this.supervisor?.stop()
     this.log.info('shutdown', {})
@@ -235,6 +236,12 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
         return
       }
       case 'OUT_ACK': return s.credit(f.conn, f.offset)
+      case 'SYNC': {
+        // Every entry up to seq came before it on this channel, or on an earlier one.
+        if (f.seq <= s.applied) return s.sync()
+        this.channel = null
+        return ch.fail(protocolError(this.epoch, `SYNC ${f.seq} after ${s.applied}`))
+      }
       // Answered at once: the front hears from a live agent at the front's own pace.
       case 'HEARTBEAT':
         ch.send({ type: 'HEARTBEAT', epoch: this.epoch })
@@ -340,7 +347,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       return held
     }
     // Another front process: whatever the last one had open is gone with its clients.
-    held?.applier.close()
+    held?.close()
     const s = this.session = this.newSession(f)
     this.log.info('session_started', { front: f.frontId, epoch: f.epoch })
     return s
@@ -375,6 +382,8 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
     applier.on('lane_off', (reason) => this.log.warn('lane_disabled', { reason }))
     const s = new Session(frontId, epoch, applier, window)
     const send = (f: Frame): void => { if (this.session === s) this.channel?.send(f) }
+    // After every OUT the run produced: they went out on the channel as they came.
+    s.synced = (ran) => send({ type: 'SYNCED', epoch: this.epoch, seq: ran })
     applier.on('ack', (e) => {
       s.acked.set(e.conn, e.seq)
       send({ type: 'ACK', epoch: this.epoch, seq: e.seq })
@@ -436,7 +445,7 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       type: 'ERROR', epoch: this.epoch, code: 'ERR_FTPROXY_SERVER_DOWN', message: reason,
     })
     this.channel = null
-    this.session?.applier.close()
+    this.session?.close()
     this.session = null
     this.health.prober = this.watch.probe
   }

@@ -1,6 +1,8 @@
 // One front's session at the agent: the entries it applied, the server's output per
 // connection, and how much of that output the front has credited (OUT_ACK). Output is kept
 // until credited, so a channel that drops loses nothing: it is sent again on the next one.
+// It also answers the front's SYNC: with a serial protocol an entry is acknowledged while
+// only held, so only this side can tell when the server has run it.
 
 import type { Applier } from '../replica/applier.js'
 import { Queue } from '../util/queue.js'
@@ -22,10 +24,19 @@ export interface Output {
   paused: boolean
 }
 
+/** How often a SYNC not answerable yet looks at the applier again. */
+const SYNC_POLL_MS = 1
+
 export class Session {
   applied = 0
   readonly acked = new Map<number, number>()
   readonly out = new Map<number, Output>()
+  /** Sends SYNCED(ran) on the session's channel, if it has one then. */
+  synced: (ran: number) => void = () => {}
+  /** A SYNC waits for its answer. */
+  private asked = false
+  private syncTimer?: NodeJS.Timeout
+  private closed = false
 
   constructor (
     readonly frontId: string,
@@ -76,6 +87,45 @@ export class Session {
       this.applier.resume(conn)
     }
     if (o.closed && o.closeSent && o.start === o.end) this.forget(conn)
+  }
+
+  /**
+   * The applier has run everything it was given: nothing connecting or queued, no turn
+   * waiting for its replies, no lane request unanswered, every write done. In raw mode that
+   * is every byte written to the server's socket: whether the server has run them cannot
+   * be told without framing.
+   */
+  get idle (): boolean {
+    return !this.applier.running && this.applier.unacked === 0
+  }
+
+  /**
+   * A SYNC (of a seq <= applied): synced(applied) once the applier is idle, at once if it
+   * is. Until then it looks every SYNC_POLL_MS; one answer covers every SYNC asked before it.
+   */
+  sync (): void {
+    this.asked = true
+    if (this.syncTimer === undefined) this.checkSync()
+  }
+
+  /** The session ends: its applier's sockets go, and so does any SYNC waiting. */
+  close (): void {
+    this.closed = true
+    clearTimeout(this.syncTimer)
+    this.syncTimer = undefined
+    this.applier.close()
+  }
+
+  private checkSync (): void {
+    this.syncTimer = undefined
+    if (!this.asked || this.closed) return
+    if (!this.idle) {
+      this.syncTimer = setTimeout(() => this.checkSync(), SYNC_POLL_MS)
+      this.syncTimer.unref()
+      return
+    }
+    this.asked = false
+    this.synced(this.applied)
   }
 
   forget (conn: number): void {

@@ -179,7 +179,9 @@ export function encode (frame: Frame): Buffer[] {
       return [w.u64(frame.seq, 'seq').u32(frame.conn, 'conn').buf, data]
     }
     case 'ACK':
-      return [head('ACK', frame.epoch, 8).u64(frame.seq, 'seq').buf]
+    case 'SYNC':
+    case 'SYNCED':
+      return [head(frame.type, frame.epoch, 8).u64(frame.seq, 'seq').buf]
     case 'OUT': {
       const data = payload(frame.data)
       const w = head('OUT', frame.epoch, 12 + data.length, 12)
@@ -333,6 +335,10 @@ function decodeFrame (buf: Buffer, start: number, end: number): Frame {
       return r.done({ type: 'HEARTBEAT', epoch })
     case FrameType.ERROR:
       return r.done({ type: 'ERROR', epoch, code: r.str(), message: r.str() })
+    case FrameType.SYNC:
+      return r.done({ type: 'SYNC', epoch, seq: r.u64() })
+    case FrameType.SYNCED:
+      return r.done({ type: 'SYNCED', epoch, seq: r.u64() })
     default:
       throw frameError('type', `unknown frame type ${type}`)
   }

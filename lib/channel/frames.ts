@@ -23,6 +23,8 @@
 //   11 OUT_ACK    conn u32 | offset u64
 //   12 HEARTBEAT  (empty)
 //   13 ERROR      code str | message str
+//   14 SYNC       seq u64   front → agent: say when every entry up to seq has been run
+//   15 SYNCED     seq u64   agent → front: every entry up to seq was run and answered
 //
 // Every field is read exactly: a short body, bytes after the last field, an unknown type or a
 // value out of range is an ERR_FTPROXY_FRAME, and one such error fails the decoder for good
@@ -30,7 +32,8 @@
 
 // 2: HELLO names the application protocol (the agent frames and orders by it).
 // 3: WELCOME names the server's incarnation (lib/incarnation.ts).
-export const PROTOCOL_VERSION = 3
+// 4: SYNC and SYNCED (a re-seed's cut waits until an agent's server has run every entry).
+export const PROTOCOL_VERSION = 4
 export const MAGIC = 'FTPX'
 /** Largest `len` a decoder accepts by default: a full DATA/OUT frame plus room to spare. */
 export const DEFAULT_MAX_FRAME = 1024 * 1024 + 64
@@ -63,7 +66,9 @@ export const FrameType = {
   OUT_CLOSE: 10,
   OUT_ACK: 11,
   HEARTBEAT: 12,
-  ERROR: 13
+  ERROR: 13,
+  SYNC: 14,
+  SYNCED: 15,
 } as const
 
 export type FrameName = keyof typeof FrameType
@@ -111,7 +116,18 @@ interface OutCloseFrame { type: 'OUT_CLOSE', epoch: number, conn: number }
 interface OutAckFrame { type: 'OUT_ACK', epoch: number, conn: number, offset: number }
 interface HeartbeatFrame { type: 'HEARTBEAT', epoch: number }
 interface ErrorFrame { type: 'ERROR', epoch: number, code: string, message: string }
+/**
+ * The front asks: answer once the server has run every entry up to `seq` (written, and with a
+ * serial protocol answered; see Session.sync). One in flight at a time.
+ */
+interface SyncFrame { type: 'SYNC', epoch: number, seq: number }
+/**
+ * The agent answers a SYNC: every entry up to `seq` (its last applied, at least the one
+ * asked) has been run, and all the output it produced was sent before this frame.
+ */
+interface SyncedFrame { type: 'SYNCED', epoch: number, seq: number }
 
 export type Frame =
   | HelloFrame | WelcomeFrame | OpenFrame | DataFrame | EofFrame | CloseFrame | AckFrame
   | OutFrame | OutEofFrame | OutCloseFrame | OutAckFrame | HeartbeatFrame | ErrorFrame
+  | SyncFrame | SyncedFrame

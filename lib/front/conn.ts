@@ -17,6 +17,7 @@ import { ReplyAligner, type RawReason } from './replies.js'
 import type { Replica } from './replica.js'
 import { protocolFor } from '../protocol/index.js'
 import type { Carry, Session } from '../protocol/types.js'
+import type { FrontCounters } from './counters.js'
 import { ReplaySkips } from './replay.js'
 
 /** The part of a client socket a connection uses (a net.Socket in production). */
@@ -32,33 +33,6 @@ export interface ClientSocket {
   resume (): void
   readonly writableLength: number
 }
-
-/** Running totals since start, for metrics. */
-export interface FrontCounters {
-  bytes_in: number
-  bytes_out: number
-  log_entries: number
-  connections_total: number
-  connections_rejected: number
-  failovers: number
-  switchovers: number
-  divergences: number
-  /** Turns completed on the replicas this front drives directly (serial protocols). */
-  turns: number
-  /** How long those turns waited for their replies: counts per TURN_WAIT_BOUNDS_MS bucket. */
-  turn_wait_buckets: number[]
-  /** Sum of those waits (ms). */
-  turn_wait_ms: number
-  /** Backup replies counted and dropped, not compared (they legitimately differ). */
-  uncompared_replies: number
-  /** Re-seeds that succeeded, that failed, and connections closed at their cuts. */
-  reseeds: number
-  reseed_failures: number
-  reseed_closed: number
-}
-
-/** Upper bounds (ms) of the turn-wait histogram's buckets; the last bucket is +Inf. */
-export const TURN_WAIT_BOUNDS_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000]
 
 /** What a connection needs from the rest of the front. */
 export interface ConnEnv {
@@ -178,6 +152,7 @@ export class Conn {
    * a client that is gone is not mistaken for one that still waits for its replies.
    */
   onEnd (): void {
+    if (this.cutOff) return // its CLOSE is logged already
     this.append('EOF')
     if (!this.ended && !this.gone) this.socket.write(NONE)
   }
@@ -188,6 +163,7 @@ export class Conn {
   }
 
   onClose (): void {
+    if (this.cutOff) return // its CLOSE is logged already
     this.gone = true
     this.append('CLOSE')
     this.env.log.debug('connection_closed', { conn: this.id })
@@ -314,6 +290,7 @@ export class Conn {
   /** Replica r left service: it holds nothing back any more. */
   dropReplica (r: Replica): void {
     this.aligner?.drop(r.index)
+    this.replays?.drop(r.index)
     this.stream.drop(r.index, performance.now())
     this.side(r).open = false
     this.release()
@@ -405,6 +382,13 @@ export class Conn {
       this.socket.write(buf)
     }
     this.socket.end(() => this.socket.destroy())
+    // A client that never reads them is not waited for beyond linger.
+    setTimeout(() => this.socket.destroy(), this.env.config.timeouts.linger).unref()
+    // Its end reaches every server now, at this point of the order (a BLPOP it left waiting
+    // must not take what a later client pushes), not when the client gets round to closing.
+    this.gone = true
+    this.append('CLOSE')
+    this.maybeForget()
   }
 
   /**

@@ -33,6 +33,11 @@ export class ConnTable {
     return c
   }
 
+  /** Whether connection `id` is still open somewhere (client or servers). */
+  has (id: number): boolean {
+    return this.conns.has(id)
+  }
+
   forget (c: Conn): void {
     this.conns.delete(c.id)
     this.dirty.delete(c)

@@ -7,7 +7,8 @@ import type { EventEmitter } from 'node:events'
 import type { Arbiter } from '../arbiter/index.js'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../logger.js'
-import { TURN_WAIT_BOUNDS_MS, type ConnEnv, type FrontCounters } from './conn.js'
+import type { ConnEnv } from './conn.js'
+import type { FrontCounters } from './counters.js'
 import { ConnTable } from './conns.js'
 import { Lifecycle } from './lifecycle.js'
 import { InputLog } from './log.js'
@@ -58,25 +59,4 @@ export function createCore (o: CoreOptions): Core {
   const incarnation = o.incarnation ?? (() => Promise.resolve(null))
   const roles: Roles = new Roles({ ...o, conns, input, lifecycle, incarnation })
   return { lifecycle, input, conns, roles }
-}
-
-/** Counters start at zero. */
-export function newCounters (): FrontCounters {
-  return {
-    bytes_in: 0,
-    bytes_out: 0,
-    log_entries: 0,
-    connections_total: 0,
-    connections_rejected: 0,
-    failovers: 0,
-    switchovers: 0,
-    divergences: 0,
-    turns: 0,
-    turn_wait_buckets: new Array<number>(TURN_WAIT_BOUNDS_MS.length + 1).fill(0),
-    turn_wait_ms: 0,
-    uncompared_replies: 0,
-    reseeds: 0,
-    reseed_failures: 0,
-    reseed_closed: 0,
-  }
 }

@@ -25,6 +25,8 @@ export interface CutOptions {
   /** The re-seed's deadline (performance.now() ms). */
   deadline: number
   policy: 'reattach' | 'close'
+  /** The target's incarnation when the re-seed began: the copy went into that process. */
+  since: string | null
 }
 
 const cutFailed = (msg: string, reason: string): FtproxyError =>
@@ -45,15 +47,21 @@ export async function cut (roles: Roles, o: RolesOptions, target: Replica, sourc
     if (!await roles.untilInSync(Math.min(opts.deadline, t0 + stall), gone)) {
       throw cutFailed(`${source.name} did not get in sync for the cut`, 'not_in_sync')
     }
-    // The copy went into the process that is there now, if it is still the same after.
-    const before = await o.incarnation(target)
+    // The copy went into the process that was there when the re-seed began, if it still is.
     await finish()
     const after = await o.incarnation(target)
     if (target.role !== 'seeding' || !life.active) throw cutFailed('interrupted', 'interrupted')
-    if (before !== after) throw cutFailed(`${target.name} restarted during the cut`, 'restarted')
+    if (opts.since !== after) {
+      throw cutFailed(`${target.name} restarted during the re-seed`, 'restarted')
+    }
+    // None known (an agent's is told by its next session's handshake, recorded then).
     if (after !== null) roles.incarnations[target.name] = after
+    else delete roles.incarnations[target.name]
     await recordJoin(roles, target)
-    return join(roles, o, target, source, opts.policy, t0)
+    const info = join(roles, o, target, source, opts.policy)
+    // Closed connections end on every server before anything after them is let in.
+    await until(() => info.closing.every((id) => !o.conns.has(id)), t0 + stall)
+    return { pause_ms: ms(t0), reattached: info.reattached, closed: info.closing.length }
   } finally {
     roles.cutting = false
     if (life.is('switching') && !roles.holding) life.set('serving', 'cut over')
@@ -73,7 +81,7 @@ async function recordJoin (roles: Roles, target: Replica): Promise<void> {
 }
 
 function join (roles: Roles, o: RolesOptions, target: Replica, source: Replica,
-  policy: 'reattach' | 'close', t0: number): CutInfo {
+  policy: 'reattach' | 'close'): { reattached: number, closing: number[] } {
   roles.setRole(target, 'backup', `re-seeded from ${source.name}`)
   const t = roles.attach(target, true)
   if (target.viaAgent) target.health.stop() // from now on its channel tells
@@ -82,6 +90,14 @@ function join (roles: Roles, o: RolesOptions, target: Replica, source: Replica,
   })
   roles.reportProtection(`${target.name} re-seeded`)
   for (const c of closing) c.closeAtCut()
-  const pause = Math.round((performance.now() - t0) * 100) / 100
-  return { pause_ms: pause, reattached, closed: closing.length }
+  return { reattached, closing: closing.map((c) => c.id) }
+}
+
+const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
+
+// Polls `done` every 2 ms until it holds or the deadline passes.
+async function until (done: () => boolean, deadline: number): Promise<void> {
+  while (!done() && performance.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 2))
+  }
 }

@@ -25,10 +25,11 @@ import type { Logger } from '../logger.js'
 import { nullLogger } from '../logger.js'
 import { fdBudget, fdLimit } from '../util/fds.js'
 import { listen } from '../util/listen.js'
-import type { FrontCounters } from './conn.js'
+import type { FrontCounters } from './counters.js'
 import type { ProtocolName } from '../protocol/types.js'
 import type { ConnTable } from './conns.js'
-import { createCore, newCounters } from './core.js'
+import { createCore } from './core.js'
+import { newCounters } from './counters.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import { Replica, transportFactory, type Role, type TransportFactory } from './replica.js'
@@ -36,7 +37,7 @@ import type { FailoverInfo, FrontEvents, Roles } from './roles.js'
 import { checkAtStart, readIncarnation } from '../incarnation.js'
 import { Reseeder, type LastReseed } from './reseed.js'
 
-export type { FrontCounters } from './conn.js'
+export type { FrontCounters } from './counters.js'
 export type { Role } from './replica.js'
 export type { FailoverInfo, FrontEvents } from './roles.js'
 
@@ -325,6 +326,7 @@ export class Front extends EventEmitter<FrontEvents> {
   /** Stop accepting, let released output drain (bounded by timeouts.linger), stop everything. */
   async close (): Promise<void> {
     if (this.lifecycle.is('closing')) return
+    const wasServing = this.lifecycle.active
     this.lifecycle.set('closing', 'close()')
     const server = this.server
     const closed = new Promise<void>((resolve) => {
@@ -339,10 +341,31 @@ export class Front extends EventEmitter<FrontEvents> {
     await closed
     this.teardown()
     await this.stopReplicas()
-    await this.roles.stopped(this.replicas.filter((r) => r.supervisor).map((r) => r.name))
+    // Recorded only by a front that served: one that never did knows nothing of the data.
+    if (wasServing) await this.roles.stopped(this.supervised())
     await this.roles.settled()
     await this.arbiter.close()
     this.logger.info('shutdown', {})
+  }
+
+  /**
+   * A start that failed after start() resolved (the admin endpoint could not listen): stop
+   * serving but keep every server running, and recorded, for the next front to adopt; the
+   * state stays as it is. They may hold the only copy of the data.
+   */
+  async abandon (): Promise<void> {
+    if (this.lifecycle.is('closing')) return
+    this.lifecycle.set('closing', 'abandon()')
+    this.server?.close()
+    this.conns.destroyAll()
+    this.teardown()
+    for (const r of this.replicas) r.supervisor?.release()
+    await this.roles.settled()
+    await this.arbiter.close()
+  }
+
+  private supervised (): string[] {
+    return this.replicas.filter((r) => r.supervisor).map((r) => r.name)
   }
 
   // ---- replicas ---------------------------------------------------------------------------
@@ -386,7 +409,8 @@ export class Front extends EventEmitter<FrontEvents> {
     const source = {
       name: r.name,
       address: r.address,
-      supervised: sup ? () => sup.incarnation : null,
+      // Supervised with no process running: whatever runs there next starts empty.
+      supervised: sup ? () => sup.incarnation ?? 'none' : null,
       agent: r.viaAgent ? () => r.transport?.incarnation ?? null : null,
     }
     return readIncarnation(source, this.cfg.protocol, this.cfg.health_check.timeout)

@@ -18,6 +18,12 @@ export class ReplaySkips {
   /** Replica r starts with `replay`: the replies to it are dropped. */
   add (r: number, replay: Buffer): void {
     if (replay.length > 0) this.skips.set(r, new ReplaySkip(this.protocol, replay))
+    else this.skips.delete(r)
+  }
+
+  /** Replica r left: nothing of its output is awaited. */
+  drop (r: number): void {
+    this.skips.delete(r)
   }
 
   /** Some replica has not produced all the replies to its replay yet. */

@@ -48,6 +48,8 @@ export class ReseedCommand {
   private exited = false
   private onReady: (yes: boolean) => void = () => {}
   private onFailed: (err: FtproxyError) => void = () => {}
+  /** `cut`'s write: its error (EPIPE: nobody was left to read it), null, or not yet sent. */
+  private cutSent: Promise<Error | null> | null = null
 
   constructor (command: string[], env: NodeJS.ProcessEnv, log: Logger) {
     const [file, ...args] = resolveCommand(command)
@@ -75,9 +77,12 @@ export class ReseedCommand {
       child.on('exit', (code, signal) => {
         this.exited = true
         this.onReady(false)
-        if (code === 0 && this.killedFor === null) return resolve()
         // What it started and left running goes with it (its group outlives it).
         this.signal('SIGKILL')
+        if (code === 0 && this.killedFor === null) {
+          void this.succeeded().then(resolve, reject)
+          return
+        }
         const why = this.killedFor ?? (signal !== null ? `killed by ${signal}` : `exit ${code}`)
         reject(failed(`reseed.command failed: ${why}`, this.killedFor ?? 'exit'))
       })
@@ -87,7 +92,20 @@ export class ReseedCommand {
 
   /** The front made the cut: the command finishes the copy now. */
   cut (): void {
-    this.child.stdin?.end('cut\n')
+    // One that said `ready` and exited did not wait for the cut: its copy is not as of it.
+    if (this.exited) throw failed('reseed.command exited before it was told cut', 'early_exit')
+    const stdin = this.child.stdin
+    this.cutSent = new Promise((resolve) => {
+      if (stdin === null) return resolve(null)
+      stdin.write('cut\n', (err) => resolve(err ?? null))
+      stdin.end()
+    })
+  }
+
+  // An exit 0 counts if `cut` was not sent (one-phase) or it reached a live reader.
+  private async succeeded (): Promise<void> {
+    const err = await this.cutSent
+    if (err) throw failed('reseed.command exited before it was told cut', 'early_exit')
   }
 
   /**

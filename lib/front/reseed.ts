@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks'
 import type { Config, ReseedConfig } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
-import type { FrontCounters } from './conn.js'
+import type { FrontCounters } from './counters.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { Replica, ReseedState } from './replica.js'
 import { ReseedCommand, reseedEnv, type Peer } from './reseed-command.js'
@@ -64,9 +64,23 @@ export function retryDelay (streak: number): number {
  */
 export function noteDivergence (rs: ReseedState, now = performance.now()): void {
   rs.divergences++
-  const soon = rs.joinedAt > 0 && now - rs.joinedAt < DIVERGED_SOON_MS
-  rs.diverging = soon ? rs.diverging + 1 : 0
-  rs.notBefore = soon ? now + retryDelay(rs.diverging) : 0
+  noteLeft(rs, now)
+}
+
+/**
+ * A replica left service (a divergence, a failure): soon after it joined by a re-seed, it
+ * is not re-seeded at once again (each re-seed holds every client's input for a moment).
+ */
+export function noteLeft (rs: ReseedState, now = performance.now()): void {
+  if (rs.joinedAt === 0) return // never joined by a re-seed, or its leaving is counted
+  const soon = now - rs.joinedAt < DIVERGED_SOON_MS
+  rs.joinedAt = 0
+  if (!soon) {
+    rs.diverging = 0
+    return
+  }
+  rs.diverging++
+  rs.notBefore = Math.max(rs.notBefore, now + retryDelay(rs.diverging))
 }
 
 export class Reseeder {
@@ -137,6 +151,8 @@ export class Reseeder {
     const deadline = t0 + cfg.timeout
     roles.setRole(target, 'seeding', `re-seed (${reason}) from ${source.name}`)
     this.o.log.info('reseed_started', { replica: target.name, source: source.name, reason })
+    // The process the copy goes into: the cut checks it is still the one there.
+    const since = await roles.incarnationOf(target)
     const env = reseedEnv(peer(source), peer(target), cfg.timeout)
     const spawn = (): ReseedCommand =>
       (this.command = new ReseedCommand(cfg.command, env, target.log))
@@ -149,7 +165,7 @@ export class Reseeder {
         cut = await roles.cut(target, source, async () => {
           cmd.cut()
           await cmd.done
-        }, { deadline, policy })
+        }, { deadline, policy, since })
       } else {
         // It did all its work before any hold: worth nothing but a warm copy. Again, under it.
         await cmd.done
@@ -157,7 +173,7 @@ export class Reseeder {
           cmd = spawn()
           cmd.cut()
           await cmd.done
-        }, { deadline, policy })
+        }, { deadline, policy, since })
       }
       return this.succeeded(target, source, reason, cut, t0)
     } catch (err) {

@@ -17,14 +17,14 @@ import type { Config } from '../config/index.js'
 import { FtproxyError } from '../errors.js'
 import type { Logger } from '../logger.js'
 import type { ConnTable } from './conns.js'
-import { TURN_WAIT_BOUNDS_MS, type FrontCounters } from './conn.js'
+import { TURN_WAIT_BOUNDS_MS, type FrontCounters } from './counters.js'
 import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import type { Replica, Role, TransportFactory } from './replica.js'
 import { JoinedTransport } from '../replica/joined.js'
 import { compare } from '../incarnation.js'
 import { cut, type CutInfo, type CutOptions } from './cut.js'
-import { noteDivergence } from './reseed.js'
+import { noteDivergence, noteLeft } from './reseed.js'
 import type { Transport } from '../replica/transport.js'
 import { PAUSE_MS } from '../util/timer.js'
 
@@ -183,21 +183,28 @@ export class Roles {
   }
 
   /**
-   * close(): the front stopped these supervised servers; they come back empty. If that is
-   * every replica, they are all alike (empty): none is stale. Else they are stale.
+   * close(): the front stopped these supervised servers; they come back empty (STOPPED
+   * assumes in-memory servers; one that persists comes back as it was stopped, which is in
+   * sync too: the front drained before). If that is every replica, the serving ones are all
+   * alike and none of them is stale at the next start; a stale one stays stale. Else the
+   * stopped ones are stale, and the primary is one that is not.
    */
   async stopped (names: readonly string[]): Promise<void> {
     if (names.length === 0 || this.state === undefined) return
     const all = names.length === this.replicas.length
     for (const r of this.replicas) {
-      if (names.includes(r.name)) this.incarnations[r.name] = STOPPED
-      if (all) {
-        if (r.role !== 'primary') r.role = 'backup'
-      } else if (names.includes(r.name)) {
+      if (!names.includes(r.name)) continue
+      if (!all) {
+        this.incarnations[r.name] = STOPPED
         r.role = 'stale'
+      } else if (r.serving) {
+        this.incarnations[r.name] = STOPPED
       }
     }
-    await this.cas({ epoch: this.state.epoch + 1, primary: null })
+    const primary = this.primary.serving
+      ? this.primary.name
+      : this.replicas.find((r) => r.serving)?.name ?? null
+    await this.cas({ epoch: this.state.epoch + 1, primary })
   }
 
   /** After the startup probes: serve from a reachable replica, in an epoch of our own. */
@@ -274,7 +281,13 @@ export class Roles {
   /** Health says r answers again. */
   onHealthUp (r: Replica): void {
     this.o.log.info('replica_up', { replica: r.name })
-    if (this.mayJoinEmpty(r)) void this.joinEmpty(r)
+    if (this.mayJoinEmpty(r)) {
+      void this.joinEmpty(r)
+    } else if (r.role === 'down' && this.o.lifecycle.active) {
+      // Down while input was logged: it missed some; it comes back by a re-seed.
+      this.setRole(r, 'stale', 'reachable again; it missed input while down')
+      void this.persistStale()
+    }
   }
 
   // A replica that was down before any input was logged missed nothing: it may back up.
@@ -298,6 +311,7 @@ export class Roles {
     this.setRole(r, 'backup', 'reachable before any input')
     if (r.viaAgent) r.health.stop() // from now on its channel tells
     this.attach(r)
+    void this.persistStale()
     this.reportProtection('backup joined')
   }
 
@@ -363,6 +377,7 @@ export class Roles {
   private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
     r.detach()
     this.checkAgain(r)
+    noteLeft(r.reseed)
     // Before any input was logged nothing was missed: the replica is only down.
     this.setRole(r, role === 'stale' && this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
     this.o.conns.dropReplica(r)
@@ -430,6 +445,7 @@ export class Roles {
   private leave (old: Replica, reason: string): void {
     old.detach()
     this.checkAgain(old)
+    noteLeft(old.reseed)
     this.setRole(old, this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
   }
 
@@ -529,6 +545,11 @@ export class Roles {
     return info
   }
 
+  /** The server process r is now (lib/incarnation.ts). */
+  incarnationOf (r: Replica): Promise<string | null> {
+    return this.o.incarnation(r)
+  }
+
   /** A re-seed's cut (front/cut.ts). */
   cut (target: Replica, source: Replica, finish: () => Promise<void>,
     opts: CutOptions): Promise<CutInfo> {
@@ -548,16 +569,20 @@ export class Roles {
   // Serial protocols acknowledge entries a replica holds before it runs them: in sync also
   // means none is still waiting for its turn.
   private inSync (): boolean {
-    const queued = this.o.replicas.some((r) => (r.transport?.queued ?? 0) > 0)
-    return !queued && this.o.input.length === 0 && this.o.conns.inSync()
+    // Every transport is asked (an agent's answer takes a round trip: they go out together).
+    const busy = this.o.replicas.filter((r) =>
+      r.transport !== null && (r.transport.queued > 0 || r.transport.running === true))
+      .length > 0
+    return !busy && this.o.input.length === 0 && this.o.conns.inSync()
   }
 
   // ---- arbiter ----------------------------------------------------------------------------
 
-  // Being re-seeded is being stale, until the cut is recorded.
+  // Being re-seeded is being stale, until the cut is recorded; so is being down (it may miss
+  // input at any moment: a front that restarts must not take it for in sync).
   private staleNames (): string[] {
     return this.replicas
-      .filter((r) => (r.role === 'stale' || r.role === 'seeding') && r !== this.joining)
+      .filter((r) => !r.serving && r !== this.joining)
       .map((r) => r.name)
   }
 

@@ -2,7 +2,7 @@
 // it), one reply line per command. A blank line (spaces and tabs only) gets no reply; QUIT
 // answers OK and closes; a line longer than MAX_LINE is answered with an error and closes.
 
-import type { Protocol, ReplyMark, ReplyReader, Request, Session } from './types.js'
+import type { Carry, Protocol, ReplyMark, ReplyReader, Request, Session } from './types.js'
 import { MAX_LINE } from '../demo-server.js'
 import { Queue } from '../util/queue.js'
 
@@ -92,6 +92,13 @@ class LineSession implements Session {
       if (this.partialLen > MAX_LINE + 1) return this.tooLong(out)
     }
     return out
+  }
+
+  // Nothing per connection on the server to carry, but a line cut in half at a re-seed's cut
+  // would reach the new copy as its tail only.
+  carry (): Carry {
+    if (this.fallback !== null) return { refused: 'fallback' }
+    return this.partialLen > 0 ? { refused: 'partial' } : { replay: Buffer.alloc(0) }
   }
 
   reader (): ReplyReader {

@@ -4,6 +4,7 @@
 //        ▲                                      │
 //        └── 'ack' ◀── ACK(seq) ◀───────────────┤   (the agent's host holds the entry)
 //   'output' ◀── OUT(conn, offset, bytes) ◀─────┘   credit back: OUT_ACK(conn, offset)
+//   running ──SYNC(sent)──▶ agent ── its applier idle ──▶ SYNCED(ran) ──▶ running false
 //
 // Entries are held until acknowledged, so a channel that drops and comes back resends what
 // the agent may not have (it skips what it already applied); output resumes at the offsets
@@ -95,6 +96,10 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
   readonly prober = null
   /** What waits in the agent is not known here (it is in lag_entries until acknowledged). */
   readonly queued = 0
+  /** The agent said its server has run every entry up to here (SYNCED). */
+  private ran = 0
+  /** A SYNC is in flight on the current channel. */
+  private asking = false
   /**
    * The server's incarnation as the agent's last WELCOME named it (lib/incarnation.ts); null
    * before the first WELCOME, or when the agent cannot tell.
@@ -146,6 +151,24 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
 
   get unacked (): number {
     return this.held.size
+  }
+
+  /**
+   * Until the agent confirms (SYNCED) that its server has run every entry handed over so far:
+   * written to the server and, with a serial protocol, answered (an ACK only says the agent
+   * holds it). Reading it while unconfirmed asks the agent (SYNC of `sent`, one in flight at
+   * a time), so a poll of it turns false within a round trip once the server is done. The
+   * agent sends every OUT of those entries before its SYNCED: false also means their output
+   * is here. With protocol raw it means written to the server's socket: the server may
+   * still be working on it, which nothing can tell without framing.
+   */
+  get running (): boolean {
+    if (this.ran >= this.sent) return false
+    if (this.live && !this.asking && !this.stopped) {
+      this.asking = true
+      this.channel?.send({ type: 'SYNC', epoch: this.opts.epoch(), seq: this.sent })
+    }
+    return true
   }
 
   apply (entry: Entry): void {
@@ -213,6 +236,7 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       if (this.channel !== ch) return
       if (this.live) this.opts.log.warn('channel_down', {})
       this.live = false
+      this.asking = false // lost with the channel: asked again on the next one
       this.channel = null
       if (socket instanceof tls.TLSSocket) this.checkTls(socket, attempt)
       if (!this.stopped) this.reconnectTimer = setTimeout(() => this.connect(), RECONNECT_MS)
@@ -255,6 +279,12 @@ export class AgentTransport extends EventEmitter<TransportEvents> implements Tra
       }
       case 'OUT_CLOSE': return this.onOutClose(ch, f.conn)
       case 'HEARTBEAT': return
+      case 'SYNCED': {
+        if (f.seq > this.sent) return this.protocolError(ch, `SYNCED ${f.seq} past ${this.sent}`)
+        this.asking = false
+        this.ran = Math.max(this.ran, f.seq)
+        return
+      }
       case 'ERROR': {
         const code = AGENT_CODES.find((c) => c === f.code) ?? 'ERR_FTPROXY_PROTOCOL'
         this.opts.log.warn('agent_error', { code: f.code, error: f.message })

@@ -178,6 +178,16 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     return this.queue.length
   }
 
+  /**
+   * The server still has work from it: a connect, entries queued, a turn waiting for its
+   * replies, requests on the lane unanswered (serial mode). In raw mode written is all it
+   * can tell.
+   */
+  get running (): boolean {
+    return this.connecting || this.queue.length > 0 || this.turns?.busy === true ||
+      this.lane?.busy === true
+  }
+
   get connections (): number {
     return this.conns.size
   }

@@ -54,6 +54,10 @@ export class JoinedTransport extends EventEmitter<TransportEvents> implements Tr
     return this.inner.prober
   }
 
+  get running (): boolean | undefined {
+    return this.inner.running
+  }
+
   get incarnation (): string | null | undefined {
     return this.inner.incarnation
   }

@@ -63,6 +63,12 @@ export interface Transport extends EventEmitter<TransportEvents> {
    * checks open no connections to the server; null: the health check connects itself.
    */
   readonly prober: Prober | null
+  /**
+   * Its server still has work from it (a turn waiting for replies, lane requests
+   * unanswered, entries queued): a re-seed's cut waits until no transport has. Absent:
+   * it cannot tell (then `queued` is all there is).
+   */
+  readonly running?: boolean
   /** Agent replicas: the server's incarnation as the agent last named it (else absent). */
   readonly incarnation?: string | null
   /** Hand over the next entry; entries come in seq order. */

@@ -93,6 +93,10 @@ const samples: Frame[] = [
   { type: 'OUT_ACK', epoch: 4, conn: 5, offset: MAX },
   { type: 'HEARTBEAT', epoch: 0 },
   { type: 'HEARTBEAT', epoch: U32 },
+  { type: 'SYNC', epoch: 6, seq: 0 },
+  { type: 'SYNC', epoch: 6, seq: MAX },
+  { type: 'SYNCED', epoch: 6, seq: 1 },
+  { type: 'SYNCED', epoch: U32, seq: MAX },
   { type: 'ERROR', epoch: 5, code: '', message: '' },
   {
     type: 'ERROR',
@@ -140,13 +144,15 @@ function decodeFails (
 }
 
 t.test('constants', async (t) => {
-  t.equal(PROTOCOL_VERSION, 3)
+  t.equal(PROTOCOL_VERSION, 4)
   t.equal(MAGIC, 'FTPX')
   t.equal(DEFAULT_MAX_FRAME, 1024 * 1024 + 64)
   t.equal(MAX_DATA, 1024 * 1024)
   t.equal(FrameType.HELLO, 1)
   t.equal(FrameType.ERROR, 13)
-  t.equal(Object.keys(FrameType).length, 13)
+  t.equal(FrameType.SYNC, 14)
+  t.equal(FrameType.SYNCED, 15)
+  t.equal(Object.keys(FrameType).length, 15)
 })
 
 t.test('every frame type round-trips', async (t) => {
@@ -194,6 +200,8 @@ t.test('golden bytes', async (t) => {
   const golden: Array<[Frame, string]> = [
     [{ type: 'HEARTBEAT', epoch: 7 }, '00000005 0c 00000007'],
     [{ type: 'ACK', epoch: 1, seq: 2 ** 32 + 5 }, '0000000d 07 00000001 0000000100000005'],
+    [{ type: 'SYNC', epoch: 1, seq: 9 }, '0000000d 0e 00000001 0000000000000009'],
+    [{ type: 'SYNCED', epoch: 1, seq: 2 ** 32 }, '0000000d 0f 00000001 0000000100000000'],
     [{ type: 'OPEN', epoch: 2, seq: 3, conn: 4 }, '00000011 03 00000002 0000000000000003 00000004'],
     [{ type: 'DATA', epoch: 2, seq: 3, conn: 4, data: Buffer.from('hi') },
       '00000013 04 00000002 0000000000000003 00000004 6869'],
@@ -355,7 +363,7 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
   t.test('unknown types', async (t) => {
     decodeFails(t, [hex('00000005 63 00000001')], 'type') // 99
     decodeFails(t, [hex('00000005 00 00000001')], 'type')
-    decodeFails(t, [hex('00000005 0e 00000001')], 'type')
+    decodeFails(t, [hex('00000005 10 00000001')], 'type') // 16: the first unknown
     decodeFails(t, [hex('00000005 ff 00000001')], 'type')
   })
 
@@ -387,6 +395,7 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
 
   t.test('truncated fixed bodies', async (t) => {
     decodeFails(t, [hex('0000000c 07 00000001 00000000000000')], 'truncated') // ACK, 7-byte seq
+    decodeFails(t, [hex('00000005 0e 00000001')], 'truncated') // SYNC without seq
     decodeFails(t, [hex('00000010 03 00000001 0000000000000001 000000')], 'truncated') // OPEN
     // OUT_EOF without reset
     decodeFails(t, [hex('00000011 09 00000001 00000001 0000000000000001')], 'truncated')
@@ -399,6 +408,7 @@ t.test('garbage fails the decoder with ERR_FTPROXY_FRAME', async (t) => {
   t.test('trailing bytes', async (t) => {
     decodeFails(t, [hex('0000000e 07 00000001 0000000000000001 00')], 'trailing') // ACK
     decodeFails(t, [hex('00000006 0c 00000001 00')], 'trailing') // HEARTBEAT
+    decodeFails(t, [hex('0000000e 0f 00000001 0000000000000001 00')], 'trailing') // SYNCED
     // OUT_EOF
     decodeFails(t, [hex('00000013 09 00000002 00000005 0000000000000006 01 00')], 'trailing')
     decodeFails(t, [hex('0000000d 0d 00000003 0001 45 0002 c3a9 00')], 'trailing') // ERROR

@@ -106,6 +106,8 @@ class Gen {
       case 'DATA':
         return { type, epoch, seq: this.u64(), conn: this.u32(), data: this.data() }
       case 'ACK':
+      case 'SYNC':
+      case 'SYNCED':
         return { type, epoch, seq: this.u64() }
       case 'OUT':
         return { type, epoch, conn: this.u32(), offset: this.u64(), data: this.data() }

@@ -8,7 +8,7 @@ import { STOPPED } from '../../lib/arbiter/index.js'
 import type { Entry } from '../../lib/front/log.js'
 import type { ReseedState } from '../../lib/front/replica.js'
 import {
-  noteDivergence, retryDelay, RETRY_MAX_MS, RETRY_MIN_MS,
+  noteDivergence, noteLeft, retryDelay, RETRY_MAX_MS, RETRY_MIN_MS,
 } from '../../lib/front/reseed.js'
 import type { Prober } from '../../lib/health.js'
 import { checkAtStart, compare } from '../../lib/incarnation.js'
@@ -108,8 +108,14 @@ t.test('noteDivergence: soon after a join it backs off; a rare one re-seeds at o
 
   rs.joinedAt = 2_000_000
   noteDivergence(rs, 2_000_000 + 600_000)
-  t.match(rs, { divergences: 5, diverging: 0, notBefore: 0 },
-    '10 min after the join: rare, at once')
+  t.match(rs, { divergences: 5, diverging: 0 }, '10 min after the join: rare')
+  t.ok(rs.notBefore <= 2_600_000, 'at once')
+  rs.joinedAt = 3_000_000
+  noteLeft(rs, 3_001_000)
+  t.match(rs, { divergences: 5, diverging: 1, joinedAt: 0 }, 'a failure soon after a join: too')
+  t.equal(rs.notBefore, 3_011_000, '10 s')
+  noteLeft(rs, 3_002_000)
+  t.equal(rs.diverging, 1, 'counted once, however it left')
 })
 
 // ---- JoinedTransport ----------------------------------------------------------------------
