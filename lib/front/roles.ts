@@ -381,7 +381,7 @@ export class Roles {
     // Before any input was logged nothing was missed: the replica is only down.
     this.setRole(r, role === 'stale' && this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
     this.o.conns.dropReplica(r)
-    if (r.role === 'stale') void this.persistStale()
+    void this.persistStale() // down too: it may miss input at any moment
     this.reportProtection(`${r.name}: ${reason}`)
     this.o.conns.afterProgress()
   }
