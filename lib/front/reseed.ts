@@ -68,8 +68,10 @@ export function noteDivergence (rs: ReseedState, now = performance.now()): void 
 }
 
 /**
- * A replica left service (a divergence, a failure): soon after it joined by a re-seed, it
- * is not re-seeded at once again (each re-seed holds every client's input for a moment).
+ * A replica diverged soon after it joined by a re-seed: it is not re-seeded at once again
+ * (each re-seed holds every client's input for a moment). A failure is not counted: a
+ * server that crashes again and again is slowed by its supervisor's backoff, and a replica
+ * killed twice a minute is re-protected each time.
  */
 export function noteLeft (rs: ReseedState, now = performance.now()): void {
   if (rs.joinedAt === 0) return // never joined by a re-seed, or its leaving is counted

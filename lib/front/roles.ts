@@ -24,7 +24,7 @@ import type { Replica, Role, TransportFactory } from './replica.js'
 import { JoinedTransport } from '../replica/joined.js'
 import { compare } from '../incarnation.js'
 import { cut, type CutInfo, type CutOptions } from './cut.js'
-import { noteDivergence, noteLeft } from './reseed.js'
+import { noteDivergence } from './reseed.js'
 import type { Transport } from '../replica/transport.js'
 import { PAUSE_MS } from '../util/timer.js'
 
@@ -377,7 +377,6 @@ export class Roles {
   private retire (r: Replica, role: 'stale' | 'down', reason: string): void {
     r.detach()
     this.checkAgain(r)
-    noteLeft(r.reseed)
     // Before any input was logged nothing was missed: the replica is only down.
     this.setRole(r, role === 'stale' && this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
     this.o.conns.dropReplica(r)
@@ -445,7 +444,6 @@ export class Roles {
   private leave (old: Replica, reason: string): void {
     old.detach()
     this.checkAgain(old)
-    noteLeft(old.reseed)
     this.setRole(old, this.o.input.lastSeq > 0 ? 'stale' : 'down', reason)
   }
 

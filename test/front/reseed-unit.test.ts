@@ -112,7 +112,7 @@ t.test('noteDivergence: soon after a join it backs off; a rare one re-seeds at o
   t.ok(rs.notBefore <= 2_600_000, 'at once')
   rs.joinedAt = 3_000_000
   noteLeft(rs, 3_001_000)
-  t.match(rs, { divergences: 5, diverging: 1, joinedAt: 0 }, 'a failure soon after a join: too')
+  t.match(rs, { divergences: 5, diverging: 1, joinedAt: 0 }, 'counted from the join: soon')
   t.equal(rs.notBefore, 3_011_000, '10 s')
   noteLeft(rs, 3_002_000)
   t.equal(rs.diverging, 1, 'counted once, however it left')
