@@ -22,6 +22,12 @@ export interface IncarnationSource {
   supervised: (() => string | null) | null
   /** The agent's report (agent replicas; null until its channel said). */
   agent: (() => string | null) | null
+  /**
+   * A connection already open to the server to ask on (resp: the applier's control
+   * connection), so that no connection is opened at a moment unrelated to the log; null or
+   * absent: one is opened for the question.
+   */
+  ask?: ((request: Buffer) => Promise<Buffer> | null) | null
 }
 
 const INFO_SERVER = Buffer.from('*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n')
@@ -37,8 +43,22 @@ export async function readIncarnation (
     return proc === null ? null : `proc:${proc}`
   }
   if (protocol !== 'resp') return null
-  const id = await redisRunId(r.address, timeout).catch(() => null)
+  const asked = r.ask?.(INFO_SERVER) ?? null
+  // A connection that failed (the server restarted under it) is no answer: ask anew.
+  const id = (asked
+    ? await within(asked, timeout).then((reply) => runIdOf(reply), () => null)
+    : null) ?? await redisRunId(r.address, timeout).catch(() => null)
   return id === null ? null : `redis:${id}`
+}
+
+const runIdOf = (reply: Buffer | null): string | null =>
+  reply === null ? null : RUN_ID.exec(reply.toString('latin1'))?.[1] ?? null
+
+/** p's value, or null if it takes longer than ms. */
+export function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<null>((resolve) => { timer = setTimeout(resolve, ms, null) })
+  return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
 // INFO server's run_id, on a connection of its own (closed at once).

@@ -28,7 +28,7 @@ import { protocolFor } from '../protocol/index.js'
 import { isProtocolName, type ProtocolName } from '../protocol/types.js'
 import { Channel } from '../channel/channel.js'
 import { PROTOCOL_VERSION, splitData, type Frame, type HelloFrame } from '../channel/codec.js'
-import { readIncarnation } from '../incarnation.js'
+import { readIncarnation, within } from '../incarnation.js'
 import { writeFileAtomicSync } from '../util/atomic-write.js'
 import { listen } from '../util/listen.js'
 import { Session, uncredited, type Output } from './session.js'
@@ -327,6 +327,9 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       address: this.cfg.server,
       supervised: sup ? () => sup.incarnation : null,
       agent: null,
+      // A session's control connection, if there is one: a channel that reconnects opens
+      // no connection to the server for the question.
+      ask: (request: Buffer) => this.session?.applier.ask(request) ?? null,
     }
     // Within the handshake's own time limit, whatever the configuration.
     const timeout = Math.min(this.cfg.health_check.timeout, HANDSHAKE_MS / 2)
@@ -514,13 +517,6 @@ export class Agent extends EventEmitter<{ listening: [address: HostPort] }> {
       throw new FtproxyError('ERR_FTPROXY_STATE', message, { file: this.epochFile })
     }
   }
-}
-
-// p's value, or null if it takes longer than ms.
-function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<null>((resolve) => { timer = setTimeout(resolve, ms, null) })
-  return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
 function protocolError (epoch: number, message: string): Frame {

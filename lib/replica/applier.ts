@@ -188,6 +188,11 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
       this.lane?.busy === true
   }
 
+  /** Ask the server on the control connection (resp); null without one. */
+  ask (request: Buffer): Promise<Buffer> | null {
+    return this.control?.query(request) ?? null
+  }
+
   get connections (): number {
     return this.conns.size
   }

@@ -135,6 +135,31 @@ t.test('protocol resp: the run_id of INFO server', { skip: !haveRedis() && 'no r
     tt.equal(tr.incarnation, `redis:${runId}`)
   })
 
+t.test('protocol resp: a reconnect asks on the session\'s control connection, not a new one',
+  { skip: !haveRedis() && 'no redis-server' }, async (tt) => {
+    const redis = await redisServer(tt)
+    const conn = await RespConn.open(redis.port)
+    tt.teardown(() => conn.socket.destroy())
+    const received = async (): Promise<number> => {
+      const [info] = await conn.call([['INFO', 'stats']])
+      return Number(/total_connections_received:(\d+)/.exec(String(info))?.[1])
+    }
+    const { port } = await agentInProcess(tt, redis.port)
+    const { tr } = transport(tt, port, 2, 'resp')
+    await until(() => tr.incarnation !== null, 'the first report')
+    const first = tr.incarnation
+    const before = await received()
+    const reports: Array<string | null> = []
+    tr.on('incarnation', (id) => reports.push(id))
+    // The channel drops and comes back: the agent's session (and its control connection)
+    // lives on, and the question goes there.
+    const ch = (tr as unknown as { channel: { destroy (): void } | null }).channel
+    ch?.destroy()
+    await until(() => reports.length > 0, 'a report after the reconnect', 10000)
+    tt.equal(reports[0], first, 'the same run_id')
+    tt.equal(await received(), before, 'no connection opened to the server for it')
+  })
+
 t.test('an unsupervised raw server: cannot tell; reported before anything is resent',
   async (tt) => {
     const server = await demoServer(tt)
