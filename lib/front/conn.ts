@@ -199,12 +199,11 @@ export class Conn {
 
   onOutput (r: Replica, data: Buffer): void {
     if (!r.serving || !this.stream.isLive(r.index)) return // dropped here (a failed splice)
-    // A replay refused: its session there is not the client's; what it runs may differ.
     if (this.replays) {
-      data = this.replays.take(r.index, data, () => this.env.diverged(r, this.id,
-        this.stream.producedBy(r.index), NONE, NONE, 'its session could not be replayed'))
+      data = this.replays.take(r.index, data)
+      if (!this.replays.pending) this.replays = null // the usual case costs nothing after
+      if (data.length === 0 || !r.serving) return
     }
-    if (data.length === 0 || !r.serving) return
     if (this.aligner) this.aligner.output(r.index, data)
     else this.canonical(r, data)
   }
@@ -365,7 +364,13 @@ export class Conn {
     this.side(r).open = true
     this.stream.join(r.index)
     this.aligner?.join(r.index)
-    this.replays ??= new ReplaySkips(protocolFor(this.env.config.protocol))
+    if (replay.length === 0) return
+    // A replay refused: its session there is not the client's; what it runs may differ.
+    this.replays ??= new ReplaySkips(protocolFor(this.env.config.protocol), (i) => {
+      const at = this.stream.producedBy(i)
+      const bad = this.env.replicas[i]
+      if (bad) this.env.diverged(bad, this.id, at, NONE, NONE, 'its session could not be replayed')
+    })
     this.replays.add(r.index, replay)
   }
 

@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks'
 import { FtproxyError } from '../errors.js'
 import type { Replica } from './replica.js'
 import type { Roles, RolesOptions } from './roles.js'
+import { pollUntil } from '../util/timer.js'
 
 /** What a re-seed's cut did. */
 export interface CutInfo {
@@ -60,7 +61,7 @@ export async function cut (roles: Roles, o: RolesOptions, target: Replica, sourc
     await recordJoin(roles, target)
     const info = join(roles, o, target, source, opts.policy)
     // Closed connections end on every server before anything after them is let in.
-    await until(() => info.closing.every((id) => !o.conns.has(id)), t0 + stall)
+    await pollUntil(() => info.closing.every((id) => !o.conns.has(id)), t0 + stall)
     return { pause_ms: ms(t0), reattached: info.reattached, closed: info.closing.length }
   } finally {
     roles.cutting = false
@@ -94,10 +95,3 @@ function join (roles: Roles, o: RolesOptions, target: Replica, source: Replica,
 }
 
 const ms = (from: number): number => Math.round((performance.now() - from) * 100) / 100
-
-// Polls `done` every 2 ms until it holds or the deadline passes.
-async function until (done: () => boolean, deadline: number): Promise<void> {
-  while (!done() && performance.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 2))
-  }
-}

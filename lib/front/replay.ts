@@ -13,7 +13,9 @@ const BLOB_ERROR = 0x21
 export class ReplaySkips {
   private readonly skips = new Map<number, ReplaySkip>()
 
-  constructor (private readonly protocol: Protocol) {}
+  /** `refused(r)`: r refused a request of its replay: its session there is not the client's. */
+  constructor (private readonly protocol: Protocol,
+    private readonly refused: (r: number) => void) {}
 
   /** Replica r starts with `replay`: the replies to it are dropped. */
   add (r: number, replay: Buffer): void {
@@ -31,17 +33,14 @@ export class ReplaySkips {
     return this.skips.size > 0
   }
 
-  /**
-   * What of replica r's output `data` is its own (the replay's replies cut off); `refused`:
-   * r refused a request of the replay, so its session there is not the client's.
-   */
-  take (r: number, data: Buffer, refused: () => void): Buffer {
+  /** What of replica r's output `data` is its own (the replay's replies cut off). */
+  take (r: number, data: Buffer): Buffer {
     const skip = this.skips.get(r)
     if (!skip) return data
     const rest = skip.take(data)
     if (skip.refused) {
       skip.refused = false
-      refused()
+      this.refused(r)
     }
     if (skip.done) this.skips.delete(r)
     return rest

@@ -32,10 +32,9 @@ export interface ReseedState {
   lastError: string | null
 }
 
-export class Replica {
-  role: Role = 'backup'
-  transport: Transport | null = null
-  readonly reseed: ReseedState = {
+/** No re-seed yet. */
+export function newReseedState (): ReseedState {
+  return {
     attempts: 0,
     failures: 0,
     streak: 0,
@@ -45,6 +44,12 @@ export class Replica {
     joinedAt: 0,
     lastError: null,
   }
+}
+
+export class Replica {
+  role: Role = 'backup'
+  transport: Transport | null = null
+  readonly reseed: ReseedState = newReseedState()
 
   supervisor?: Supervisor
   readonly health: HealthCheck

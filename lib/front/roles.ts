@@ -26,7 +26,7 @@ import { compare } from '../incarnation.js'
 import { cut, type CutInfo, type CutOptions } from './cut.js'
 import { noteDivergence } from './reseed.js'
 import type { Transport } from '../replica/transport.js'
-import { PAUSE_MS } from '../util/timer.js'
+import { PAUSE_MS, pollUntil } from '../util/timer.js'
 
 export interface FailoverInfo {
   from: string
@@ -555,12 +555,8 @@ export class Roles {
   }
 
   /** Polls inSync() until it holds (true), the deadline passes or `intervened` says (false). */
-  async untilInSync (deadline: number, intervened: () => boolean): Promise<boolean> {
-    while (!this.inSync()) {
-      if (performance.now() > deadline || intervened()) return false
-      await new Promise((resolve) => setTimeout(resolve, 2))
-    }
-    return true
+  untilInSync (deadline: number, intervened: () => boolean): Promise<boolean> {
+    return pollUntil(() => this.inSync(), deadline, intervened)
   }
 
   // Every entry acknowledged by every serving replica, every output produced by all alike.

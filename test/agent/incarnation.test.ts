@@ -17,9 +17,9 @@ import { HANDSHAKE_MS } from '../../lib/agent/handshakes.js'
 import {
   PROTOCOL_VERSION, encode, type Frame, type WelcomeFrame,
 } from '../../lib/channel/codec.js'
-import { createLogger } from '../../lib/logger.js'
+import { agentTransport } from '../helpers/agent-transport.js'
 import type { ProtocolName } from '../../lib/protocol/types.js'
-import { AgentTransport } from '../../lib/replica/agent-transport.js'
+import type { AgentTransport } from '../../lib/replica/agent-transport.js'
 import { startTime } from '../../lib/util/proc.js'
 import {
   Client, agentInProcess, agentProc, demoServer, haveRedis, redisServer,
@@ -51,8 +51,6 @@ function supervised (events: Event[], from = 0): string | undefined {
   return e ? `proc:${String(e.pid)}@${String(e.start_time)}` : undefined
 }
 
-let fronts = 0
-
 /**
  * A front's transport to the agent on `port`, its events recorded in order: a front of its
  * own, so at an epoch newer than any before it there.
@@ -60,19 +58,7 @@ let fronts = 0
 function transport (tt: Test, port: number, epoch: number, protocol: ProtocolName = 'raw'): {
   tr: AgentTransport, seen: Array<[string, unknown]>, log: EventLog
 } {
-  const log = new EventLog()
-  const tr = new AgentTransport({
-    address: { host: '127.0.0.1', port },
-    frontId: `transport-${++fronts}`,
-    epoch: () => epoch,
-    window: 1 << 20,
-    protocol,
-    interval: 100,
-    heartbeat: 3000,
-    connectTimeout: 1000,
-    log: createLogger({ level: 'debug', stream: log.stream() }),
-  })
-  tt.teardown(() => tr.close())
+  const { tr, log } = agentTransport(tt, port, { protocol, epoch })
   const seen: Array<[string, unknown]> = []
   tr.on('incarnation', (id) => seen.push(['incarnation', id]))
   tr.on('ack', (e) => seen.push(['ack', e.seq]))

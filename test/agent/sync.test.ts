@@ -13,10 +13,10 @@ import { performance } from 'node:perf_hooks'
 import { parseAgentConfig } from '../../lib/config/index.js'
 import { Agent } from '../../lib/agent/agent.js'
 import { PROTOCOL_VERSION, type Frame } from '../../lib/channel/codec.js'
-import { createLogger } from '../../lib/logger.js'
 import type { ProtocolName } from '../../lib/protocol/types.js'
-import { AgentTransport } from '../../lib/replica/agent-transport.js'
+import type { AgentTransport } from '../../lib/replica/agent-transport.js'
 import { demoServer, haveRedis, redisServer } from '../helpers/cluster.js'
+import { agentTransport } from '../helpers/agent-transport.js'
 import { EventLog } from '../helpers/events.js'
 import { RawChannel } from '../helpers/raw-channel.js'
 import { Relay } from '../helpers/relay.js'
@@ -39,8 +39,6 @@ async function agentFor (tt: Test, serverPort: number): Promise<number> {
   return agent.address.port
 }
 
-let fronts = 0
-
 interface Front {
   tr: AgentTransport
   /** Output per connection, as it came. */
@@ -51,19 +49,7 @@ interface Front {
 }
 
 function front (tt: Test, port: number, protocol: ProtocolName): Front {
-  const log = new EventLog()
-  const tr = new AgentTransport({
-    address: { host: '127.0.0.1', port },
-    frontId: `sync-${++fronts}`,
-    epoch: () => 1,
-    window: 1 << 20,
-    protocol,
-    interval: 100,
-    heartbeat: 3000,
-    connectTimeout: 1000,
-    log: createLogger({ level: 'debug', stream: log.stream() }),
-  })
-  tt.teardown(() => tr.close())
+  const { tr, log } = agentTransport(tt, port, { protocol, name: 'sync' })
   const f: Front = { tr, out: new Map(), acked: [], failed: [], log }
   tr.on('output', (conn, data) => {
     f.out.set(conn, Buffer.concat([f.out.get(conn) ?? Buffer.alloc(0), data]))

@@ -6,7 +6,7 @@ import t from 'tap'
 import { EventEmitter } from 'node:events'
 import { STOPPED } from '../../lib/arbiter/index.js'
 import type { Entry } from '../../lib/front/log.js'
-import type { ReseedState } from '../../lib/front/replica.js'
+import { newReseedState } from '../../lib/front/replica.js'
 import {
   noteDivergence, noteLeft, retryDelay, RETRY_MAX_MS, RETRY_MIN_MS,
 } from '../../lib/front/reseed.js'
@@ -79,16 +79,7 @@ t.test('retryDelay: 10 s doubling per failure in a row, capped at 10 min', async
   t.equal(retryDelay(1000), 600_000, 'a long streak stays capped')
 })
 
-const fresh = (): ReseedState => ({
-  attempts: 0,
-  failures: 0,
-  streak: 0,
-  diverging: 0,
-  divergences: 0,
-  notBefore: 0,
-  joinedAt: 0,
-  lastError: null,
-})
+const fresh = newReseedState
 
 t.test('noteDivergence: soon after a join it backs off; a rare one re-seeds at once', async (t) => {
   const rs = fresh()
