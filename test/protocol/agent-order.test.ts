@@ -33,6 +33,11 @@ t.test('resp through agents: shared keys stay in sync', { skip }, async (tt) => 
   const f = await new TestFront().start(tt, yaml)
   await f.waitEvent('channel_up', (e) => e.replica === 'a')
   await f.waitEvent('channel_up', (e) => e.replica === 'b')
+  // Each agent opens its control connection and shared lane after its WELCOME, before any
+  // client's server connection: one request answered through the front means both are open.
+  const warm = await RespConn.open(f.port)
+  tt.same(await warm.call([['PING']]), ['PONG'], 'a first request answered')
+  warm.close()
   const before = await Promise.all([accepted(ra.port), accepted(rb.port)])
   const run = await runMix(f.port, {
     conns: 20, requests: 5000, burst: 20, window: 100, seed: 7, ms: 50000,
