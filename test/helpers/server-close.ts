@@ -95,7 +95,10 @@ Promise<Dribble> {
     const toggle = (): void => { if (socket.isPaused()) socket.resume(); else socket.pause() }
     socket.on('connect', () => {
       socket.write(first)
-      timers.push(setInterval(write, 1), setTimeout(stop, opts.ms))
+      // A write that fails destroys the socket, and with it whatever the kernel holds unread:
+      // writing after the poll phase (setImmediate), any reply that came with the reset is
+      // read first. From a timer, a client descheduled while both arrived would lose it.
+      timers.push(setInterval(() => setImmediate(write), 1), setTimeout(stop, opts.ms))
       if (opts.slowRead) timers.push(setInterval(toggle, 3))
     })
     socket.on('data', (d: Buffer) => {
