@@ -207,18 +207,20 @@ t.test('reseed: defaults, values, errors with their lines, rendered back', async
   t.same(c.reseed, {
     command: ['./r.sh', 'x'],
     timeout: 60000,
+    cut_timeout: 5000,
     open_connections: 'reattach',
     auto: true
   })
   t.same(parseConfig(renderConfig(c), 'again.yaml', CWD).reseed, c.reseed, 'round trip')
   t.equal(parseConfig(yaml(...TWO_REPLICAS), 'n.yaml', CWD).reseed, undefined, 'off by default')
   const issues = issuesOf(t, yaml(...TWO_REPLICAS, 'reseed:', '  timeout: 0s',
-    '  open_connections: keep', '  auto: yes please', '  comand: [x]'))
+    '  open_connections: keep', '  auto: yes please', '  comand: [x]', '  cut_timeout: soon'))
   hasIssue(t, issues, 'reseed.command', 6)
   hasIssue(t, issues, 'reseed.timeout', 7)
   hasIssue(t, issues, 'reseed.open_connections', 8)
   hasIssue(t, issues, 'reseed.auto', 9)
   hasIssue(t, issues, 'reseed.comand', 10)
+  hasIssue(t, issues, 'reseed.cut_timeout', 11)
 })
 
 t.test('a replica whose restarts cannot be told is warned about', async (t) => {

@@ -33,6 +33,7 @@ export const AGENT_DEFAULTS: Readonly<AgentDefaults> = deepFreeze({
 /** The `reseed` section's defaults, once it is given (it has no default `command`). */
 export const RESEED_DEFAULTS = deepFreeze({
   timeout: 60_000,
+  cut_timeout: 5_000,
   open_connections: 'reattach' as const,
   auto: true,
 })

@@ -52,6 +52,7 @@ export function renderConfig (c: Config, opts: RenderOptions = {}): string {
           reseed: {
             command: c.reseed.command,
             timeout: formatDuration(c.reseed.timeout),
+            cut_timeout: formatDuration(c.reseed.cut_timeout),
             open_connections: c.reseed.open_connections,
             auto: c.reseed.auto,
           },

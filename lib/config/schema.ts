@@ -256,6 +256,7 @@ const adminShape = {
 const reseedShape = {
   command,
   timeout: duration.default(RESEED_DEFAULTS.timeout),
+  cut_timeout: duration.default(RESEED_DEFAULTS.cut_timeout),
   open_connections: z.enum(['reattach', 'close']).default(RESEED_DEFAULTS.open_connections),
   auto: z.boolean({ error: 'expected true or false' }).default(RESEED_DEFAULTS.auto),
 }

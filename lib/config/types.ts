@@ -66,6 +66,8 @@ export interface ReseedConfig {
   command: string[]
   /** The whole re-seed, prepare included (ms). */
   timeout: number
+  /** The longest client input is held for the cut (ms; within `timeout` too). */
+  cut_timeout: number
   /** What becomes of client connections open at the cut. */
   open_connections: 'reattach' | 'close'
   /** Re-seed without being asked: after a restart, a return, a divergence. */

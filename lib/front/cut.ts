@@ -25,6 +25,8 @@ export interface CutInfo {
 export interface CutOptions {
   /** The re-seed's deadline (performance.now() ms). */
   deadline: number
+  /** The longest input may be held (ms): reseed.cut_timeout. */
+  holdMs: number
   policy: 'reattach' | 'close'
   /** The target's incarnation when the re-seed began: the copy went into that process. */
   since: string | null
@@ -34,7 +36,7 @@ const cutFailed = (msg: string, reason: string): FtproxyError =>
   new FtproxyError('ERR_FTPROXY_RESEED_FAILED', msg, { reason })
 
 export async function cut (roles: Roles, o: RolesOptions, target: Replica, source: Replica,
-  finish: () => Promise<void>, opts: CutOptions): Promise<CutInfo> {
+  finish: (holdEnd: number) => Promise<void>, opts: CutOptions): Promise<CutInfo> {
   const life = o.lifecycle
   if (!life.is('serving')) throw cutFailed('a failover or switchover is under way', 'busy')
   const t0 = performance.now()
@@ -43,13 +45,15 @@ export async function cut (roles: Roles, o: RolesOptions, target: Replica, sourc
   o.hooks.hold()
   try {
     const stall = o.config().timeouts.stall
+    const holdEnd = t0 + opts.holdMs
     const gone = (): boolean => !source.serving || target.role !== 'seeding' ||
       !life.is('switching')
-    if (!await roles.untilInSync(Math.min(opts.deadline, t0 + stall), gone)) {
+    if (!await roles.untilInSync(Math.min(opts.deadline, holdEnd, t0 + stall), gone)) {
       throw cutFailed(`${source.name} did not get in sync for the cut`, 'not_in_sync')
     }
+    // The command finishes the copy by holdEnd, or it is stopped and the re-seed fails.
+    await finish(holdEnd)
     // The copy went into the process that was there when the re-seed began, if it still is.
-    await finish()
     const after = await o.incarnation(target)
     if (target.role !== 'seeding' || !life.active) throw cutFailed('interrupted', 'interrupted')
     if (opts.since !== after) {

@@ -163,19 +163,16 @@ export class Reseeder {
     try {
       const policy = cfg.open_connections
       let cut: CutInfo
+      const opts = { deadline, holdMs: cfg.cut_timeout, policy, since }
       if (await cmd.ready) {
-        cut = await roles.cut(target, source, async () => {
-          cmd.cut()
-          await cmd.done
-        }, { deadline, policy, since })
+        cut = await roles.cut(target, source, (holdEnd) => finishBy(cmd, holdEnd), opts)
       } else {
         // It did all its work before any hold: worth nothing but a warm copy. Again, under it.
         await cmd.done
-        cut = await roles.cut(target, source, async () => {
+        cut = await roles.cut(target, source, (holdEnd) => {
           cmd = spawn()
-          cmd.cut()
-          await cmd.done
-        }, { deadline, policy, since })
+          return finishBy(cmd, holdEnd)
+        }, opts)
       }
       return this.succeeded(target, source, reason, cut, t0)
     } catch (err) {
@@ -239,5 +236,17 @@ export class Reseeder {
     const backup = this.o.replicas.find((r) =>
       r.role === 'backup' && r.transport !== null && r.health.state !== 'down')
     return backup ?? this.o.roles.primary
+  }
+}
+
+// The command's cut phase: told `cut`, done by holdEnd (performance.now() ms) or stopped,
+// so that clients are never held for longer than reseed.cut_timeout by a copy that hangs.
+async function finishBy (cmd: ReseedCommand, holdEnd: number): Promise<void> {
+  const timer = setTimeout(() => cmd.kill('cut_timeout'), holdEnd - performance.now())
+  try {
+    cmd.cut()
+    await cmd.done
+  } finally {
+    clearTimeout(timer)
   }
 }

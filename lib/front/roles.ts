@@ -549,7 +549,7 @@ export class Roles {
   }
 
   /** A re-seed's cut (front/cut.ts). */
-  cut (target: Replica, source: Replica, finish: () => Promise<void>,
+  cut (target: Replica, source: Replica, finish: (holdEnd: number) => Promise<void>,
     opts: CutOptions): Promise<CutInfo> {
     return cut(this, this.o, target, source, finish, opts)
   }

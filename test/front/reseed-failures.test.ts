@@ -159,7 +159,7 @@ interface Failed {
  * empty: stale), whose automatic re-seed runs `body` and fails.
  */
 async function failingReseed (t: Test, body: string,
-  opts: { timeout?: string, ignoreTerm?: boolean } = {}): Promise<Failed> {
+  opts: { timeout?: string, cut?: string, ignoreTerm?: boolean } = {}): Promise<Failed> {
   const dir = tempDir(t)
   t.teardown(() => {
     for (const pid of pids(dir)) {
@@ -168,7 +168,8 @@ async function failingReseed (t: Test, body: string,
   })
   const command = script(dir, body, opts.ignoreTerm)
   const f = await supervisedPair(t,
-    `reseed: { command: ${command}, timeout: ${opts.timeout ?? '20s'} }\n`)
+    `reseed: { command: ${command}, timeout: ${opts.timeout ?? '20s'}, ` +
+    `cut_timeout: ${opts.cut ?? '5s'} }\n`)
   const load = await SharedIncr.open(f.port, 4)
   t.teardown(() => load.close())
   load.start()
@@ -250,6 +251,19 @@ t.test('ready, then a hang after cut past the timeout: killed, input released', 
   await expectGroupGone(t, run.dir)
   await expectUnaffected(t, run)
 })
+
+t.test('a cut phase that hangs past reseed.cut_timeout: killed then, not at the timeout',
+  async (t) => {
+    const run = await failingReseed(t, READY_HANG, { timeout: '20s', cut: '500ms' })
+    const took = run.failedAt - run.startedAt
+    const held = run.gaps.max
+    await expectFailed(t, run, 'cut_timeout')
+    t.ok(took < 4000, `failed ${took} ms after it started (cut_timeout 500 ms, timeout 20 s)`)
+    t.ok(notes(run.dir).includes('stdin cut'), 'it was told to cut (input was held)')
+    t.ok(held >= 400 && held < 1500, `input held about cut_timeout (longest gap ${held} ms)`)
+    await expectGroupGone(t, run.dir)
+    await expectUnaffected(t, run)
+  })
 
 t.test('the same, ignoring SIGTERM: SIGKILL ends its whole process group', async (t) => {
   const run = await failingReseed(t, READY_HANG, { timeout: '2s', ignoreTerm: true })
