@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'ERR_FTPROXY_SERVER_DOWN'     // an agent's server is down
   | 'ERR_FTPROXY_NOT_IN_SYNC'     // a planned switchover found no backup in sync
   | 'ERR_FTPROXY_CONTROL_CLOSED'  // the server closed ftproxy's control connection
+  | 'ERR_FTPROXY_SERVER_RESTARTED' // the control connection reconnected to another process
   | 'ERR_FTPROXY_CONTROL_PROTOCOL' // a server's reply on the control connection was unframeable
   | 'ERR_FTPROXY_UNHEALTHY'       // a server answered a health probe, but not as a serving one
   | 'ERR_FTPROXY_BUSY'            // no answer in time to a probe on the control connection

@@ -118,3 +118,9 @@ export function checkAtStart (
     .map((r) => ({ name: r.name, was: recorded[r.name] ?? '', now: r.now ?? '' }))
   return { stale, lost: stale.length > 0 && stale.length === live.length }
 }
+
+/** Whether two records of incarnations (ArbiterState.incarnations) say the same. */
+export function sameRecord (a: Record<string, string>, b: Record<string, string>): boolean {
+  const entries = Object.entries(a)
+  return entries.length === Object.keys(b).length && entries.every(([k, v]) => b[k] === v)
+}

@@ -326,13 +326,15 @@ export class Conn {
     if (!this.aligner) return
     this.aligner.drop(from)
     if (this.aligner.promote(to.index) || this.gone) return
-    this.env.log.error('splice_failed', {
-      conn: this.id,
-      replica: to.name,
-      offset: this.stream.producedBy(to.index),
-      reason: 'reply in progress',
-    })
-    this.stream.drop(to.index, now)
+    this.cannotSplice(to, this.stream.producedBy(to.index), { reason: 'reply in progress' }, now)
+  }
+
+  // The primary's bytes (or session) for this connection are not what the client was given:
+  // this one connection cannot go on.
+  private cannotSplice (r: Replica, offset: number, why: Record<string, string>,
+    now = performance.now()): void {
+    this.env.log.error('splice_failed', { conn: this.id, replica: r.name, offset, ...why })
+    this.stream.drop(r.index, now)
     this.gone = true
     this.socket.destroy()
   }
@@ -369,7 +371,10 @@ export class Conn {
     this.replays ??= new ReplaySkips(protocolFor(this.env.config.protocol), (i) => {
       const at = this.stream.producedBy(i)
       const bad = this.env.replicas[i]
-      if (bad) this.env.diverged(bad, this.id, at, NONE, NONE, 'its session could not be replayed')
+      const why = 'its session could not be replayed'
+      // Promoted before it answered the replay: only this connection is lost, not the service.
+      if (bad === this.env.primary) this.cannotSplice(bad, at, { reason: why })
+      else if (bad) this.env.diverged(bad, this.id, at, NONE, NONE, why)
     })
     this.replays.add(r.index, replay)
   }
@@ -663,16 +668,10 @@ export class Conn {
       if (!r) continue
       if (r === this.env.primary) {
         // The new primary's bytes differ from what the client already has: cannot splice.
-        this.env.log.error('splice_failed', {
-          conn: this.id,
-          replica: r.name,
-          offset: m.offset,
+        this.cannotSplice(r, m.offset, {
           released: m.expected.toString('hex'),
           replica_bytes: m.actual.toString('hex'),
         })
-        this.stream.drop(r.index, performance.now())
-        this.gone = true
-        this.socket.destroy()
       } else {
         this.env.diverged(r, this.id, m.offset, m.expected, m.actual, 'bytes differ')
       }

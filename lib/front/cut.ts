@@ -34,11 +34,14 @@ export interface CutOptions {
 
 const cutFailed = (msg: string, reason: string): FtproxyError =>
   new FtproxyError('ERR_FTPROXY_RESEED_FAILED', msg, { reason })
+const targetFailed = (target: Replica): FtproxyError =>
+  cutFailed(`${target.name} exited during the re-seed`, 'target_exited')
 
 export async function cut (roles: Roles, o: RolesOptions, target: Replica, source: Replica,
   finish: (holdEnd: number) => Promise<void>, opts: CutOptions): Promise<CutInfo> {
   const life = o.lifecycle
   if (!life.is('serving')) throw cutFailed('a failover or switchover is under way', 'busy')
+  if (target.role !== 'seeding') throw targetFailed(target)
   const t0 = performance.now()
   life.set('switching', `re-seed cut of ${target.name}`)
   roles.cutting = true
@@ -63,6 +66,11 @@ export async function cut (roles: Roles, o: RolesOptions, target: Replica, sourc
     if (after !== null) roles.incarnations[target.name] = after
     else delete roles.incarnations[target.name]
     await recordJoin(roles, target)
+    // Its process exited while the record was written (Roles.onExit): the record is undone.
+    if (target.role !== 'seeding') {
+      await roles.persistStale()
+      throw targetFailed(target)
+    }
     const info = join(roles, o, target, source, opts.policy)
     // Closed connections end on every server before anything after them is let in.
     await pollUntil(() => info.closing.every((id) => !o.conns.has(id)), t0 + stall)

@@ -423,7 +423,10 @@ export class Front extends EventEmitter<FrontEvents> {
    */
   private async agentsReported (): Promise<void> {
     const agents = this.replicas.filter((r) => r.viaAgent && r.serving)
-    if (agents.length === 0 || this.acceptStateFrom !== undefined) return
+    if (agents.length === 0 || this.acceptStateFrom !== undefined) {
+      this.roles.restartedAtStart = null
+      return
+    }
     const deadline = performance.now() + 2 * this.cfg.timeouts.connect
     await Promise.all(agents.map((r) => new Promise<void>((resolve) => {
       const t = r.transport
@@ -433,8 +436,13 @@ export class Front extends EventEmitter<FrontEvents> {
       t?.once('failed', done)
       if (!t) done()
     })))
-    const restarted = [...this.roles.restartedAtStart]
-    if (restarted.length === 0) return
+    const restarted = [...this.roles.restartedAtStart ?? []]
+    this.roles.restartedAtStart = null // decided: a later report is a failure
+    if (restarted.length === 0) {
+      // What the agents named is recorded before anyone is served from them.
+      if (await this.roles.recordIncarnations()) return
+      throw new FtproxyError('ERR_FTPROXY_ARBITER_LOST', 'could not record the agents\' servers')
+    }
     if (this.replicas.every((r) => !r.serving || restarted.includes(r.name))) {
       throw new FtproxyError('ERR_FTPROXY_STATE_LOST',
         `the servers behind ${restarted.join(', ')} restarted since the state was recorded: ` +

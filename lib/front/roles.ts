@@ -22,7 +22,7 @@ import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import type { Replica, Role, TransportFactory } from './replica.js'
 import { JoinedTransport } from '../replica/joined.js'
-import { compare } from '../incarnation.js'
+import { compare, sameRecord } from '../incarnation.js'
 import { cut, type CutInfo, type CutOptions } from './cut.js'
 import { noteDivergence } from './reseed.js'
 import type { Transport } from '../replica/transport.js'
@@ -99,8 +99,11 @@ export class Roles {
   lastStallCheck: number | null = null
   /** Per replica, the server process the state vouches for (ArbiterState.incarnations). */
   incarnations: Record<string, string> = {}
-  /** Agent replicas whose handshake named another server process before serving began. */
-  readonly restartedAtStart = new Set<string>()
+  /**
+   * Agent replicas whose handshake named another server process before the start decided
+   * (Front.agentsReported); null once it has: later ones fail like any other.
+   */
+  restartedAtStart: Set<string> | null = new Set()
   /** Replicas that failed before serving began: failed once it has. */
   private readonly failedAtStart = new Map<Replica, string>()
   /** The last test-and-set failed with an error, not a lost race: its cause. */
@@ -156,20 +159,35 @@ export class Roles {
     const verdict = compare(this.incarnations[r.name], id)
     if (verdict === 'same' || id === null) return
     if (verdict !== 'changed') {
+      // Recorded, so that the next front can tell whether it is still the same process.
       this.incarnations[r.name] = id
+      if (!this.o.lifecycle.is('starting')) void this.recordIncarnations()
       return
     }
     r.log.error('replica_restarted', { recorded: this.incarnations[r.name], now: id })
-    // Before the front serves, the start decides (Front.agentsReported); after, a failure.
-    if (this.o.lifecycle.is('starting')) this.restartedAtStart.add(r.name)
+    // Before the start decided, it decides (Front.agentsReported); after, a failure (which
+    // waits for serving to begin, see started()).
+    if (this.restartedAtStart) this.restartedAtStart.add(r.name)
     else this.fail(r, 'its server restarted: its state is gone')
   }
 
-  /** Serving began: what failed before now fails for real. */
+  /** Serving began: what failed before now fails for real; what was learnt is recorded. */
   started (): void {
     const failed = [...this.failedAtStart]
     this.failedAtStart.clear()
     for (const [r, why] of failed) this.fail(r, why)
+    void this.recordIncarnations()
+  }
+
+  /**
+   * Record the incarnations if they changed (one an agent named since the last record);
+   * false: the test-and-set was lost (serving stops, if it had begun).
+   */
+  async recordIncarnations (): Promise<boolean> {
+    if (sameRecord(this.state.incarnations, this.incarnations)) return true
+    const won = await this.cas({ epoch: this.state.epoch + 1, primary: null })
+    if (!won) this.stopServing(this.lost('the servers\' incarnations'))
+    return won
   }
 
   /** At start: these replicas' servers are not the processes the state vouched for. */
@@ -318,6 +336,12 @@ export class Roles {
   /** r's supervised process exited. */
   onExit (r: Replica, why: string): void {
     if (this.o.lifecycle.is('closing')) return
+    // A re-seed's target: the copy went into a process that is gone (the cut looks again
+    // after its record, so a target that exits while that is written does not join).
+    if (r.role === 'seeding') {
+      this.checkAgain(r) // what answers next is another process
+      this.setRole(r, 'stale', `the re-seed's target exited: ${why}`)
+    }
     this.fail(r, why)
     if (r.role === 'stale') {
       const note = 'restarted server lost its state; it will not serve until re-seeded'
@@ -580,7 +604,8 @@ export class Roles {
       .map((r) => r.name)
   }
 
-  private persistStale (): Promise<void> {
+  /** Record the stale set if it changed (a re-seed that failed after its record). */
+  persistStale (): Promise<void> {
     const stale = this.staleNames()
     const known = this.state.stale
     if (stale.length === known.length && stale.every((n) => known.includes(n))) {

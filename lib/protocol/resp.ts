@@ -16,6 +16,8 @@ const respControl: ControlDialect = {
   refused: (reply) => reply[0] === 0x2d ? reply.toString('latin1').trimEnd().slice(1) : null,
   clients: Buffer.from('*4\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n'),
   client: clientState,
+  identity: Buffer.from('*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n'),
+  identityOf: (reply) => /\brun_id:([0-9a-f]+)/.exec(reply.toString('latin1'))?.[1] ?? null,
   laneSettings: Buffer.from('*4\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$7\r\ntimeout\r\n' +
     '$26\r\nclient-output-buffer-limit\r\n'),
   laneBlocked,

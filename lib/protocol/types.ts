@@ -130,6 +130,10 @@ export interface ControlDialect {
    * (host:port), or null if it is not listed.
    */
   client (reply: Buffer, addr: string): ClientState | null
+  /** A request whose reply names the server's process (resp: INFO server, its run_id). */
+  readonly identity?: Buffer
+  /** From that reply: the name, or null (refused, or not said). */
+  identityOf? (reply: Buffer): string | null
   /** A request for the server settings that decide whether the shared lane may be used. */
   readonly laneSettings?: Buffer
   /** From that reply: why the shared lane may not be used on this server, or null. */

@@ -33,6 +33,8 @@ export class Control {
   private open = false
   private dead: Error | null = null
   private timeout = 0
+  /** Who answered the first connect (resp: its run_id): a reconnect must find the same. */
+  private identity: Promise<string | null> | null = null
   /** The probe in flight: a later one shares it rather than queue behind a busy server. */
   private probing: Promise<Error | null> | null = null
 
@@ -60,6 +62,25 @@ export class Control {
     this.socket = socket
     this.open = true
     for (const q of this.waiting) socket.write(q.request)
+    this.checkIdentity()
+  }
+
+  // A server that restarted at the same address (while this process was paused, say) lost
+  // its state: a reconnect to it is a failure, not a connection like the last.
+  private checkIdentity (): void {
+    const { identity: request, identityOf } = this.dialect
+    if (!request || !identityOf) return
+    const now = this.query(request).then(identityOf, () => null)
+    const first = this.identity
+    if (first === null) {
+      this.identity = now
+      return
+    }
+    void Promise.all([first, now]).then(([was, is]) => {
+      if (was === null || is === null || was === is) return
+      this.fail(new FtproxyError('ERR_FTPROXY_SERVER_RESTARTED',
+        `the server restarted under the control connection (run_id ${was}, now ${is})`))
+    })
   }
 
   /** Send one request; resolves with its reply. Rejects once the connection is gone. */

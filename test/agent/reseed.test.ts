@@ -44,6 +44,8 @@ t.test('a diverged agent replica is re-seeded and joins again', { skip }, async 
   t.teardown(() => c.close())
   t.equal(await c.command('SET', 'k', 'v1'), 'OK')
   const direct = await RespConn.open(rb.port)
+  // b acknowledged the SET when it had it, and may run it a moment later: after that, then.
+  await until(async () => await direct.command('GET', 'k') === 'v1', 'b to run the SET')
   await direct.command('SET', 'k', 'tampered')
   direct.close()
   t.equal(await c.command('GET', 'k'), 'v1')

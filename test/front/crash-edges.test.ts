@@ -158,6 +158,8 @@ t.test('a stale copy that persists is still stale after a clean stop',
     t.teardown(() => c.close())
     t.equal(await c.command('SET', 'k', 'v1'), 'OK')
     const direct = await RespConn.open(ports[1])
+    // b acknowledged the SET when it had it, and may run it a moment later: after that, then.
+    await until(async () => await direct.command('GET', 'k') === 'v1', 'b to run the SET')
     t.equal(await direct.command('SET', 'k', 'tampered'), 'OK')
     direct.close()
     t.equal(await c.command('GET', 'k'), 'v1')

@@ -2,7 +2,6 @@
 // next front never serves from a server that lost its state, nor counts a half-seeded one
 // as in sync. Fronts and demo servers are real processes here.
 
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -10,6 +9,7 @@ import type { Test } from 'tap'
 import { BIN, Client, haveRedis } from '../helpers/cluster.js'
 import { freePorts } from '../helpers/ports.js'
 import { alive, Cli } from '../helpers/proc.js'
+import { directRedis } from '../helpers/redis-direct.js'
 import { RespConn } from '../helpers/resp.js'
 import { until } from '../helpers/until.js'
 
@@ -189,44 +189,23 @@ for (const at of ['prepare', 'cut'] as const) {
 // Redis copies the front does not supervise, protocol resp: a server is known by its run_id.
 t.test('redis: the front and the primary die together; the primary comes back empty first',
   { skip: haveRedis() ? false : 'redis-server not installed' }, async (t) => {
-    const dir = t.testdir({ state: {}, a: {}, b: {} })
-    const [port, pa, pb] = await freePorts(3) as [number, number, number]
-    const redis = (p: number, name: string): ChildProcess => {
-      const proc = spawn('redis-server', ['--port', String(p), '--bind', '127.0.0.1', '--save', '',
-        '--appendonly', 'no', '--dir', path.join(dir, name)], { stdio: 'ignore' })
-      t.teardown(() => { proc.kill('SIGKILL') })
-      return proc
-    }
-    let a = redis(pa, 'a')
-    redis(pb, 'b')
-    const file = path.join(dir, 'ftproxy.yaml')
-    writeFileSync(file, [
-      `listen: 127.0.0.1:${port}`, `state_dir: ${JSON.stringify(path.join(dir, 'state'))}`,
-      'protocol: resp', 'replicas:',
-      `  - { name: a, address: "127.0.0.1:${pa}" }`, `  - { name: b, address: "127.0.0.1:${pb}" }`,
-      'health_check: { interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }',
-      'log: { level: info, format: json }', 'admin: { listen: 127.0.0.1:0 }', '',
-    ].join('\n'))
-    const f1 = new Cli(t, ['run', '--config', file])
-    await f1.waitEvent('protected', undefined, 20000)
-    const c = await RespConn.open(port)
-    t.equal(await c.command('SET', 'k', 'v'), 'OK')
-    c.close()
+    const r = await directRedis(t)
+    let a = await r.start('a')
+    await r.start('b')
+    const f1 = await r.serve()
     f1.proc.kill('SIGKILL')
     a.kill('SIGKILL')
     await f1.waitExit()
     await until(() => a.exitCode !== null || a.signalCode !== null, 'a gone')
-    a = redis(pa, 'a') // empty, a new run_id
-    await until(async () => await RespConn.open(pa).then((x) => { x.close(); return true },
-      () => false), 'a listens again')
+    a = await r.start('a') // empty, a new run_id
 
-    const f2 = new Cli(t, ['run', '--config', file])
+    const f2 = new Cli(t, ['run', '--config', r.file])
     const restarted = await f2.waitEvent('replica_restarted', undefined, 20000)
     t.equal(restarted.replica, 'a', 'a\'s run_id changed: its state is gone')
     t.match(String(restarted.recorded), /^redis:/)
     await f2.waitEvent('listening')
     t.equal(f2.find('listening')?.primary, 'b', 'b serves')
-    const d = await RespConn.open(port)
+    const d = await RespConn.open(r.port)
     t.teardown(() => d.close())
     t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
   })

@@ -65,6 +65,8 @@ t.test('a divergence (a write straight to the backup) heals by a re-seed', { ski
   await c.command('SET', 'k', 'v1')
   // Behind ftproxy's back: the backup's copy of k now differs.
   const direct = await RespConn.open(ports[1] as number)
+  // b acknowledged the SET when it had it, and may run it a moment later: after that, then.
+  await until(async () => await direct.command('GET', 'k') === 'v1', 'b to run the SET')
   await direct.command('SET', 'k', 'tampered')
   direct.close()
   t.equal(await c.command('GET', 'k'), 'v1', 'the client reads the primary')
