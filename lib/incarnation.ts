@@ -119,6 +119,26 @@ export function checkAtStart (
   return { stale, lost: stale.length > 0 && stale.length === live.length }
 }
 
+/** A reachable server that did not say which process it is, where one is on record. */
+export const UNREADABLE = 'unreadable'
+
+/**
+ * At a front's start: a replica's incarnation. One that can be told (`tellable`: a direct
+ * Redis) with one on record is asked again until `ms` have passed; still silent, it is
+ * UNREADABLE, which is not the process on record: a server that restarted and is busy (a
+ * long command, a big load) is not taken for the one the state vouched for.
+ */
+export async function readAtStart (read: () => Promise<string | null>,
+  recorded: string | undefined, tellable: boolean, ms: number): Promise<string | null> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const id = await read()
+    if (id !== null || !tellable || recorded === undefined || recorded === STOPPED) return id
+    if (Date.now() > deadline) return UNREADABLE
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
 /** Whether two records of incarnations (ArbiterState.incarnations) say the same. */
 export function sameRecord (a: Record<string, string>, b: Record<string, string>): boolean {
   const entries = Object.entries(a)

@@ -34,7 +34,7 @@ import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import { Replica, transportFactory, type Role, type TransportFactory } from './replica.js'
 import type { FailoverInfo, FrontEvents, Roles } from './roles.js'
-import { checkAtStart, readIncarnation } from '../incarnation.js'
+import { UNREADABLE, checkAtStart, readAtStart, readIncarnation } from '../incarnation.js'
 import { Reseeder, type LastReseed } from './reseed.js'
 
 export type { FrontCounters } from './counters.js'
@@ -475,15 +475,25 @@ export class Front extends EventEmitter<FrontEvents> {
    * vouches for one (--accept-state-from).
    */
   private async checkIncarnations (): Promise<void> {
+    const recorded = this.roles.incarnations
+    const tellable = (r: Replica): boolean =>
+      !r.viaAgent && !r.supervisor && this.cfg.protocol === 'resp'
     const now = await Promise.all(this.replicas.map(async (r) => ({
       name: r.name,
       stale: r.role === 'stale',
-      now: r.role === 'down' ? null : await this.incarnationOf(r),
+      now: r.role === 'down'
+        ? null
+        : await readAtStart(() => this.incarnationOf(r), recorded[r.name], tellable(r),
+          this.cfg.timeouts.connect),
     })))
-    const recorded = this.roles.incarnations
     const check = checkAtStart(now, recorded)
     for (const s of check.stale) {
       this.logger.error('replica_restarted', { replica: s.name, recorded: s.was, now: s.now })
+    }
+    if (check.lost && check.stale.some((s) => s.now === UNREADABLE)) {
+      throw new FtproxyError('ERR_FTPROXY_STATE', 'no replica could be shown to be the server ' +
+        `the state vouched for: ${check.stale.map((s) => `${s.name} (now ${s.now})`).join(', ')}` +
+        '; start again once they answer INFO server', { replicas: check.stale })
     }
     if (check.lost) {
       const what = check.stale.map((s) => `${s.name} (was ${s.was}, now ${s.now})`).join(', ')

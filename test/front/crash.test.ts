@@ -209,3 +209,29 @@ t.test('redis: the front and the primary die together; the primary comes back em
     t.teardown(() => d.close())
     t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
   })
+
+// A restarted primary that is busy when the front starts (here DEBUG SLEEP, longer than
+// timeouts.connect) does not answer INFO server: it is not taken for the process on record.
+t.test('redis: a restarted primary too busy to say its run_id is not served from',
+  { skip: haveRedis() ? false : 'redis-server not installed' }, async (t) => {
+    const r = await directRedis(t)
+    let a = await r.start('a')
+    await r.start('b')
+    const f1 = await r.serve()
+    f1.proc.kill('SIGKILL')
+    a.kill('SIGKILL')
+    await f1.waitExit()
+    await until(() => a.exitCode !== null || a.signalCode !== null, 'a gone')
+    a = await r.start('a', ['--enable-debug-command', 'yes']) // empty, a new run_id
+    const busy = await RespConn.open(r.ports.a)
+    t.teardown(() => busy.close())
+    busy.send([['DEBUG', 'SLEEP', '4']])
+    const f2 = new Cli(t, ['run', '--config', r.file])
+    const restarted = await f2.waitEvent('replica_restarted', undefined, 20000)
+    t.match(restarted, { replica: 'a', now: 'unreadable' }, 'a could not say: stale')
+    await f2.waitEvent('listening')
+    t.equal(f2.find('listening')?.primary, 'b', 'b serves')
+    const d = await RespConn.open(r.port)
+    t.teardown(() => d.close())
+    t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
+  })

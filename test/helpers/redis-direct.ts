@@ -18,7 +18,7 @@ export interface DirectRedis {
   /** The front's config file. */
   file: string
   /** Start copy `name` (empty: a new run_id); it is listening when this resolves. */
-  start: (name: 'a' | 'b') => Promise<ChildProcess>
+  start: (name: 'a' | 'b', args?: string[]) => Promise<ChildProcess>
   /** `ftproxy run` before them, once protected and with k = v written through it. */
   serve: () => Promise<Cli>
 }
@@ -27,11 +27,11 @@ export async function directRedis (t: Test, extra: string[] = []): Promise<Direc
   const dir = t.testdir({ state: {} })
   const [port, a, b] = await freePorts(3) as [number, number, number]
   const ports = { a, b }
-  const start = async (name: 'a' | 'b'): Promise<ChildProcess> => {
+  const start = async (name: 'a' | 'b', args: string[] = []): Promise<ChildProcess> => {
     const data = path.join(dir, name)
     mkdirSync(data, { recursive: true })
     const proc = spawn('redis-server', ['--port', String(ports[name]), '--bind', '127.0.0.1',
-      '--save', '', '--appendonly', 'no', '--dir', data], { stdio: 'ignore' })
+      '--save', '', '--appendonly', 'no', '--dir', data, ...args], { stdio: 'ignore' })
     t.teardown(() => { proc.kill('SIGKILL') })
     await until(() => RespConn.open(ports[name]).then((c) => { c.close(); return true },
       () => false), `redis ${name} to listen`)
