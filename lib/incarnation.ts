@@ -37,22 +37,35 @@ const RUN_ID = /\brun_id:([0-9a-f]+)/
 export async function readIncarnation (
   r: IncarnationSource, protocol: ProtocolName, timeout: number
 ): Promise<string | null> {
-  if (r.agent) return r.agent()
-  if (r.supervised) {
-    const proc = r.supervised()
-    return proc === null ? null : `proc:${proc}`
-  }
-  if (protocol !== 'resp') return null
-  const asked = r.ask?.(INFO_SERVER) ?? null
-  // A connection that failed (the server restarted under it) is no answer: ask anew.
-  const id = (asked
-    ? await within(asked, timeout).then((reply) => runIdOf(reply), () => null)
-    : null) ?? await redisRunId(r.address, timeout).catch(() => null)
-  return id === null ? null : `redis:${id}`
+  return (await readIdentity(r, protocol, timeout)).id
 }
 
-const runIdOf = (reply: Buffer | null): string | null =>
-  reply === null ? null : RUN_ID.exec(reply.toString('latin1'))?.[1] ?? null
+/** An incarnation read: `refused`, the server answered that it will not say (see below). */
+export interface IdentityRead { id: string | null, refused: boolean }
+
+/**
+ * ...and whether the server refused to say: an error reply (requirepass, ACLs, a renamed
+ * INFO) is a definite answer that it cannot be told, where silence may only mean busy.
+ */
+export async function readIdentity (
+  r: IncarnationSource, protocol: ProtocolName, timeout: number
+): Promise<IdentityRead> {
+  const none = { id: null, refused: false }
+  if (r.agent) return { id: r.agent(), refused: false }
+  if (r.supervised) {
+    const proc = r.supervised()
+    return { id: proc === null ? null : `proc:${proc}`, refused: false }
+  }
+  if (protocol !== 'resp') return none
+  const asked = r.ask?.(INFO_SERVER) ?? null
+  // A connection that failed (the server restarted under it) is no answer: ask anew.
+  const reply = (asked ? await within(asked, timeout).catch(() => null) : null) ??
+    await redisInfo(r.address, timeout).catch(() => null)
+  if (reply === null) return none
+  if (reply[0] === 0x2d) return { id: null, refused: true } // '-'
+  const id = RUN_ID.exec(reply.toString('latin1'))?.[1] ?? null
+  return { id: id === null ? null : `redis:${id}`, refused: false }
+}
 
 /** p's value, or null if it takes longer than ms. */
 export function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> {
@@ -61,22 +74,22 @@ export function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> 
   return Promise.race([p, late]).finally(() => clearTimeout(timer))
 }
 
-// INFO server's run_id, on a connection of its own (closed at once).
-async function redisRunId (address: HostPort, timeout: number): Promise<string | null> {
+// INFO server's reply (as far as its run_id, or an error line), on a connection of its own
+// (closed at once); null if none came in time.
+async function redisInfo (address: HostPort, timeout: number): Promise<Buffer | null> {
   const socket = await dial(address, timeout, 'incarnation check')
   return await new Promise((resolve) => {
     let text = ''
-    const done = (id: string | null): void => {
+    const done = (reply: string | null): void => {
       timer.clear()
       socket.destroy()
-      resolve(id)
+      resolve(reply === null ? null : Buffer.from(reply, 'latin1'))
     }
     const timer = runningTimeout(timeout, () => done(null))
     socket.on('data', (d: Buffer) => {
       text += d.toString('latin1')
-      const m = RUN_ID.exec(text)
-      if (m?.[1] !== undefined) done(m[1])
-      else if (text.startsWith('-') || text.length > 64 * 1024) done(null)
+      if (RUN_ID.test(text) || (text.startsWith('-') && text.includes('\r\n'))) done(text)
+      else if (text.length > 64 * 1024) done(null)
     })
     socket.on('close', () => done(null))
     socket.write(INFO_SERVER)
@@ -124,16 +137,19 @@ export const UNREADABLE = 'unreadable'
 
 /**
  * At a front's start: a replica's incarnation. One that can be told (`tellable`: a direct
- * Redis) with one on record is asked again until `ms` have passed; still silent, it is
+ * Redis) with one on record is asked again until `ms` have passed (unless it refuses to
+ * say: then it cannot be told, as before it was recorded); still silent, it is
  * UNREADABLE, which is not the process on record: a server that restarted and is busy (a
  * long command, a big load) is not taken for the one the state vouched for.
  */
-export async function readAtStart (read: () => Promise<string | null>,
+export async function readAtStart (read: () => Promise<IdentityRead>,
   recorded: string | undefined, tellable: boolean, ms: number): Promise<string | null> {
   const deadline = Date.now() + ms
   for (;;) {
-    const id = await read()
-    if (id !== null || !tellable || recorded === undefined || recorded === STOPPED) return id
+    const { id, refused } = await read()
+    if (id !== null || refused || !tellable || recorded === undefined || recorded === STOPPED) {
+      return id
+    }
     if (Date.now() > deadline) return UNREADABLE
     await new Promise((resolve) => setTimeout(resolve, 100))
   }

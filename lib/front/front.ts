@@ -34,7 +34,9 @@ import type { Lifecycle } from './lifecycle.js'
 import type { InputLog } from './log.js'
 import { Replica, transportFactory, type Role, type TransportFactory } from './replica.js'
 import type { FailoverInfo, FrontEvents, Roles } from './roles.js'
-import { UNREADABLE, checkAtStart, readAtStart, readIncarnation } from '../incarnation.js'
+import {
+  UNREADABLE, checkAtStart, readAtStart, readIdentity, type IdentityRead,
+} from '../incarnation.js'
 import { Reseeder, type LastReseed } from './reseed.js'
 
 export type { FrontCounters } from './counters.js'
@@ -154,7 +156,8 @@ export class Front extends EventEmitter<FrontEvents> {
       arbiter: this.arbiter,
       replicas: this.replicas,
       transport: opts.transport ??
-        transportFactory(() => this.cfg, frontId, () => this.roles.state.epoch),
+        transportFactory(() => this.cfg, frontId, () => this.roles.state.epoch,
+          (r) => this.roles.incarnations[r.name]),
       hooks: { hold: () => this.hold(), release: () => this.release(), stop: () => this.stop() },
       events: this,
       counters: this.counters,
@@ -404,7 +407,11 @@ export class Front extends EventEmitter<FrontEvents> {
 
   // ---- incarnations ----------------------------------------------------------------------
 
-  private incarnationOf (r: Replica): Promise<string | null> {
+  private async incarnationOf (r: Replica): Promise<string | null> {
+    return (await this.identityOf(r)).id
+  }
+
+  private identityOf (r: Replica): Promise<IdentityRead> {
     const sup = r.supervisor
     const source = {
       name: r.name,
@@ -413,7 +420,7 @@ export class Front extends EventEmitter<FrontEvents> {
       supervised: sup ? () => sup.incarnation ?? 'none' : null,
       agent: r.viaAgent ? () => r.transport?.incarnation ?? null : null,
     }
-    return readIncarnation(source, this.cfg.protocol, this.cfg.health_check.timeout)
+    return readIdentity(source, this.cfg.protocol, this.cfg.health_check.timeout)
   }
 
   /**
@@ -483,7 +490,7 @@ export class Front extends EventEmitter<FrontEvents> {
       stale: r.role === 'stale',
       now: r.role === 'down'
         ? null
-        : await readAtStart(() => this.incarnationOf(r), recorded[r.name], tellable(r),
+        : await readAtStart(() => this.identityOf(r), recorded[r.name], tellable(r),
           this.cfg.timeouts.connect),
     })))
     const check = checkAtStart(now, recorded)

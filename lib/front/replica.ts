@@ -110,7 +110,8 @@ export type TransportFactory = (r: Replica, joined?: boolean) => Transport
 
 /** Direct replicas get an Applier, agent replicas the log channel. */
 export function transportFactory (
-  config: () => Config, frontId: string, epoch: () => number
+  config: () => Config, frontId: string, epoch: () => number,
+  vouched: (r: Replica) => string | undefined
 ): TransportFactory {
   let joins = 0
   return (r, joined = false) => {
@@ -119,7 +120,12 @@ export function transportFactory (
     if (!r.cfg.agent) {
       const { connect: connectTimeout, linger } = timeouts
       const holdBytes = limits.max_lag
-      return new Applier({ address: r.address, connectTimeout, linger, protocol, holdBytes })
+      // The Redis the state vouches for (recorded just before any attach): its control
+      // connection must find that run_id, or the server restarted since it was read.
+      const identity = /^redis:(.+)$/.exec(vouched(r) ?? '')?.[1] ?? null
+      return new Applier({
+        address: r.address, connectTimeout, linger, protocol, holdBytes, identity,
+      })
     }
     return new AgentTransport({
       address: r.cfg.agent,

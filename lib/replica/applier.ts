@@ -40,6 +40,11 @@ export interface ApplierOptions {
   protocol?: Protocol
   /** Serial mode: input held unwritten beyond this is acknowledged only once written. */
   holdBytes?: number
+  /**
+   * The server process the state vouches for, as its control dialect names it (resp: its
+   * run_id): the control connection's first connect must find it too.
+   */
+  identity?: string | null
 }
 
 /** Its events are the Transport's: the front uses an Applier directly for a direct replica. */
@@ -107,7 +112,7 @@ export class Applier extends EventEmitter<ApplierEvents> implements Transport {
     const protocol = opts.protocol
     if (!protocol?.serial) return
     if (protocol.control) {
-      this.control = new Control(opts.address, protocol, (err) => this.fail(err))
+      this.control = new Control(opts.address, protocol, (err) => this.fail(err), opts.identity)
       this.openControl(this.control)
       const control = this.control
       this.prober = (timeout) => control.probe(timeout)

@@ -33,7 +33,10 @@ export class Control {
   private open = false
   private dead: Error | null = null
   private timeout = 0
-  /** Who answered the first connect (resp: its run_id): a reconnect must find the same. */
+  /**
+   * Who answered the first connect (resp: its run_id), or the one the state vouches for if
+   * given: every connect must find the same.
+   */
   private identity: Promise<string | null> | null = null
   /** The probe in flight: a later one shares it rather than queue behind a busy server. */
   private probing: Promise<Error | null> | null = null
@@ -41,9 +44,11 @@ export class Control {
   constructor (
     private readonly address: HostPort,
     private readonly protocol: Protocol,
-    private readonly onFailed: (err: Error) => void
+    private readonly onFailed: (err: Error) => void,
+    vouched: string | null = null
   ) {
     if (!protocol.control) throw new TypeError(`protocol ${protocol.name} has no control dialect`)
+    if (vouched !== null) this.identity = Promise.resolve(vouched)
     this.dialect = protocol.control
     this.session = protocol.session()
     this.reader = this.session.reader()
@@ -79,7 +84,7 @@ export class Control {
     void Promise.all([first, now]).then(([was, is]) => {
       if (was === null || is === null || was === is) return
       this.fail(new FtproxyError('ERR_FTPROXY_SERVER_RESTARTED',
-        `the server restarted under the control connection (run_id ${was}, now ${is})`))
+        `the server is another process than the one vouched for (run_id ${was}, now ${is})`))
     })
   }
 

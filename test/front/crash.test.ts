@@ -235,3 +235,25 @@ t.test('redis: a restarted primary too busy to say its run_id is not served from
     t.teardown(() => d.close())
     t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
   })
+
+// ...but one that refuses to say (a client set requirepass through the front: every copy
+// runs it) cannot be told, as before its run_id was recorded: the next front starts.
+t.test('redis: copies that came to refuse INFO do not stop the next start',
+  { skip: haveRedis() ? false : 'redis-server not installed' }, async (t) => {
+    const r = await directRedis(t, ['timeouts: { connect: 1s, stall: 1s, linger: 1s }'])
+    await r.start('a')
+    await r.start('b')
+    const f = await r.serve() // a's and b's run_ids recorded
+    const c = await RespConn.open(r.port)
+    t.equal(await c.command('CONFIG', 'SET', 'requirepass', 'pw'), 'OK', 'requirepass set')
+    c.close()
+    f.proc.kill('SIGTERM')
+    await f.waitExit()
+    const g = new Cli(t, ['run', '--config', r.file])
+    const outcome = await Promise.race([
+      g.waitEvent('protected', undefined, 20000).then(() => 'protected'),
+      g.exited.then(() => 'exited'),
+    ])
+    t.equal(outcome, 'protected', 'the front starts again before the same two servers')
+    t.notOk(g.find('replica_restarted'), 'neither is taken for a restarted one')
+  })
