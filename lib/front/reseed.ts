@@ -109,6 +109,8 @@ export class Reseeder {
 
   /** Roles changed: look again soon (one look per turn of the event loop). */
   poke (): void {
+    // Its target left `seeding` (its process exited): the copy is going nowhere.
+    if (this.running && this.running.role !== 'seeding') this.command?.kill('target_exited')
     if (this.queued) return
     this.queued = true
     setImmediate(() => {

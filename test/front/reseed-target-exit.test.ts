@@ -41,13 +41,14 @@ class HeldArbiter implements Arbiter {
 
 type Rep = ReturnType<Front['status']>['replicas'][number]
 
-async function start (t: Test): Promise<{ f: Front, log: EventLog, arb: HeldArbiter }> {
+async function start (t: Test, command = '[ftproxy, demo-reseed]'):
+Promise<{ f: Front, log: EventLog, arb: HeldArbiter }> {
   const ports = await freePorts(2)
   const replicas = ports.map((port, i) => ({
     name: 'ab'[i] as string, port, command: ['ftproxy', 'demo-server', '--port', String(port)],
   }))
   const yaml = frontYaml(t, replicas, 'protocol: line\n' +
-    'reseed: { command: [ftproxy, demo-reseed], timeout: 20s, auto: false }\n',
+    `reseed: { command: ${command}, timeout: 20s, auto: false }\n`,
   'interval: 1s, timeout: 500ms, fall: 3, rise: 1')
   const cfg = parseConfig(yaml, 'test.yaml')
   const log = new EventLog()
@@ -95,4 +96,22 @@ t.test('the target exits while its join is recorded: it does not join', async (t
   await log.next('failover', (e) => e.from === 'a', 15000)
   c.send('GET k1\n')
   t.same(await c.waitLines(2), ['OK', 'v1'], 'the same connection reads the write on b')
+})
+
+t.test('the target exits during a slow prepare: the command is stopped then', async (t) => {
+  const { f, log } = await start(t, '[sh, -c, "sleep 30; echo ready; read line"]')
+  const rep = (name: string): Rep => f.status().replicas.find((r) => r.name === name) as Rep
+  await log.next('protected')
+  process.kill(rep('b').pid as number, 'SIGKILL')
+  await until(() => rep('b').role === 'stale' && rep('b').health === 'up' &&
+    rep('b').pid !== undefined, 'b back, stale, up', 15000)
+  const running = f.reseed('b').then(() => null, (e: Error & { details?: unknown }) => e)
+  await until(() => rep('b').role === 'seeding', 'the re-seed under way')
+  const at = Date.now()
+  process.kill(rep('b').pid as number, 'SIGKILL')
+  const err = await running
+  t.match(err, { code: 'ERR_FTPROXY_RESEED_FAILED', details: { reason: 'target_exited' } })
+  const took = Date.now() - at
+  t.ok(took < 5000, `failed ${took} ms after the exit, not at the 20 s timeout`)
+  t.equal(rep('b').role, 'stale', 'b is stale')
 })
