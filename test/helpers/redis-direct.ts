@@ -21,6 +21,11 @@ export interface DirectRedis {
   start: (name: 'a' | 'b', args?: string[]) => Promise<ChildProcess>
   /** `ftproxy run` before them, once protected and with k = v written through it. */
   serve: () => Promise<Cli>
+  /**
+   * Until b's server has run that write: its acknowledgement came from the front's own
+   * process, so a front that dies with the primary may take it along (README, guarantees).
+   */
+  backupRan: () => Promise<void>
 }
 
 export async function directRedis (t: Test, extra: string[] = []): Promise<DirectRedis> {
@@ -53,5 +58,10 @@ export async function directRedis (t: Test, extra: string[] = []): Promise<Direc
     c.close()
     return f
   }
-  return { port, ports, file, start, serve }
+  const backupRan = async (): Promise<void> => {
+    const c = await RespConn.open(b)
+    await until(async () => await c.command('GET', 'k') === 'v', 'b to run the write')
+    c.close()
+  }
+  return { port, ports, file, start, serve, backupRan }
 }
