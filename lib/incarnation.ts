@@ -10,6 +10,7 @@
 
 import type { HostPort } from './address.js'
 import { STOPPED } from './arbiter/index.js'
+import { protocolFor } from './protocol/index.js'
 import type { ProtocolName } from './protocol/types.js'
 import { dial } from './replica/dial.js'
 import { runningTimeout } from './util/timer.js'
@@ -30,8 +31,15 @@ export interface IncarnationSource {
   ask?: ((request: Buffer) => Promise<Buffer> | null) | null
 }
 
-const INFO_SERVER = Buffer.from('*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n')
-const RUN_ID = /\brun_id:([0-9a-f]+)/
+// How a Redis names its process: the resp control dialect's question (INFO server) and
+// its reading of the answer (run_id), as its control connection asks at every connect.
+const { identity: INFO_SERVER, identityOf: runIdOf } = respIdentity()
+
+function respIdentity (): { identity: Buffer, identityOf: (reply: Buffer) => string | null } {
+  const { identity, identityOf } = protocolFor('resp').control ?? {}
+  if (!identity || !identityOf) throw new TypeError('resp names no identity')
+  return { identity, identityOf }
+}
 
 /** Its incarnation now; null when it cannot be told (or the server did not say in time). */
 export async function readIncarnation (
@@ -63,7 +71,7 @@ export async function readIdentity (
     await redisInfo(r.address, timeout).catch(() => null)
   if (reply === null) return none
   if (reply[0] === 0x2d) return { id: null, refused: true } // '-'
-  const id = RUN_ID.exec(reply.toString('latin1'))?.[1] ?? null
+  const id = runIdOf(reply)
   return { id: id === null ? null : `redis:${id}`, refused: false }
 }
 
@@ -79,17 +87,17 @@ export function within<T> (p: Promise<T | null>, ms: number): Promise<T | null> 
 async function redisInfo (address: HostPort, timeout: number): Promise<Buffer | null> {
   const socket = await dial(address, timeout, 'incarnation check')
   return await new Promise((resolve) => {
-    let text = ''
-    const done = (reply: string | null): void => {
+    let reply = Buffer.alloc(0)
+    const done = (answer: Buffer | null): void => {
       timer.clear()
       socket.destroy()
-      resolve(reply === null ? null : Buffer.from(reply, 'latin1'))
+      resolve(answer)
     }
     const timer = runningTimeout(timeout, () => done(null))
     socket.on('data', (d: Buffer) => {
-      text += d.toString('latin1')
-      if (RUN_ID.test(text) || (text.startsWith('-') && text.includes('\r\n'))) done(text)
-      else if (text.length > 64 * 1024) done(null)
+      reply = Buffer.concat([reply, d])
+      if (runIdOf(reply) !== null || (reply[0] === 0x2d && reply.includes('\r\n'))) done(reply)
+      else if (reply.length > 64 * 1024) done(null)
     })
     socket.on('close', () => done(null))
     socket.write(INFO_SERVER)

@@ -9,7 +9,7 @@ import type { Test } from 'tap'
 import { BIN, Client, haveRedis } from '../helpers/cluster.js'
 import { freePorts } from '../helpers/ports.js'
 import { alive, Cli } from '../helpers/proc.js'
-import { directRedis } from '../helpers/redis-direct.js'
+import { directRedis, type DirectRedis } from '../helpers/redis-direct.js'
 import { RespConn } from '../helpers/resp.js'
 import { until } from '../helpers/until.js'
 
@@ -206,55 +206,53 @@ for (const at of ['prepare', 'cut'] as const) {
 }
 
 // Redis copies the front does not supervise, protocol resp: a server is known by its run_id.
+// k = v is written through a front; once b ran it, the front and a die together, and a
+// comes back empty (a new run_id), started with `args`.
+async function frontAndPrimaryDie (t: Test, args: string[] = []): Promise<DirectRedis> {
+  const r = await directRedis(t)
+  const a = await r.start('a')
+  await r.start('b')
+  const f1 = await r.serve()
+  await r.backupRan()
+  f1.proc.kill('SIGKILL')
+  a.kill('SIGKILL')
+  await f1.waitExit()
+  await until(() => a.exitCode !== null || a.signalCode !== null, 'a gone')
+  await r.start('a', args)
+  return r
+}
+
+/** The new front serves from b, which still holds k = v. */
+async function servedFromB (t: Test, f: Cli, r: DirectRedis): Promise<void> {
+  await f.waitEvent('listening')
+  t.equal(f.find('listening')?.primary, 'b', 'b serves')
+  const d = await RespConn.open(r.port)
+  t.teardown(() => d.close())
+  t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
+}
+
 t.test('redis: the front and the primary die together; the primary comes back empty first',
   { skip: haveRedis() ? false : 'redis-server not installed' }, async (t) => {
-    const r = await directRedis(t)
-    let a = await r.start('a')
-    await r.start('b')
-    const f1 = await r.serve()
-    await r.backupRan()
-    f1.proc.kill('SIGKILL')
-    a.kill('SIGKILL')
-    await f1.waitExit()
-    await until(() => a.exitCode !== null || a.signalCode !== null, 'a gone')
-    a = await r.start('a') // empty, a new run_id
-
+    const r = await frontAndPrimaryDie(t)
     const f2 = new Cli(t, ['run', '--config', r.file])
     const restarted = await f2.waitEvent('replica_restarted', undefined, 20000)
     t.equal(restarted.replica, 'a', 'a\'s run_id changed: its state is gone')
     t.match(String(restarted.recorded), /^redis:/)
-    await f2.waitEvent('listening')
-    t.equal(f2.find('listening')?.primary, 'b', 'b serves')
-    const d = await RespConn.open(r.port)
-    t.teardown(() => d.close())
-    t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
+    await servedFromB(t, f2, r)
   })
 
 // A restarted primary that is busy when the front starts (here DEBUG SLEEP, longer than
 // timeouts.connect) does not answer INFO server: it is not taken for the process on record.
 t.test('redis: a restarted primary too busy to say its run_id is not served from',
   { skip: haveRedis() ? false : 'redis-server not installed' }, async (t) => {
-    const r = await directRedis(t)
-    let a = await r.start('a')
-    await r.start('b')
-    const f1 = await r.serve()
-    await r.backupRan()
-    f1.proc.kill('SIGKILL')
-    a.kill('SIGKILL')
-    await f1.waitExit()
-    await until(() => a.exitCode !== null || a.signalCode !== null, 'a gone')
-    a = await r.start('a', ['--enable-debug-command', 'yes']) // empty, a new run_id
+    const r = await frontAndPrimaryDie(t, ['--enable-debug-command', 'yes'])
     const busy = await RespConn.open(r.ports.a)
     t.teardown(() => busy.close())
     busy.send([['DEBUG', 'SLEEP', '4']])
     const f2 = new Cli(t, ['run', '--config', r.file])
     const restarted = await f2.waitEvent('replica_restarted', undefined, 20000)
     t.match(restarted, { replica: 'a', now: 'unreadable' }, 'a could not say: stale')
-    await f2.waitEvent('listening')
-    t.equal(f2.find('listening')?.primary, 'b', 'b serves')
-    const d = await RespConn.open(r.port)
-    t.teardown(() => d.close())
-    t.equal(await d.command('GET', 'k'), 'v', 'no data served from the emptied copy')
+    await servedFromB(t, f2, r)
   })
 
 // ...but one that refuses to say (a client set requirepass through the front: every copy
