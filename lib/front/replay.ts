@@ -17,10 +17,9 @@ export class ReplaySkips {
   constructor (private readonly protocol: Protocol,
     private readonly refused: (r: number) => void) {}
 
-  /** Replica r starts with `replay`: the replies to it are dropped. */
+  /** Replica r starts with `replay` (not empty): the replies to it are dropped. */
   add (r: number, replay: Buffer): void {
-    if (replay.length > 0) this.skips.set(r, new ReplaySkip(this.protocol, replay))
-    else this.skips.delete(r)
+    this.skips.set(r, new ReplaySkip(this.protocol, replay))
   }
 
   /** Replica r left: nothing of its output is awaited. */
